@@ -1,0 +1,61 @@
+"""Produce raw records to the raw topics (and unreadable input to the dead-letter topic)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kafka import KafkaProducer
+
+from ingest.base import SourceItem
+from riskwire.records import DeadLetter, RawRecord, stable_id
+from riskwire.settings import Topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProduceCounts:
+    raw: int = 0
+    dead: int = 0
+
+
+def record_key(record: RawRecord) -> bytes:
+    """The source's own item id when it has one, otherwise a hash of the payload."""
+    item_id = record.payload.get("id") or record.payload.get("guid")
+    if isinstance(item_id, str | int) and str(item_id):
+        return f"{record.source}:{item_id}".encode()
+    return stable_id(record.source, repr(sorted(record.payload.items()))).encode()
+
+
+class RawProducer:
+    def __init__(self, bootstrap: str, topics: Topics, **config: object) -> None:
+        self.topics = topics
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5, **config
+        )
+
+    def publish(self, items: Iterable[SourceItem]) -> ProduceCounts:
+        counts = ProduceCounts()
+        for item in items:
+            if isinstance(item, DeadLetter):
+                self._producer.send(self.topics.deadletter, value=item.to_json(),
+                                    key=(item.key or "").encode() or None)
+                counts.dead += 1
+            else:
+                self._producer.send(self.topics.raw(item.kind), value=item.to_json(),
+                                    key=record_key(item))
+                counts.raw += 1
+        self._producer.flush()
+        log.info("produced %d raw records and %d dead letters", counts.raw, counts.dead)
+        return counts
+
+    def close(self) -> None:
+        self._producer.close()
+
+    def __enter__(self) -> RawProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,89 @@
+"""The member contract: a batch of texts in, probabilities over the canonical labels out.
+
+Members follow the transformers pipeline split: ``preprocess`` (texts -> batch), ``_forward``
+(batch -> logits; the only step that touches a device) and ``postprocess`` (logits -> probabilities in
+the order of ``riskwire.records.LABELS``). The base class runs them over length-sorted micro-batches, so
+padding stays small, and puts results back in input order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from riskwire.records import LABELS, Vote
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return np.asarray(exp / exp.sum(axis=axis, keepdims=True))
+
+
+class Member(ABC):
+    """Anything that maps texts to class probabilities over ``negative, neutral, positive``."""
+
+    name: str
+    version: str
+    batch_size: int = 64
+
+    def preprocess(self, texts: Sequence[str]) -> Any:
+        return list(texts)
+
+    @abstractmethod
+    def _forward(self, batch: Any) -> Any:
+        """Batch -> logits (or scores) for the canonical labels."""
+
+    def postprocess(self, logits: Any) -> np.ndarray:
+        return softmax(np.asarray(logits, dtype=np.float64))
+
+    def _run(self, batch: Any) -> Any:
+        """Hook for device placement and inference mode; torch members override it."""
+        return self._forward(batch)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities, shape ``(len(texts), 3)``, rows in input order."""
+        out = np.zeros((len(texts), len(LABELS)), dtype=np.float64)
+        if not texts:
+            return out
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            logits = self._run(self.preprocess([texts[i] for i in index]))
+            out[index] = self.postprocess(logits)
+        return out
+
+    def votes(self, texts: Sequence[str]) -> list[Vote]:
+        return [self.vote_from(p) for p in self.predict_proba(texts)]
+
+    def vote_from(self, probabilities: np.ndarray) -> Vote:
+        return Vote(
+            member=self.name,
+            model_version=self.version,
+            label=LABELS[int(np.argmax(probabilities))],  # type: ignore[arg-type]
+            probabilities=tuple(float(p) for p in probabilities),  # type: ignore[arg-type]
+        )
+
+
+class TorchMember(Member):
+    """A member whose forward pass runs under ``torch.inference_mode()`` on its own device."""
+
+    device: str = "cpu"
+
+    def _run(self, batch: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            batch = _to_device(batch, self.device)
+            return self._forward(batch).float().cpu().numpy()
+
+
+def _to_device(batch: Any, device: str) -> Any:
+    if hasattr(batch, "to"):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch

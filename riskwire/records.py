@@ -1,0 +1,214 @@
+"""Shared record contracts: what travels on the topics, with a versioned JSON form.
+
+Imports nothing heavy, so ingest/, streams/, models/ and storage/ can all depend on it.
+Every record serialises to JSON with a ``schema`` field such as ``"document/1"``; decoding checks it,
+so a producer on a newer major version is refused with a clear reason instead of misread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from riskwire.exceptions import InvalidRecord
+
+LABELS: tuple[str, str, str] = ("negative", "neutral", "positive")
+"""The canonical label order of every probability vector in riskwire."""
+
+
+def _aware_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware")
+    return value.astimezone(UTC)
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_aware_utc)]
+Label = Literal["negative", "neutral", "positive"]
+Probabilities = tuple[float, float, float]
+
+
+class Kind(StrEnum):
+    NEWS = "news"
+    SOCIAL = "social"
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class AlertState(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class Record(BaseModel):
+    """Base of the topic records: frozen, strict about unknown fields, versioned JSON."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    SCHEMA: ClassVar[str] = "record/1"
+
+    def to_json(self) -> bytes:
+        body = self.model_dump(mode="json")
+        body["schema"] = self.SCHEMA
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Self:
+        try:
+            body = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidRecord(f"not valid JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise InvalidRecord(f"expected a JSON object, got {type(body).__name__}")
+        schema = body.pop("schema", None)
+        if schema != cls.SCHEMA:
+            raise InvalidRecord(f"schema {schema!r} is not {cls.SCHEMA!r}")
+        try:
+            return cls.model_validate(body)
+        except ValidationError as exc:
+            raise InvalidRecord(_validation_reason(exc)) from exc
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "record"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class RawRecord(Record):
+    """An item as fetched by a source, with fetch metadata; the payload is kept as it came."""
+
+    SCHEMA: ClassVar[str] = "raw/1"
+    source: str
+    kind: Kind
+    fetched_at: UtcDateTime
+    payload: dict[str, object]
+
+
+class TickerLink(Record):
+    SCHEMA: ClassVar[str] = "ticker-link/1"
+    ticker: str
+    relevance: float = Field(ge=0.0, le=1.0)
+
+
+class Document(Record):
+    """A normalised document: stable id, clean text, event time, linked tickers."""
+
+    SCHEMA: ClassVar[str] = "document/1"
+    id: str
+    source: str
+    kind: Kind
+    title: str | None = None
+    text: str
+    url: str | None = None
+    lang: str = "en"
+    published_at: UtcDateTime
+    fetched_at: UtcDateTime
+    tickers: tuple[TickerLink, ...] = ()
+
+
+class Vote(Record):
+    """One ensemble member's judgement of one document."""
+
+    SCHEMA: ClassVar[str] = "vote/1"
+    member: str
+    model_version: str
+    label: Label
+    probabilities: Probabilities
+
+
+class Score(Record):
+    """The fused judgement of one document, fanned out once per linked ticker."""
+
+    SCHEMA: ClassVar[str] = "score/1"
+    document_id: str
+    ticker: str | None
+    kind: Kind
+    published_at: UtcDateTime
+    model_version: str
+    label: Label
+    probabilities: Probabilities
+    score: float = Field(ge=-1.0, le=1.0, description="P(positive) - P(negative)")
+    confidence: float = Field(ge=0.0, le=1.0)
+    disagreement: float = Field(ge=0.0, le=1.0)
+    votes: tuple[Vote, ...]
+    run_id: str = "live"
+
+
+class Alert(Record):
+    """A warning-rule event. ``id`` is rule + group + window start, so re-evaluation is idempotent."""
+
+    SCHEMA: ClassVar[str] = "alert/1"
+    id: str
+    run_id: str = "live"
+    rule: str
+    ticker: str
+    severity: Severity
+    state: AlertState
+    window_start: UtcDateTime
+    window_end: UtcDateTime
+    event_time: UtcDateTime
+    values: dict[str, float]
+    thresholds: dict[str, float]
+    evidence: tuple[str, ...]
+    explanation: str
+
+
+class DeadLetter(Record):
+    """Something that could not be processed, with where and why; the original bytes are kept."""
+
+    SCHEMA: ClassVar[str] = "deadletter/1"
+    stage: str
+    reason: str
+    topic: str | None = None
+    key: str | None = None
+    payload: str
+    occurred_at: UtcDateTime
+
+    @property
+    def id(self) -> str:
+        return stable_id(self.stage, self.topic or "", self.key or "", self.payload)
+
+    @classmethod
+    def of(
+        cls,
+        stage: str,
+        reason: str,
+        payload: bytes | str | None,
+        *,
+        occurred_at: datetime,
+        topic: str | None = None,
+        key: bytes | str | None = None,
+    ) -> DeadLetter:
+        return cls(
+            stage=stage,
+            reason=reason[:2000],
+            topic=topic,
+            key=_text(key),
+            payload=_text(payload) or "",
+            occurred_at=occurred_at,
+        )
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.decode("utf-8", errors="backslashreplace")
+
+
+def stable_id(*parts: str) -> str:
+    """A 32-hex-digit id that is the same on every machine and every run for the same parts."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\x1f")
+    return digest.hexdigest()

@@ -1,0 +1,140 @@
+"""Settings, read once at the entry point from ``RISKWIRE_*`` variables (or a ``.env`` file).
+
+The defaults are the embedded setup: a broker that riskwire starts itself, SQLite under the data
+directory, CPU models. Setting ``RISKWIRE_KAFKA_BOOTSTRAP`` and ``RISKWIRE_DATABASE_URL`` switches to a
+real Kafka cluster and PostgreSQL with no code change.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from riskwire.exceptions import SettingsError
+
+ENV_PREFIX = "RISKWIRE_"
+_BOOTSTRAP = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:\d{1,5}$")
+_SUPPORTED_DIALECTS = {"sqlite", "postgresql"}
+
+
+class Topics:
+    """Topic names derived from one prefix, so one cluster can host several deployments."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.raw_news = f"{prefix}.raw.news"
+        self.raw_social = f"{prefix}.raw.social"
+        self.docs = f"{prefix}.docs"
+        self.scored = f"{prefix}.scored"
+        self.alerts = f"{prefix}.alerts"
+        self.deadletter = f"{prefix}.deadletter"
+
+    def raw(self, kind: str) -> str:
+        return self.raw_social if kind == "social" else self.raw_news
+
+    def all(self) -> list[str]:
+        return [self.raw_news, self.raw_social, self.docs, self.scored, self.alerts, self.deadletter]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    data_dir: Path = Field(Path("riskwire-data"), description="Where the embedded setup keeps files")
+    kafka_bootstrap: str | None = Field(
+        None, description="host:port[,host:port]; unset = start the embedded Tansu broker"
+    )
+    database_url: str | None = Field(None, description="SQLAlchemy URL; unset = SQLite in data_dir")
+    topic_prefix: str = Field("riskwire", pattern=r"^[A-Za-z0-9._\-]+$")
+    topic_partitions: int = Field(4, ge=1, le=1024)
+    consumer_group: str = Field("riskwire", pattern=r"^[A-Za-z0-9._\-]+$")
+
+    device: str = Field("cpu", description="cpu, cuda or cuda:N for transformer members")
+    score_batch_size: int = Field(64, ge=1, le=4096)
+    score_batch_wait_s: float = Field(0.5, gt=0, le=60)
+    encoder_path: str | None = Field(
+        None, description="local path or hub id of the sentence encoder; unset = packaged MiniLM"
+    )
+
+    rolling_window_minutes: int = Field(120, ge=1, le=60 * 24 * 30)
+    rule_hop_minutes: int = Field(30, ge=1, le=60 * 24)
+    allowed_lateness_minutes: int = Field(4 * 24 * 60, ge=0)
+    surge_min_documents: int = Field(4, ge=1)
+    surge_negative_share: float = Field(0.6, gt=0, le=1)
+    surge_mean_score: float = Field(-0.25, ge=-1, le=1)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        for server in value.split(","):
+            if not _BOOTSTRAP.match(server.strip()):
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {exc}") from exc
+        if url.get_backend_name() not in _SUPPORTED_DIALECTS:
+            raise ValueError(f"dialect {url.get_backend_name()!r} is not one of sqlite, postgresql")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("must be cpu, cuda, cuda:N or mps")
+        return value
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'riskwire.db').resolve()}"
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def with_bootstrap(self, bootstrap: str) -> Settings:
+        return self.model_copy(update={"kafka_bootstrap": bootstrap})
+
+    def as_env(self) -> dict[str, str]:
+        """The ``RISKWIRE_*`` variables that recreate these settings in a child process."""
+        env = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        env[f"{ENV_PREFIX}DATABASE_URL"] = self.resolved_database_url
+        return env
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning validation errors into one message that names each setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,51 @@
+"""Run a stream worker, in this process or as a child process (the demo and the tests do the latter)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from riskwire.settings import Settings
+
+
+def run_worker(settings: Settings) -> None:
+    """Block running a Faust worker with all flows until SIGINT/SIGTERM."""
+    import faust
+
+    from streams.app import create_app
+
+    app, context = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        context.close()
+
+
+def spawn_worker(settings: Settings, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``riskwire worker`` as a child process configured by these settings."""
+    env = {**os.environ, **settings.as_env()}
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "riskwire", "worker"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        if log_file:
+            out.close()  # type: ignore[union-attr]
+
+
+def stop_worker(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL if it has not gone after ``timeout`` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+    return int(process.returncode)

@@ -1,0 +1,119 @@
+"""Typed ORM models. Every table a stream writes has a natural key, so writes are idempotent upserts.
+
+Results (scores, rolling sentiment, alerts) carry a ``run_id``: ``live`` for the stream, another id for
+replay jobs, so a replay writes beside live rows and never over them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from storage.base import Base
+
+ID = String(32)
+
+
+class DocumentRow(Base):
+    __tablename__ = "documents"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    source: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(Text)
+    lang: Mapped[str] = mapped_column(String(8))
+    published_at: Mapped[datetime] = mapped_column(index=True)
+    fetched_at: Mapped[datetime]
+
+
+class DocumentTickerRow(Base):
+    __tablename__ = "document_tickers"
+    __table_args__ = (Index("ix_document_tickers_ticker_published_at", "ticker", "published_at"),)
+
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id"), primary_key=True)
+    ticker: Mapped[str] = mapped_column(String(24), primary_key=True)
+    relevance: Mapped[float] = mapped_column(Float)
+    published_at: Mapped[datetime]
+
+
+class VoteRow(Base):
+    __tablename__ = "votes"
+
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id"), primary_key=True)
+    member: Mapped[str] = mapped_column(String(100), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(100), primary_key=True)
+    label: Mapped[str] = mapped_column(String(16))
+    p_negative: Mapped[float] = mapped_column(Float)
+    p_neutral: Mapped[float] = mapped_column(Float)
+    p_positive: Mapped[float] = mapped_column(Float)
+
+
+class ScoreRow(Base):
+    __tablename__ = "scores"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id"), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(100), primary_key=True)
+    published_at: Mapped[datetime] = mapped_column(index=True)
+    label: Mapped[str] = mapped_column(String(16))
+    p_negative: Mapped[float] = mapped_column(Float)
+    p_neutral: Mapped[float] = mapped_column(Float)
+    p_positive: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float] = mapped_column(Float)
+    disagreement: Mapped[float] = mapped_column(Float)
+
+
+class TickerSentimentRow(Base):
+    """Per-ticker rolling sentiment in event time, one row per (document, ticker) as it arrived."""
+
+    __tablename__ = "ticker_sentiment"
+    __table_args__ = (
+        Index("ix_ticker_sentiment_ticker_published_at", "run_id", "ticker", "published_at"),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ticker: Mapped[str] = mapped_column(String(24), primary_key=True)
+    document_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    published_at: Mapped[datetime]
+    score: Mapped[float] = mapped_column(Float)
+    window_documents: Mapped[int] = mapped_column(Integer)
+    window_mean_score: Mapped[float] = mapped_column(Float)
+    window_negative_share: Mapped[float] = mapped_column(Float)
+
+
+class AlertRow(Base):
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_ticker_window_end", "run_id", "ticker", "window_end"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(100))
+    ticker: Mapped[str] = mapped_column(String(24))
+    severity: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    fired_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+    measured: Mapped[dict[str, Any]]
+    thresholds: Mapped[dict[str, Any]]
+    evidence: Mapped[list[str]]
+    explanation: Mapped[str] = mapped_column(Text)
+
+
+class DeadLetterRow(Base):
+    __tablename__ = "dead_letters"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    stage: Mapped[str] = mapped_column(String(32), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    topic: Mapped[str | None] = mapped_column(String(249))
+    key: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    occurred_at: Mapped[datetime]

@@ -1,0 +1,1 @@
+"""Faust stream processors; the pure pipeline functions live in ``streams.pipeline``."""

@@ -1,0 +1,42 @@
+"""The Faust app and its settings wiring; each flow registers its own topics and agents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import faust
+
+from models.ensemble import Ensemble
+from riskwire.settings import Settings
+from streams.context import WorkerContext
+
+FLOWS = ("streams.normalising", "streams.scoring", "streams.risk", "streams.deadletters")
+
+
+def create_app(
+    settings: Settings, ensemble_factory: Callable[[], Ensemble] | None = None
+) -> tuple[faust.App, WorkerContext]:
+    if settings.kafka_bootstrap is None:
+        raise ValueError("create_app needs a broker: set RISKWIRE_KAFKA_BOOTSTRAP")
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        # Tansu holds JoinGroup for half the session timeout: keep it short (KAFKA_NOTES.md)
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        autodiscover=False,
+        store="memory://",
+    )
+    context = WorkerContext(settings, ensemble_factory)
+    import importlib
+
+    for flow in FLOWS:
+        importlib.import_module(flow).register(app, context)
+    return app, context

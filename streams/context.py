@@ -1,0 +1,122 @@
+"""What the agents share in one worker process: settings, topics, the database, the models, state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from models.ensemble import Ensemble
+from riskwire.records import DeadLetter
+from riskwire.settings import Settings
+from storage.engine import make_engine, session_factory
+from streams.pipeline import Deduplicator, NegativeSurgeRule, RiskEngine
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
+
+
+def build_risk_engine(settings: Settings, run_id: str = "live") -> RiskEngine:
+    rule = NegativeSurgeRule(
+        window=timedelta(minutes=settings.rolling_window_minutes),
+        hop=timedelta(minutes=settings.rule_hop_minutes),
+        min_documents=settings.surge_min_documents,
+        negative_share=settings.surge_negative_share,
+        mean_score=settings.surge_mean_score,
+    )
+    return RiskEngine(rule, run_id, lateness=timedelta(minutes=settings.allowed_lateness_minutes))
+
+
+class WorkerContext:
+    def __init__(self, settings: Settings, ensemble_factory: Callable[[], Ensemble] | None = None):
+        self.settings = settings
+        self.topics = settings.topics
+        self.engine = make_engine(settings.resolved_database_url)
+        self.sessions = session_factory(self.engine)
+        self.dedupe = Deduplicator()
+        self.risk = build_risk_engine(settings)
+        self._ensemble_factory = ensemble_factory
+        self._ensemble: Ensemble | None = None
+        self._ensemble_lock = asyncio.Lock()
+
+    async def ensemble(self) -> Ensemble:
+        async with self._ensemble_lock:
+            if self._ensemble is None:
+                started = time.perf_counter()
+                self._ensemble = await asyncio.to_thread(self._build_ensemble)
+                log.info("ensemble %s ready in %.1fs", self._ensemble.version,
+                         time.perf_counter() - started)
+            return self._ensemble
+
+    def _build_ensemble(self) -> Ensemble:
+        if self._ensemble_factory is not None:
+            return self._ensemble_factory()
+        from models.factory import build_ensemble
+
+        return build_ensemble(self.settings)
+
+    async def write(
+        self, items: Sequence[T], write: Callable[[Session, Sequence[T]], None], stage: str,
+        describe: Callable[[T], tuple[str | None, str]],
+    ) -> list[DeadLetter]:
+        """Write items in one transaction; returns dead letters for items the database refuses.
+
+        A database that is down or unreachable is waited for, with backoff: the batch is not
+        acknowledged meanwhile, so nothing is lost (backpressure). An item the database refuses on
+        its own merits (a constraint or data error) is isolated and dead-lettered.
+        """
+        return await asyncio.to_thread(self._write_sync, items, write, stage, describe)
+
+    def _write_sync(
+        self, items: Sequence[T], write: Callable[[Session, Sequence[T]], None], stage: str,
+        describe: Callable[[T], tuple[str | None, str]],
+    ) -> list[DeadLetter]:
+        if not items:
+            return []
+        try:
+            self._transact(items, write)
+            return []
+        except SQLAlchemyError as exc:
+            if len(items) == 1:
+                key, payload = describe(items[0])
+                return [DeadLetter.of(stage, f"storage refused: {exc}", payload, key=key,
+                                      occurred_at=datetime.now(UTC))]
+        letters = []
+        for item in items:
+            letters.extend(self._write_sync([item], write, stage, describe))
+        return letters
+
+    def _transact(self, items: Sequence[T], write: Callable[[Session, Sequence[T]], None]) -> None:
+        attempt = 0
+        while True:
+            try:
+                with self.sessions.begin() as session:
+                    write(session, items)
+                return
+            except DBAPIError as exc:
+                if not _transient(exc):
+                    raise
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                attempt += 1
+                log.warning("database unavailable (%s); retry %d in %ss", exc.orig, attempt, delay)
+                time.sleep(delay)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _transient(exc: DBAPIError) -> bool:
+    """Connection trouble or SQLite lock contention, as opposed to a refused row."""
+    if exc.connection_invalidated:
+        return True
+    text = str(exc.orig).lower()
+    return any(s in text for s in ("database is locked", "connection", "could not connect",
+                                   "server closed", "terminating", "timeout"))
+

@@ -1,0 +1,46 @@
+"""raw.news + raw.social -> docs: validate, normalise, drop exact duplicates, link cashtags."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import faust
+
+from riskwire.exceptions import InvalidRecord
+from riskwire.records import DeadLetter, Document, RawRecord
+from streams.context import WorkerContext
+from streams.pipeline import normalise
+
+log = logging.getLogger(__name__)
+STAGE = "normalise"
+
+
+def normalise_event(key: bytes | None, value: bytes, topic: str, now: datetime) -> Document | DeadLetter:
+    """One raw message -> a Document, or a DeadLetter saying why not. Never raises."""
+    try:
+        return normalise(RawRecord.from_json(value))
+    except InvalidRecord as exc:
+        reason = str(exc)
+    except Exception as exc:  # a bug must not lose the record: dead-letter it with the traceback text
+        log.exception("unexpected error normalising a record from %s", topic)
+        reason = f"unexpected {type(exc).__name__}: {exc}"
+    return DeadLetter.of(STAGE, reason, value, occurred_at=now, topic=topic, key=key)
+
+
+def register(app: faust.App, ctx: WorkerContext) -> None:
+    raw = app.topic(ctx.topics.raw_news, ctx.topics.raw_social)
+    docs = app.topic(ctx.topics.docs)
+    dead = app.topic(ctx.topics.deadletter)
+    settings = ctx.settings
+
+    @app.agent(raw, name="normalise")
+    async def normalise_agent(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(settings.score_batch_size, settings.score_batch_wait_s):
+            now = datetime.now(UTC)
+            for event in events:
+                result = normalise_event(event.key, event.value, event.message.topic, now)
+                if isinstance(result, DeadLetter):
+                    await dead.send(key=event.key, value=result.to_json())
+                elif ctx.dedupe.is_new(result.id):
+                    await docs.send(key=result.id.encode(), value=result.to_json())

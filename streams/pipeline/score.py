@@ -1,0 +1,28 @@
+"""Documents -> fused Scores through an ensemble, one batch at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from models.ensemble import Ensemble
+from riskwire.records import Document, Score
+from streams.pipeline.normalise import scoring_text
+
+
+def score_documents(ensemble: Ensemble, docs: Sequence[Document], run_id: str = "live") -> list[Score]:
+    """One Score per document (``ticker`` unset), in input order."""
+    judgements = ensemble.judge([scoring_text(d) for d in docs])
+    return [
+        Score(
+            document_id=d.id, ticker=None, kind=d.kind, published_at=d.published_at,
+            model_version=ensemble.version, label=j.label, probabilities=j.probabilities,
+            score=j.score, confidence=j.confidence, disagreement=j.disagreement,
+            votes=j.votes, run_id=run_id,
+        )
+        for d, j in zip(docs, judgements, strict=True)
+    ]  # fmt: skip
+
+
+def fan_out(score: Score, doc: Document) -> list[Score]:
+    """One Score per linked ticker, for the ticker-keyed ``scored`` topic."""
+    return [score.model_copy(update={"ticker": link.ticker}) for link in doc.tickers]

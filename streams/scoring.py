@@ -1,0 +1,95 @@
+"""docs -> scored: score batches through the ensemble, persist documents, votes and scores."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import faust
+from sqlalchemy.orm import Session
+
+from riskwire.exceptions import InvalidRecord
+from riskwire.records import DeadLetter, Document, Score
+from storage import repository
+from streams.context import WorkerContext
+from streams.pipeline import fan_out, score_documents
+
+log = logging.getLogger(__name__)
+STAGE = "score"
+
+
+def persist_scored(session: Session, pairs: Sequence[tuple[Document, Score]]) -> None:
+    repository.upsert_documents(session, [d for d, _ in pairs])
+    repository.upsert_scores(session, [s for _, s in pairs])
+
+
+def decode_documents(
+    events: Sequence[faust.EventT[bytes]], now: datetime
+) -> tuple[list[Document], list[tuple[bytes | None, DeadLetter]]]:
+    docs, dead = [], []
+    for event in events:
+        try:
+            docs.append(Document.from_json(event.value))
+        except InvalidRecord as exc:
+            dead.append((event.key, DeadLetter.of(STAGE, str(exc), event.value, occurred_at=now,
+                                                  topic=event.message.topic, key=event.key)))
+    return docs, dead
+
+
+async def score_batch(
+    ctx: WorkerContext, docs: list[Document], now: datetime
+) -> tuple[list[Score], list[DeadLetter]]:
+    """Score a batch; if the batch fails, score one by one so only the bad documents dead-letter."""
+    ensemble = await ctx.ensemble()
+    try:
+        return await asyncio.to_thread(score_documents, ensemble, docs), []
+    except Exception:
+        if len(docs) == 1:
+            log.exception("scoring document %s failed", docs[0].id)
+            raise
+    scores, dead = [], []
+    for doc in docs:
+        try:
+            scores.extend(await asyncio.to_thread(score_documents, ensemble, [doc]))
+        except Exception as exc:
+            dead.append(DeadLetter.of(STAGE, f"scoring failed: {type(exc).__name__}: {exc}",
+                                      doc.to_json(), occurred_at=now, key=doc.id))
+    return scores, dead
+
+
+def register(app: faust.App, ctx: WorkerContext) -> None:
+    docs_topic = app.topic(ctx.topics.docs)
+    scored = app.topic(ctx.topics.scored)
+    dead = app.topic(ctx.topics.deadletter)
+    settings = ctx.settings
+
+    @app.agent(docs_topic, name="score")
+    async def score_agent(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(settings.score_batch_size, settings.score_batch_wait_s):
+            now = datetime.now(UTC)
+            docs, bad = decode_documents(events, now)
+            for key, letter in bad:
+                await dead.send(key=key, value=letter.to_json())
+            if not docs:
+                continue
+            try:
+                scores, failed = await score_batch(ctx, docs, now)
+            except Exception as exc:
+                scores, failed = [], [
+                    DeadLetter.of(STAGE, f"scoring failed: {type(exc).__name__}: {exc}",
+                                  d.to_json(), occurred_at=now, key=d.id)
+                    for d in docs
+                ]
+            by_id = {d.id: d for d in docs}
+            pairs = [(by_id[s.document_id], s) for s in scores]
+            failed += await ctx.write(pairs, persist_scored, "persist", lambda p: (p[0].id, p[0].to_json().decode()))
+            refused = {letter.key for letter in failed}
+            for letter in failed:
+                await dead.send(key=(letter.key or "").encode(), value=letter.to_json())
+            for doc, score in pairs:
+                if doc.id in refused:
+                    continue
+                for mention in fan_out(score, doc):
+                    await scored.send(key=(mention.ticker or "").encode(), value=mention.to_json())
