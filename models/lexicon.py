@@ -21,6 +21,7 @@ INTENSIFIERS = {"sharply": 1.4, "significantly": 1.3, "steep": 1.3, "steeply": 1
                 "strongly": 1.2, "slightly": 0.6, "modestly": 0.7, "marginally": 0.6}
 NEGATION_SCOPE = 3
 MAX_PHRASE = 4
+ALGORITHM_VERSION = "a1"  # bump when the scoring code changes, so stored votes say which
 
 
 def load_lexicon(path: Path) -> dict[tuple[str, ...], float]:
@@ -59,7 +60,7 @@ class LexiconMember(Member):
         self.neutral_prior = neutral_prior
         self.scale = scale
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
-        self.version = f"{name}-{digest}"
+        self.version = f"{name}-{ALGORITHM_VERSION}-{digest}"
 
     def preprocess(self, texts: Sequence[str]) -> list[list[str]]:
         return [tokenize(t) for t in texts]
@@ -76,7 +77,7 @@ class LexiconMember(Member):
                 i += 1
                 continue
             length, weight = match
-            weight *= self._modifier(tokens, i)
+            weight *= self._modifier(tokens, i, length)
             if weight < 0:
                 negative -= weight
             else:
@@ -92,9 +93,12 @@ class LexiconMember(Member):
         return None
 
     @staticmethod
-    def _modifier(tokens: list[str], i: int) -> float:
+    def _modifier(tokens: list[str], i: int, length: int) -> float:
+        """Negation in the few words before; an intensifier just before or just after."""
         window = tokens[max(0, i - NEGATION_SCOPE) : i]
-        factor = INTENSIFIERS.get(tokens[i - 1], 1.0) if i else 1.0
+        before = INTENSIFIERS.get(tokens[i - 1]) if i else None
+        after = INTENSIFIERS.get(tokens[i + length]) if i + length < len(tokens) else None
+        factor = before or after or 1.0
         if any(t in NEGATORS or t.endswith("n't") for t in window):
             factor *= -0.6
         return factor

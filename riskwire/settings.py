@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1, le=1024)
     consumer_group: str = Field("riskwire", pattern=r"^[A-Za-z0-9._\-]+$")
 
+    dedupe_cache_size: int = Field(
+        100_000, ge=0, description="recent document ids a worker remembers; 0 = rely on the database"
+    )
+
     device: str = Field("cpu", description="cpu, cuda or cuda:N for transformer members")
     score_batch_size: int = Field(64, ge=1, le=4096)
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)

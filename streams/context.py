@@ -40,7 +40,7 @@ class WorkerContext:
         self.topics = settings.topics
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions = session_factory(self.engine)
-        self.dedupe = Deduplicator()
+        self.dedupe = Deduplicator(settings.dedupe_cache_size)
         self.risk = build_risk_engine(settings)
         self._ensemble_factory = ensemble_factory
         self._ensemble: Ensemble | None = None

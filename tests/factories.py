@@ -1,0 +1,56 @@
+"""Record factories for tests: sensible defaults, override what the test is about."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from typing import Any
+
+from riskwire.records import Document, Kind, Score, TickerLink, Vote
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+_ids = count()
+
+
+def make_document(**overrides: Any) -> Document:
+    n = next(_ids)
+    fields: dict[str, Any] = {
+        "id": f"{n:032x}",
+        "source": "test",
+        "kind": Kind.NEWS,
+        "title": f"Headline {n}",
+        "text": f"Headline {n}",
+        "published_at": T0 + timedelta(minutes=n),
+        "fetched_at": T0 + timedelta(minutes=n, seconds=5),
+        "tickers": (TickerLink(ticker="ACME", relevance=1.0),),
+    }
+    fields.update(overrides)
+    return Document(**fields)
+
+
+def make_score(
+    document_id: str | None = None,
+    ticker: str | None = "ACME",
+    score: float = -0.6,
+    published_at: datetime = T0,
+    **overrides: Any,
+) -> Score:
+    neg = max(0.0, -score) + (1 - abs(score)) / 3
+    pos = max(0.0, score) + (1 - abs(score)) / 3
+    probabilities = (neg, 1.0 - neg - pos, pos)
+    label = "negative" if score < -0.2 else "positive" if score > 0.2 else "neutral"
+    fields: dict[str, Any] = {
+        "document_id": document_id or f"{next(_ids):032x}",
+        "ticker": ticker,
+        "kind": Kind.NEWS,
+        "published_at": published_at,
+        "model_version": "test-1",
+        "label": label,
+        "probabilities": probabilities,
+        "score": score,
+        "confidence": max(probabilities),
+        "disagreement": 0.1,
+        "votes": (Vote(member="m1", model_version="m1-1", label=label, probabilities=probabilities),),
+    }
+    fields.update(overrides)
+    return Score(**fields)

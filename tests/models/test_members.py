@@ -1,0 +1,112 @@
+"""One contract for every member: shape, probabilities, order, batching; then member specifics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.base import Member
+from models.embedding import EmbeddingHeadMember, Head, SentenceEncoder
+from models.ensemble import Ensemble
+from models.exceptions import ModelError
+from models.lexicon import LexiconMember
+from tests.models.conftest import FixedMember
+
+TEXTS = [
+    "Acme beats estimates and raises guidance",
+    "Acme shares plunge after accounting probe",
+    "Acme to hold its annual meeting in May",
+    "$ACME",
+    "A much longer sentence about the quarterly results of a company that nobody has heard of yet",
+]
+
+
+def random_head(dim: int) -> Head:
+    rng = np.random.default_rng(0)
+    return Head(rng.normal(size=(dim, 3)), rng.normal(size=3), {"version": "test-head"})
+
+
+@pytest.fixture(params=["lexicon", "embedding-head", "ensemble"])
+def member(request: pytest.FixtureRequest, tiny_encoder_dir: Path) -> Member:
+    if request.param == "lexicon":
+        return LexiconMember()
+    encoder = SentenceEncoder(str(tiny_encoder_dir))
+    head_member = EmbeddingHeadMember(encoder, random_head(encoder.dim))
+    head_member.batch_size = 2
+    if request.param == "embedding-head":
+        return head_member
+    return Ensemble([LexiconMember(), head_member], [1.0, 2.0])
+
+
+def test_member_contract(member: Member) -> None:
+    probs = member.predict_proba(TEXTS)
+    assert probs.shape == (len(TEXTS), 3)
+    assert np.all(probs >= 0) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    order = [4, 2, 0, 3, 1]
+    assert np.allclose(member.predict_proba([TEXTS[i] for i in order]), probs[order], atol=1e-5)
+    assert np.allclose(member.predict_proba(TEXTS[:1]), probs[:1], atol=1e-5)
+    assert member.predict_proba([]).shape == (0, 3)
+    votes = member.votes(TEXTS)
+    assert [v.member for v in votes] == [member.name] * len(TEXTS)
+    assert all(v.model_version == member.version for v in votes)
+
+
+def test_lexicon_reads_phrases_negation_and_intensifiers() -> None:
+    lex = LexiconMember()
+    pos, neg, neutral, negated, sharp, mild = lex.predict_proba([
+        "Acme beats estimates and raises guidance",
+        "Acme shares plunge after accounting probe",
+        "Acme to hold its annual meeting in May",
+        "Acme did not miss estimates",
+        "Revenue fell sharply",
+        "Revenue fell slightly",
+    ])
+    assert pos.argmax() == 2 and neg.argmax() == 0 and neutral.argmax() == 1
+    assert negated[0] < 0.3  # a negated miss is not negative news
+    assert sharp[0] > mild[0]
+
+
+def test_lexicon_file_errors_name_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "lex.tsv"
+    bad.write_text("# comment\ngood\t1.0\nbroken line\n")
+    with pytest.raises(ModelError, match="lex.tsv:3"):
+        LexiconMember(bad)
+
+
+def test_head_round_trips_and_refuses_wrong_shapes(tmp_path: Path) -> None:
+    head = random_head(16)
+    head.save(tmp_path / "h.json")
+    loaded = Head.load(tmp_path / "h.json")
+    assert loaded.version == "test-head"
+    assert np.allclose(loaded.weight, head.weight, atol=1e-5)
+    with pytest.raises(ModelError, match="head must be"):
+        Head(np.zeros((16, 2)), np.zeros(3), {})
+    with pytest.raises(ModelError, match="run 'riskwire models train'"):
+        Head.load(tmp_path / "missing.json")
+
+
+def test_encoder_and_head_must_agree_on_dimensions(tiny_encoder_dir: Path) -> None:
+    encoder = SentenceEncoder(str(tiny_encoder_dir))
+    with pytest.raises(ModelError, match="expects 8-d embeddings"):
+        EmbeddingHeadMember(encoder, random_head(8))
+
+
+def test_an_unloadable_encoder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="cannot load encoder"):
+        SentenceEncoder(str(tmp_path / "nowhere"))
+
+
+def test_embeddings_are_normalised_and_batch_independent(tiny_encoder_dir: Path) -> None:
+    encoder = SentenceEncoder(str(tiny_encoder_dir))
+    full = encoder.encode(TEXTS, batch_size=64)
+    small = encoder.encode(TEXTS, batch_size=2)
+    assert np.allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(full, small, atol=1e-5)
+
+
+def test_fixed_member_helper_is_sane() -> None:
+    member = FixedMember("f", [0.2, 0.5, 0.3], {"bad": [0.8, 0.1, 0.1]})
+    probs = member.predict_proba(["ok", "bad news"])
+    assert np.allclose(probs, [[0.2, 0.5, 0.3], [0.8, 0.1, 0.1]])

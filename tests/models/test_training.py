@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.embedding import DEFAULT_HEAD, EmbeddingHeadMember, Head, SentenceEncoder
+from models.exceptions import ModelError
+from models.training import DEFAULT_TRAIN_SET, LabelledSet, evaluate, fit_softmax, train_head
+
+
+def separable(n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    y = np.arange(n) % 3
+    x = rng.normal(scale=0.3, size=(n, 4))
+    x[np.arange(n), y] += 2.0
+    return x, y
+
+
+def test_fit_softmax_learns_a_separable_problem_deterministically() -> None:
+    x, y = separable()
+    a, b = fit_softmax(x, y), fit_softmax(x, y)
+    assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
+    assert (np.argmax(x @ a.weight + a.bias, axis=1) == y).mean() == 1.0
+
+
+def test_evaluate_reports_accuracy_and_macro_f1() -> None:
+    probs = np.eye(3)[[0, 1, 2, 2]]
+    scores = evaluate(probs, [0, 1, 2, 1])
+    assert scores["accuracy"] == 0.75 and scores["n"] == 4
+    assert scores["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_labelled_set_refuses_unknown_labels(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "x", "label": "bullish"}) + "\n")
+    with pytest.raises(ModelError, match="d.jsonl:1"):
+        LabelledSet.read(path)
+
+
+def test_train_head_on_a_tiny_encoder_records_its_provenance(tiny_encoder_dir: Path,
+                                                             fixtures_dir: Path) -> None:
+    data = LabelledSet.read(fixtures_dir / "labelled.jsonl")
+    head = train_head(SentenceEncoder(str(tiny_encoder_dir)), data, folds=3)
+    assert head.weight.shape == (16, 3)
+    assert head.meta["train_sha256"] == data.sha256 and head.meta["train_rows"] == len(data.texts)
+    assert head.version.startswith("minilm-head-") and 0 <= head.meta["cv_accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_shipped_head_matches_its_training_set_and_scores_held_out_text(fixtures_dir: Path) -> None:
+    """Real MiniLM weights: the shipped head is the one the shipped data trains, and it is good."""
+    head = Head.load(DEFAULT_HEAD)
+    data = LabelledSet.read(DEFAULT_TRAIN_SET)
+    assert head.meta["train_sha256"] == data.sha256, "retrain: riskwire models train"
+    encoder = SentenceEncoder()
+    assert train_head(encoder, data).version == head.version  # same data and seed, same model
+    held_out = LabelledSet.read(fixtures_dir / "labelled.jsonl")
+    member = EmbeddingHeadMember(encoder, head)
+    scores = evaluate(member.predict_proba(held_out.texts), held_out.labels)
+    assert scores["accuracy"] >= 0.75, scores

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from riskwire.exceptions import InvalidRecord
+from riskwire.records import DeadLetter, Document, RawRecord, Score, stable_id
+from tests.factories import make_document, make_score
+
+
+def test_records_round_trip_through_versioned_json() -> None:
+    doc = make_document()
+    body = doc.to_json()
+    assert b'"schema":"document/1"' in body
+    assert Document.from_json(body) == doc
+    score = make_score()
+    assert Score.from_json(score.to_json()) == score
+
+
+def test_decoding_names_what_is_wrong() -> None:
+    with pytest.raises(InvalidRecord, match="not valid JSON"):
+        Document.from_json(b"{nope")
+    with pytest.raises(InvalidRecord, match="expected a JSON object"):
+        Document.from_json(b"[1, 2]")
+    with pytest.raises(InvalidRecord, match="schema 'score/1' is not 'document/1'"):
+        Document.from_json(make_score().to_json())
+    with pytest.raises(InvalidRecord, match="schema None"):
+        Document.from_json(b'{"id": "x"}')
+
+
+def test_unknown_fields_and_naive_datetimes_are_refused() -> None:
+    with pytest.raises(InvalidRecord, match="timezone-aware"):
+        RawRecord.from_json(
+            b'{"schema":"raw/1","source":"s","kind":"news","fetched_at":"2026-01-01T00:00:00",'
+            b'"payload":{}}'
+        )
+    with pytest.raises(InvalidRecord, match="surprise: Extra inputs"):
+        RawRecord.from_json(
+            b'{"schema":"raw/1","source":"s","kind":"news","fetched_at":"2026-01-01T00:00:00Z",'
+            b'"payload":{},"surprise":1}'
+        )
+
+
+def test_scores_must_be_in_range() -> None:
+    with pytest.raises(ValueError, match="score"):
+        make_score(score=1.5)
+
+
+def test_dead_letter_keeps_bytes_and_has_a_stable_id() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    a = DeadLetter.of("normalise", "bad", b"\xff\xfeoops", occurred_at=now, key=b"k1")
+    b = DeadLetter.of("normalise", "bad", b"\xff\xfeoops", occurred_at=now, key=b"k1")
+    assert a.payload == "\\xff\\xfeoops"
+    assert a.id == b.id and len(a.id) == 32
+    assert DeadLetter.from_json(a.to_json()) == a
+
+
+def test_stable_id_separates_parts() -> None:
+    assert stable_id("ab", "c") != stable_id("a", "bc")
+    assert stable_id("x") == stable_id("x")

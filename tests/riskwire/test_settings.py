@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from riskwire.exceptions import SettingsError
+from riskwire.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env file of the developer's
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("RISKWIRE_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_are_the_embedded_setup() -> None:
+    settings = load_settings()
+    assert settings.embedded_broker
+    assert settings.resolved_database_url.startswith("sqlite:///")
+    assert settings.resolved_database_url.endswith("riskwire-data/riskwire.db")
+    assert settings.device == "cpu"
+    assert settings.topics.raw_news == "riskwire.raw.news"
+
+
+def test_environment_switches_to_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RISKWIRE_KAFKA_BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("RISKWIRE_DATABASE_URL", "postgresql+psycopg://u@db:5432/riskwire")
+    monkeypatch.setenv("RISKWIRE_TOPIC_PREFIX", "prod")
+    settings = load_settings()
+    assert not settings.embedded_broker
+    assert settings.resolved_database_url == "postgresql+psycopg://u@db:5432/riskwire"
+    assert settings.topics.all()[0] == "prod.raw.news"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("RISKWIRE_KAFKA_BOOTSTRAP", "no-port", "RISKWIRE_KAFKA_BOOTSTRAP"),
+        ("RISKWIRE_DATABASE_URL", "mysql://x@y/z", "RISKWIRE_DATABASE_URL"),
+        ("RISKWIRE_DATABASE_URL", "::not a url::", "RISKWIRE_DATABASE_URL"),
+        ("RISKWIRE_SCORE_BATCH_SIZE", "0", "RISKWIRE_SCORE_BATCH_SIZE"),
+        ("RISKWIRE_DEVICE", "tpu", "RISKWIRE_DEVICE"),
+        ("RISKWIRE_LOG_LEVEL", "loud", "RISKWIRE_LOG_LEVEL"),
+    ],
+)
+def test_invalid_settings_fail_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=message):
+        load_settings()
+
+
+def test_settings_travel_to_a_child_process_as_environment() -> None:
+    settings = load_settings(kafka_bootstrap="127.0.0.1:9999", topic_prefix="t1")
+    env = settings.as_env()
+    assert env["RISKWIRE_KAFKA_BOOTSTRAP"] == "127.0.0.1:9999"
+    assert env["RISKWIRE_TOPIC_PREFIX"] == "t1"
+    assert env["RISKWIRE_DATABASE_URL"] == settings.resolved_database_url

@@ -1,0 +1,167 @@
+"""The same storage tests on SQLite and PostgreSQL: migrations, idempotent upserts, UTC round trips."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from riskwire.records import Alert, AlertState, DeadLetter, Severity
+from storage import make_engine, session_factory
+from storage.migrate import downgrade, upgrade
+from storage.repository import (
+    count_rows,
+    insert_dead_letters,
+    ticker_summary,
+    upsert_alerts,
+    upsert_documents,
+    upsert_scores,
+    upsert_ticker_sentiment,
+)
+from storage.tables import (
+    AlertRow,
+    DeadLetterRow,
+    DocumentRow,
+    DocumentTickerRow,
+    ScoreRow,
+    TickerSentimentRow,
+    VoteRow,
+)
+from tests.factories import T0, make_document, make_score
+
+TABLES = {"documents", "document_tickers", "votes", "scores", "ticker_sentiment", "alerts",
+          "dead_letters"}
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def make_alert(state: AlertState = AlertState.FIRING, **overrides: object) -> Alert:
+    fields: dict[str, object] = {
+        "id": "a" * 32, "rule": "negative_surge", "ticker": "ACME", "severity": Severity.WARNING,
+        "state": state, "window_start": T0, "window_end": T0 + timedelta(hours=2),
+        "event_time": T0 + timedelta(hours=2), "values": {"documents": 5.0},
+        "thresholds": {"min_documents": 4.0}, "evidence": ("d1", "d2"), "explanation": "test",
+    }  # fmt: skip
+    fields.update(overrides)
+    return Alert(**fields)  # type: ignore[arg-type]
+
+
+def test_migration_creates_every_table_and_downgrades_cleanly(database_url: str) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    assert TABLES <= set(inspect(engine).get_table_names())
+    indexes = {i["name"] for i in inspect(engine).get_indexes("document_tickers")}
+    assert "ix_document_tickers_ticker_published_at" in indexes
+    downgrade(database_url)
+    assert not TABLES & set(inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_documents_upsert_is_idempotent(sessions: sessionmaker[Session]) -> None:
+    docs = [make_document() for _ in range(3)]
+    for _ in range(2):  # a redelivered batch
+        with sessions.begin() as session:
+            upsert_documents(session, docs + docs[:1])  # and a duplicate inside one batch
+    with sessions() as session:
+        assert count_rows(session, DocumentRow) == 3
+        assert count_rows(session, DocumentTickerRow) == 3
+
+
+def test_scores_and_votes_are_stored_once_per_document_and_version(
+    sessions: sessionmaker[Session],
+) -> None:
+    doc = make_document()
+    score = make_score(document_id=doc.id, published_at=doc.published_at)
+    fanned = [score.model_copy(update={"ticker": t}) for t in ("ACME", "BETA")]
+    with sessions.begin() as session:
+        upsert_documents(session, [doc])
+        upsert_scores(session, fanned)
+    with sessions.begin() as session:
+        upsert_scores(session, [score])
+    with sessions() as session:
+        row = session.scalars(select(ScoreRow)).one()
+        assert row.document_id == doc.id and row.model_version == "test-1"
+        assert row.score == pytest.approx(score.score)
+        assert count_rows(session, VoteRow) == 1
+
+
+def test_datetimes_come_back_timezone_aware_utc(sessions: sessionmaker[Session]) -> None:
+    cet = datetime(2026, 11, 2, 10, 30, tzinfo=UTC).astimezone()  # any zone in
+    doc = make_document(published_at=cet)
+    with sessions.begin() as session:
+        upsert_documents(session, [doc])
+    with sessions() as session:
+        stored = session.get(DocumentRow, doc.id)
+        assert stored is not None
+        assert stored.published_at.tzinfo is not None
+        assert stored.published_at == datetime(2026, 11, 2, 10, 30, tzinfo=UTC)
+
+
+def test_alert_fires_once_and_resolves(sessions: sessionmaker[Session]) -> None:
+    firing = make_alert()
+    with sessions.begin() as session:
+        upsert_alerts(session, [firing, firing])
+    with sessions.begin() as session:
+        upsert_alerts(session, [firing])  # redelivered
+    resolved_at = T0 + timedelta(hours=3)
+    with sessions.begin() as session:
+        upsert_alerts(session, [make_alert(AlertState.RESOLVED, event_time=resolved_at)])
+    with sessions() as session:
+        row = session.scalars(select(AlertRow)).one()
+        assert row.state == "resolved"
+        assert row.resolved_at == resolved_at
+        assert row.evidence == ["d1", "d2"] and row.measured == {"documents": 5.0}
+    with sessions.begin() as session:
+        upsert_alerts(session, [firing])  # a late redelivery of the firing event changes nothing
+    with sessions() as session:
+        assert session.scalars(select(AlertRow.state)).one() == "resolved"
+
+
+def test_dead_letters_are_deduplicated(sessions: sessionmaker[Session]) -> None:
+    letter = DeadLetter.of("normalise", "payload has no title or text", b'{"id": 1}',
+                           occurred_at=T0, topic="raw", key=b"k")
+    with sessions.begin() as session:
+        insert_dead_letters(session, [letter, letter])
+    with sessions.begin() as session:
+        insert_dead_letters(session, [letter])
+    with sessions() as session:
+        row = session.scalars(select(DeadLetterRow)).one()
+        assert (row.stage, row.reason, row.payload, row.key) == (
+            "normalise", "payload has no title or text", '{"id": 1}', "k")
+
+
+def test_ticker_summary_counts_documents_scores_and_alerts(sessions: sessionmaker[Session]) -> None:
+    docs = [make_document() for _ in range(4)]
+    scores = [make_score(document_id=d.id, score=s, published_at=d.published_at)
+              for d, s in zip(docs, (-0.5, -0.3, 0.2, 0.6), strict=True)]
+    rows = [{"run_id": "live", "ticker": "ACME", "document_id": d.id,
+             "published_at": d.published_at, "score": s.score, "window_documents": 1,
+             "window_mean_score": s.score, "window_negative_share": 0.0}
+            for d, s in zip(docs, scores, strict=True)]  # fmt: skip
+    with sessions.begin() as session:
+        upsert_documents(session, docs)
+        upsert_scores(session, scores)
+        upsert_ticker_sentiment(session, rows + rows)
+        upsert_alerts(session, [make_alert()])
+    with sessions() as session:
+        assert count_rows(session, TickerSentimentRow) == 4
+        (summary,) = ticker_summary(session)
+    assert summary["ticker"] == "ACME" and summary["documents"] == 4 and summary["alerts"] == 1
+    assert summary["mean_score"] == pytest.approx(0.0)
+
+
+def test_naive_datetimes_are_refused(sessions: sessionmaker[Session]) -> None:
+    letter = DeadLetter.of("x", "y", "z", occurred_at=T0)
+    row = {"id": letter.id, "stage": "x", "reason": "y", "topic": None, "key": None,
+           "payload": "z", "occurred_at": datetime(2026, 1, 1)}  # noqa: DTZ001
+    with pytest.raises(Exception, match="naive datetime"), sessions.begin() as session:
+        session.execute(DeadLetterRow.__table__.insert(), [row])

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from riskwire.exceptions import InvalidRecord
+from riskwire.records import Kind, RawRecord
+from streams.pipeline import Deduplicator, extract_cashtags, normalise
+
+FETCHED = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+
+
+def raw(**payload: Any) -> RawRecord:
+    return RawRecord(source="wire-a", kind=Kind.NEWS, fetched_at=FETCHED, payload=payload)
+
+
+def test_a_news_item_becomes_a_clean_document() -> None:
+    doc = normalise(raw(title="<b>Acme</b> beats &amp; raises", body="<p>Shares of $ACME   rose.</p>",
+                        published_at="2026-11-02T10:00:00+01:00", url="https://x/1",
+                        tickers=["acme", "$BETA"]))
+    assert doc.title == "Acme beats & raises"
+    assert doc.text == "Shares of $ACME rose."
+    assert doc.published_at == datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    assert {(t.ticker, t.relevance) for t in doc.tickers} == {("ACME", 1.0), ("BETA", 1.0)}
+    assert doc.url == "https://x/1" and doc.kind == Kind.NEWS
+
+
+def test_cashtags_in_the_body_are_less_relevant_than_in_the_title() -> None:
+    doc = normalise(raw(title="$ACME up", text="Also $beta and $ACME", published_at=1762070400))
+    assert [(t.ticker, t.relevance) for t in doc.tickers] == [("ACME", 1.0), ("BETA", 0.7)]
+
+
+def test_cashtags_ignore_prices_and_embedded_dollars() -> None:
+    assert extract_cashtags("$AAPL $100 US$5 $brk.b x$Y $$Z $GOOGL,") == ["AAPL", "BRK.B", "GOOGL"]
+
+
+def test_the_id_is_stable_and_ignores_source_case_and_spacing() -> None:
+    a = normalise(raw(title="Acme beats estimates", published_at="2026-11-02T10:00:00Z"))
+    b = normalise(RawRecord(source="wire-b", kind=Kind.NEWS, fetched_at=FETCHED,
+                            payload={"title": "ACME  beats estimates ",
+                                     "published_at": "2026-11-02T11:00:00Z"}))
+    c = normalise(raw(title="Acme misses estimates", published_at="2026-11-02T10:00:00Z"))
+    assert a.id == b.id != c.id
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"published_at": "2026-11-02T10:00:00Z"}, "no title or text"),
+        ({"title": "   <br/> "}, "no title or text"),
+        ({"title": "x"}, "no published_at"),
+        ({"title": "x", "published_at": "yesterday"}, "not ISO-8601"),
+        ({"title": "x", "published_at": True}, "not a time"),
+        ({"title": "x", "published_at": 1e20}, "out of range"),
+        ({"title": "x", "published_at": "2031-01-01T00:00:00Z"}, "after fetch time"),
+        ({"title": "x", "published_at": "2026-11-02T10:00:00Z", "tickers": "ACME"}, "list of strings"),
+        ({"title": "x", "published_at": "2026-11-02T10:00:00Z", "tickers": ["NOT A TICKER"]},
+         "not a valid symbol"),
+        ({"title": "x" * 100_001, "published_at": "2026-11-02T10:00:00Z"}, "longer than"),
+    ],
+)
+def test_bad_payloads_raise_with_a_reason(payload: dict[str, Any], reason: str) -> None:
+    with pytest.raises(InvalidRecord, match=reason):
+        normalise(raw(**payload))
+
+
+def test_naive_times_are_taken_as_utc() -> None:
+    doc = normalise(raw(title="x", published_at="2026-11-02 10:00:00"))
+    assert doc.published_at == datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+
+
+def test_deduplicator_forgets_the_oldest_beyond_capacity() -> None:
+    seen = Deduplicator(capacity=2)
+    assert seen.is_new("a") and seen.is_new("b")
+    assert not seen.is_new("a")
+    assert seen.is_new("c")  # evicts b, the least recently seen
+    assert seen.is_new("b")
+    assert not seen.is_new("c")

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from riskwire.records import AlertState, Severity
+from streams.pipeline import NegativeSurgeRule, RiskEngine
+from streams.pipeline.risk import window_starts
+from tests.factories import make_score
+
+T = datetime(2026, 11, 3, 13, 0, tzinfo=UTC)
+RULE = NegativeSurgeRule(window=timedelta(hours=2), hop=timedelta(minutes=30), min_documents=4,
+                         negative_share=0.6, mean_score=-0.25)
+
+
+def burst(ticker: str = "ACME", n: int = 5, score: float = -0.7, start: datetime = T,
+          step: timedelta = timedelta(minutes=10)) -> list:
+    return [make_score(ticker=ticker, score=score, published_at=start + i * step) for i in range(n)]
+
+
+def run(engine: RiskEngine, scores: list) -> list:
+    return [a for s in scores for a in engine.process(s).alerts]
+
+
+def test_window_starts_are_aligned_and_contain_the_time() -> None:
+    t = datetime(2026, 11, 3, 13, 40, tzinfo=UTC)
+    starts = window_starts(t, timedelta(hours=2), timedelta(minutes=30))
+    assert [s.strftime("%H:%M") for s in starts] == ["12:00", "12:30", "13:00", "13:30"]
+    assert all(s <= t < s + timedelta(hours=2) for s in starts)
+
+
+def test_a_negative_burst_fires_once_with_evidence() -> None:
+    engine = RiskEngine(RULE)
+    scores = burst(n=6)
+    alerts = run(engine, scores)
+    assert len(alerts) == 1
+    alert = alerts[0]
+    assert alert.state == AlertState.FIRING and alert.ticker == "ACME"
+    assert alert.rule == "negative_surge" and alert.severity == Severity.WARNING
+    assert alert.values["documents"] >= 4 and alert.values["negative_share"] == 1.0
+    assert set(alert.evidence) <= {s.document_id for s in scores}
+    assert "ACME" in alert.explanation and "60%" in alert.explanation
+
+
+def test_a_surge_that_first_holds_with_twice_the_minimum_is_critical() -> None:
+    mild = [make_score(score=-0.2, label="negative", published_at=T + timedelta(minutes=i))
+            for i in range(7)]
+    engine = RiskEngine(RULE)
+    assert run(engine, mild) == []  # all negative, but the mean is not below -0.25 yet
+    (alert,) = run(engine, [make_score(score=-0.9, published_at=T + timedelta(minutes=8))])
+    assert alert.severity == Severity.CRITICAL and alert.values["documents"] == 8
+
+
+def test_scattered_or_mild_negatives_do_not_fire() -> None:
+    engine = RiskEngine(RULE)
+    assert run(engine, burst(n=6, step=timedelta(hours=3))) == []
+    assert run(engine, burst(ticker="MILD", n=6, score=-0.1)) == []
+    mixed = burst(ticker="MIX", n=3) + burst(ticker="MIX", n=4, score=0.6, start=T + timedelta(minutes=1))
+    assert run(engine, sorted(mixed, key=lambda s: s.published_at)) == []
+
+
+def test_redelivered_scores_change_nothing() -> None:
+    engine = RiskEngine(RULE)
+    scores = burst(n=5)
+    first = run(engine, scores)
+    updates = [engine.process(s) for s in scores]
+    assert len(first) == 1
+    assert all(u.row is None and u.alerts == [] for u in updates)
+
+
+def test_tickers_have_their_own_windows() -> None:
+    engine = RiskEngine(RULE)
+    interleaved = [s for pair in zip(burst("AAA", 2), burst("BBB", 2), strict=True) for s in pair]
+    assert run(engine, interleaved) == []
+    assert {a.ticker for a in run(engine, burst("AAA", 3, start=T + timedelta(minutes=30)))} == {"AAA"}
+
+
+def test_the_alert_resolves_when_a_calm_window_follows() -> None:
+    engine = RiskEngine(RULE)
+    (fired,) = run(engine, burst(n=5))
+    calm = burst(n=3, score=0.5, start=T + timedelta(hours=5))
+    (resolved,) = run(engine, calm)
+    assert resolved.id == fired.id and resolved.state == AlertState.RESOLVED
+    assert resolved.event_time == calm[0].published_at
+    assert "resolved at" in resolved.explanation
+
+
+def test_the_same_scores_in_any_arrival_order_alert_the_same_tickers() -> None:
+    scores = burst("AAA", 6) + burst("BBB", 5, start=T + timedelta(days=1)) + burst(
+        "CCC", 6, score=0.4) + burst("DDD", 6, step=timedelta(hours=4))
+    expected = {a.ticker for a in run(RiskEngine(RULE), scores) if a.state == AlertState.FIRING}
+    assert expected == {"AAA", "BBB"}
+    for seed in range(5):
+        shuffled = list(scores)
+        random.Random(seed).shuffle(shuffled)
+        fired = {a.ticker for a in run(RiskEngine(RULE), shuffled) if a.state == AlertState.FIRING}
+        assert fired == expected
+
+
+def test_rows_carry_the_trailing_window_and_the_run_id() -> None:
+    engine = RiskEngine(RULE, run_id="replay-1")
+    rows = [engine.process(s).row for s in burst(n=3, score=-0.3)]
+    assert [r["window_documents"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["window_mean_score"] == -0.3 and rows[-1]["run_id"] == "replay-1"
+    assert engine.process(make_score(ticker=None)).row is None

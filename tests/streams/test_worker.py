@@ -1,0 +1,113 @@
+"""The whole worker against the real broker and a real database (SQLite and PostgreSQL).
+
+Good and malformed records go in twice (a redelivery); every good record must be stored exactly once
+with its score and votes, every bad one must reach the dead-letter topic with a reason, and the
+negative burst must raise its alert, stored and on the alerts topic.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from ingest import JsonlSource, RawProducer
+from riskwire.broker import EmbeddedBroker
+from riskwire.demo import expected_outcome
+from riskwire.records import Alert, DeadLetter
+from riskwire.settings import Settings, load_settings
+from riskwire.worker import spawn_worker, stop_worker
+from storage import make_engine, session_factory, upgrade
+from storage.tables import (
+    AlertRow,
+    DeadLetterRow,
+    DocumentRow,
+    DocumentTickerRow,
+    ScoreRow,
+    TickerSentimentRow,
+    VoteRow,
+)
+from tests.kafka_helpers import read_topic, wait_drained
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BAD_REASONS = {
+    "b1": "payload has no title or text",
+    "b2": "not ISO-8601",
+    "b3": "after fetch time",
+    "b4": "tickers must be a list of strings",
+    "b5": "kind 'fax' is not news or social",
+    "b6": "not valid JSON",
+}
+
+
+@pytest.fixture
+def pipeline_settings(database_url: str, broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+    url = database_url
+    upgrade(url)
+    run = uuid.uuid4().hex[:8]
+    return load_settings(
+        kafka_bootstrap=broker.bootstrap, database_url=url, data_dir=tmp_path,
+        topic_prefix=f"test-{run}", consumer_group=f"riskwire-{run}",
+        score_batch_wait_s=0.2, dedupe_cache_size=0,  # let duplicates reach the database
+    )  # fmt: skip
+
+
+@pytest.fixture
+def worker(pipeline_settings: Settings, tmp_path: Path) -> Iterator[None]:
+    process = spawn_worker(pipeline_settings, tmp_path / "worker.log")
+    yield
+    code = stop_worker(process)
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert code == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_every_good_record_is_stored_once_and_every_bad_one_is_dead_lettered(
+    pipeline_settings: Settings, worker: None, fixtures_dir: Path
+) -> None:
+    settings = pipeline_settings
+    feed = fixtures_dir / "pipeline.jsonl"
+    expected = expected_outcome(JsonlSource(feed).read())
+    assert len(expected.document_ids) == 12 and expected.dead_letters == 6
+    bootstrap, topics = settings.kafka_bootstrap or "", settings.topics
+    items = list(JsonlSource(feed).read())
+    with RawProducer(bootstrap, topics) as producer:
+        for _ in range(2):  # the second pass redelivers every message, byte for byte
+            counts = producer.publish(items)
+            assert (counts.raw, counts.dead) == (17, 2)
+
+    wait_drained(bootstrap, settings.consumer_group,
+                 [topics.raw_news, topics.raw_social, topics.docs, topics.scored, topics.deadletter])
+
+    engine = make_engine(settings.resolved_database_url)
+    with session_factory(engine)() as session:
+        ids = set(session.scalars(select(DocumentRow.id)))
+        assert ids == expected.document_ids
+        scored = session.execute(select(ScoreRow.document_id, func.count()).group_by(ScoreRow.document_id)).all()
+        assert {d: n for d, n in scored} == {d: 1 for d in ids}
+        assert session.scalar(select(func.count()).select_from(VoteRow)) == 2 * len(ids)
+        mentions = session.scalar(select(func.count()).select_from(DocumentTickerRow))
+        assert mentions == 12  # 11 linked documents, one of them naming two tickers
+        assert session.scalar(select(func.count()).select_from(TickerSentimentRow)) == mentions
+        stored_letters = session.scalars(select(DeadLetterRow)).all()
+        alerts = session.scalars(select(AlertRow)).all()
+    engine.dispose()
+
+    letters = [DeadLetter.from_json(m.value) for m in read_topic(bootstrap, topics.deadletter)]
+    for item, reason in BAD_REASONS.items():
+        matching = [d for d in letters if f'"{item}"' in d.payload]
+        assert matching, f"{item} is not in the dead-letter topic"
+        assert all(reason in d.reason for d in matching), (item, [d.reason for d in matching])
+    assert {d.stage for d in letters} == {"ingest", "normalise"}
+    assert len(stored_letters) == 6  # twice on the topic, once in the table
+
+    assert [(a.ticker, a.rule, a.state) for a in alerts] == [("DOOM", "negative_surge", "firing")]
+    assert set(alerts[0].evidence) <= expected.document_ids and alerts[0].evidence
+    on_topic = [Alert.from_json(m.value) for m in read_topic(bootstrap, topics.alerts)]
+    assert {(a.id, a.ticker) for a in on_topic} == {(alerts[0].id, "DOOM")}
+    assert json.loads(on_topic[0].to_json())["schema"] == "alert/1"
