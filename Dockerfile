@@ -1,6 +1,6 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY . .
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    && pip install --no-cache-dir -e .
+# torch is pinned in pyproject.toml; point pip at a CPU-only wheel index for a much smaller image
+RUN pip install --no-cache-dir -e .
 ENTRYPOINT []
