@@ -17,7 +17,9 @@ _LIST_SPLIT = re.compile(r"[;,\s]+")
 
 
 class _FileSource(FeedSource):
-    def __init__(self, path: Path, kind: Kind = Kind.NEWS, clock: Callable[[], datetime] | None = None):
+    def __init__(
+        self, path: Path, kind: Kind = Kind.NEWS, clock: Callable[[], datetime] | None = None
+    ):
         self.path = Path(path)
         self.kind = Kind(kind)
         self.name = f"file:{self.path.name}"
@@ -27,8 +29,13 @@ class _FileSource(FeedSource):
         now = self._clock()
         kind = payload.get("kind", self.kind)
         if kind not in (Kind.NEWS.value, Kind.SOCIAL.value):
-            return DeadLetter.of(STAGE, f"{where}: kind {kind!r} is not news or social", line,
-                                 occurred_at=now, topic=self.name)
+            return DeadLetter.of(
+                STAGE,
+                f"{where}: kind {kind!r} is not news or social",
+                line,
+                occurred_at=now,
+                topic=self.name,
+            )
         source = payload.get("source")
         return RawRecord(
             source=source if isinstance(source, str) and source else self.name,
@@ -48,12 +55,22 @@ class JsonlSource(_FileSource):
                 try:
                     payload = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as exc:
-                    yield DeadLetter.of(STAGE, f"{where}: not valid JSON: {exc}", line.rstrip("\n"),
-                                        occurred_at=self._clock(), topic=self.name)
+                    yield DeadLetter.of(
+                        STAGE,
+                        f"{where}: not valid JSON: {exc}",
+                        line.rstrip("\n"),
+                        occurred_at=self._clock(),
+                        topic=self.name,
+                    )
                     continue
                 if not isinstance(payload, dict):
-                    yield DeadLetter.of(STAGE, f"{where}: expected a JSON object", line.rstrip("\n"),
-                                        occurred_at=self._clock(), topic=self.name)
+                    yield DeadLetter.of(
+                        STAGE,
+                        f"{where}: expected a JSON object",
+                        line.rstrip("\n"),
+                        occurred_at=self._clock(),
+                        topic=self.name,
+                    )
                     continue
                 yield self._record(payload, line, where)
 
@@ -65,11 +82,17 @@ class CsvSource(_FileSource):
         with self.path.open(encoding="utf-8", errors="replace", newline="") as handle:
             reader = csv.DictReader(handle)
             for number, row in enumerate(reader, 2):
-                payload: dict[str, object] = {k: v for k, v in row.items() if k and v not in (None, "")}
+                payload: dict[str, object] = {
+                    k: v for k, v in row.items() if k and v not in (None, "")
+                }
                 if None in row:
-                    yield DeadLetter.of(STAGE, f"{self.path.name}:{number}: more cells than headers",
-                                        json.dumps(row, default=str), occurred_at=self._clock(),
-                                        topic=self.name)
+                    yield DeadLetter.of(
+                        STAGE,
+                        f"{self.path.name}:{number}: more cells than headers",
+                        json.dumps(row, default=str),
+                        occurred_at=self._clock(),
+                        topic=self.name,
+                    )
                     continue
                 tickers = payload.get("tickers")
                 if isinstance(tickers, str):

@@ -40,12 +40,16 @@ class RawProducer:
         counts = ProduceCounts()
         for item in items:
             if isinstance(item, DeadLetter):
-                self._producer.send(self.topics.deadletter, value=item.to_json(),
-                                    key=(item.key or "").encode() or None)
+                self._producer.send(
+                    self.topics.deadletter,
+                    value=item.to_json(),
+                    key=(item.key or "").encode() or None,
+                )
                 counts.dead += 1
             else:
-                self._producer.send(self.topics.raw(item.kind), value=item.to_json(),
-                                    key=record_key(item))
+                self._producer.send(
+                    self.topics.raw(item.kind), value=item.to_json(), key=record_key(item)
+                )
                 counts.raw += 1
         self._producer.flush()
         log.info("produced %d raw records and %d dead letters", counts.raw, counts.dead)

@@ -107,7 +107,9 @@ class Head:
         try:
             body = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ModelError(f"cannot read head {path}: {exc}; run 'riskwire models train'") from exc
+            raise ModelError(
+                f"cannot read head {path}: {exc}; run 'riskwire models train'"
+            ) from exc
         weight = np.asarray(body.pop("weight"), dtype=np.float32)
         bias = np.asarray(body.pop("bias"), dtype=np.float32)
         return cls(weight, bias, body)

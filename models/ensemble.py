@@ -46,11 +46,16 @@ class Ensemble(Member):
         self.fusion = get_fusion(fusion)
         self.name = name
         signature = "|".join(
-            [fusion, *(f"{m.version}:{w:g}" for m, w in zip(self.members, self.weights, strict=True))]
+            [
+                fusion,
+                *(f"{m.version}:{w:g}" for m, w in zip(self.members, self.weights, strict=True)),
+            ]
         )
         self.version = f"{name}-{hashlib.sha256(signature.encode()).hexdigest()[:10]}"
 
-    def _forward(self, batch: list[str]) -> np.ndarray:  # pragma: no cover - predict_proba overrides
+    def _forward(
+        self, batch: list[str]
+    ) -> np.ndarray:  # pragma: no cover - predict_proba overrides
         return self.predict_proba(batch)
 
     def member_proba(self, texts: Sequence[str]) -> np.ndarray:

@@ -40,7 +40,9 @@ def build_member(name: str, settings: Settings) -> Member:
 
 
 def build_ensemble(
-    settings: Settings, members: tuple[tuple[str, float], ...] = DEFAULT_MEMBERS, fusion: str = "soft"
+    settings: Settings,
+    members: tuple[tuple[str, float], ...] = DEFAULT_MEMBERS,
+    fusion: str = "soft",
 ) -> Ensemble:
     built = [build_member(name, settings) for name, _ in members]
     return Ensemble(built, [w for _, w in members], fusion=fusion, name="default")

@@ -14,11 +14,40 @@ from models.exceptions import ModelError
 
 DEFAULT_LEXICON = Path(__file__).resolve().parent / "data" / "finlex.tsv"
 _TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*|\$[a-z]+")
-NEGATORS = frozenset({"not", "no", "never", "without", "neither", "nor", "isn't", "wasn't",
-                      "aren't", "didn't", "doesn't", "don't", "won't", "hardly", "barely"})
-INTENSIFIERS = {"sharply": 1.4, "significantly": 1.3, "steep": 1.3, "steeply": 1.3,
-                "massive": 1.4, "huge": 1.3, "sharp": 1.3, "deeply": 1.3, "heavily": 1.3,
-                "strongly": 1.2, "slightly": 0.6, "modestly": 0.7, "marginally": 0.6}
+NEGATORS = frozenset(
+    {
+        "not",
+        "no",
+        "never",
+        "without",
+        "neither",
+        "nor",
+        "isn't",
+        "wasn't",
+        "aren't",
+        "didn't",
+        "doesn't",
+        "don't",
+        "won't",
+        "hardly",
+        "barely",
+    }
+)
+INTENSIFIERS = {
+    "sharply": 1.4,
+    "significantly": 1.3,
+    "steep": 1.3,
+    "steeply": 1.3,
+    "massive": 1.4,
+    "huge": 1.3,
+    "sharp": 1.3,
+    "deeply": 1.3,
+    "heavily": 1.3,
+    "strongly": 1.2,
+    "slightly": 0.6,
+    "modestly": 0.7,
+    "marginally": 0.6,
+}
 NEGATION_SCOPE = 3
 MAX_PHRASE = 4
 ALGORITHM_VERSION = "a1"  # bump when the scoring code changes, so stored votes say which

@@ -51,7 +51,9 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 200
     targets = torch.from_numpy(y.astype(np.int64))
     weight = torch.zeros(x.shape[1], 3, requires_grad=True)
     bias = torch.zeros(3, requires_grad=True)
-    optimiser = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    optimiser = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
@@ -95,7 +97,7 @@ def train_head(
     return head
 
 
-def evaluate(member_proba: np.ndarray, labels: Sequence[int]) -> dict[str, float]:
+def evaluate(member_proba: np.ndarray, labels: Sequence[int] | np.ndarray) -> dict[str, float]:
     """Accuracy and macro F1 of probabilities against class indices."""
     y = np.asarray(labels)
     pred = np.argmax(member_proba, axis=1)

@@ -15,8 +15,11 @@ from riskwire.exceptions import RiskwireError
 from riskwire.records import Kind
 from riskwire.settings import Settings, load_settings
 
-app = typer.Typer(help="Streaming financial sentiment and per-ticker risk warnings.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Streaming financial sentiment and per-ticker risk warnings.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 models_app = typer.Typer(help="Train and evaluate the bundled models.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -26,8 +29,9 @@ console = Console()
 
 def _settings() -> Settings:
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("kafka", "aiokafka", "faust", "mode", "httpx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return settings
@@ -90,7 +94,9 @@ def ingest(
 
 @app.command()
 def demo(
-    sample: Annotated[Path | None, typer.Option(help="a JSONL feed; default: the bundled one")] = None,
+    sample: Annotated[
+        Path | None, typer.Option(help="a JSONL feed; default: the bundled one")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for processing")] = 170.0,
 ) -> None:
     """Start broker, database and worker; ingest the sample; wait; print what riskwire found."""
@@ -113,8 +119,10 @@ def models_train(
     with console.status(f"embedding {len(labelled.texts)} texts and fitting the head"):
         head = train_head(SentenceEncoder(settings.encoder_path, settings.device), labelled)
     head.save(out or DEFAULT_HEAD)
-    console.print(f"{head.version}: cross-validated accuracy {head.meta['cv_accuracy']:.3f}, "
-                  f"written to {out or DEFAULT_HEAD}")
+    console.print(
+        f"{head.version}: cross-validated accuracy {head.meta['cv_accuracy']:.3f}, "
+        f"written to {out or DEFAULT_HEAD}"
+    )
 
 
 @models_app.command("evaluate")

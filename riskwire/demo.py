@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from ingest import RawProducer
 from ingest.base import SourceItem
@@ -21,8 +22,14 @@ from riskwire.records import DeadLetter
 from riskwire.settings import Settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
-from storage.repository import ticker_summary
-from storage.tables import AlertRow, DeadLetterRow, DocumentRow, DocumentTickerRow, TickerSentimentRow
+from storage.repository import TickerSummary, ticker_summary
+from storage.tables import (
+    AlertRow,
+    DeadLetterRow,
+    DocumentRow,
+    DocumentTickerRow,
+    TickerSentimentRow,
+)
 from streams.pipeline import normalise
 
 SAMPLE = Path(__file__).resolve().parent / "sample" / "feed.jsonl"
@@ -52,27 +59,34 @@ def expected_outcome(items: Iterable[SourceItem]) -> Expected:
 
 
 @dataclass
-class Progress_:
+class Counts:
     documents: int
     dead_letters: int
     mentions: int
     aggregated: int
 
 
-def measure(sessions: object, expected: Expected) -> Progress_:
-    with sessions() as session:  # type: ignore[operator]
+def measure(sessions: sessionmaker[Session], expected: Expected) -> Counts:
+    with sessions() as session:
         ids = list(expected.document_ids)
-        docs = session.scalar(select(func.count()).select_from(DocumentRow).where(DocumentRow.id.in_(ids)))
-        mentions = session.scalar(select(func.count()).select_from(DocumentTickerRow)
-                                  .where(DocumentTickerRow.document_id.in_(ids)))
-        aggregated = session.scalar(select(func.count()).select_from(TickerSentimentRow)
-                                    .where(TickerSentimentRow.run_id == "live",
-                                           TickerSentimentRow.document_id.in_(ids)))
+        docs = session.scalar(
+            select(func.count()).select_from(DocumentRow).where(DocumentRow.id.in_(ids))
+        )
+        mentions = session.scalar(
+            select(func.count())
+            .select_from(DocumentTickerRow)
+            .where(DocumentTickerRow.document_id.in_(ids))
+        )
+        aggregated = session.scalar(
+            select(func.count())
+            .select_from(TickerSentimentRow)
+            .where(TickerSentimentRow.run_id == "live", TickerSentimentRow.document_id.in_(ids))
+        )
         dead = session.scalar(select(func.count()).select_from(DeadLetterRow))
-    return Progress_(int(docs or 0), int(dead or 0), int(mentions or 0), int(aggregated or 0))
+    return Counts(int(docs or 0), int(dead or 0), int(mentions or 0), int(aggregated or 0))
 
 
-def done(p: Progress_, expected: Expected) -> bool:
+def done(p: Counts, expected: Expected) -> bool:
     return (
         p.documents == len(expected.document_ids)
         and p.dead_letters >= expected.dead_letters
@@ -80,19 +94,34 @@ def done(p: Progress_, expected: Expected) -> bool:
     )
 
 
-def wait_for(sessions: object, expected: Expected, timeout: float, console: Console,
-             worker_alive: object) -> Progress_:
+def wait_for(
+    sessions: sessionmaker[Session],
+    expected: Expected,
+    timeout: float,
+    console: Console,
+    worker_alive: Callable[[], bool],
+) -> Counts:
     deadline = time.monotonic() + timeout
     total = len(expected.document_ids) + expected.dead_letters
-    with Progress(TextColumn("processing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("processing"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("processing", total=total)
         while True:
             p = measure(sessions, expected)
-            bar.update(task, completed=min(p.documents, p.aggregated) + min(p.dead_letters, expected.dead_letters))
+            bar.update(
+                task,
+                completed=min(p.documents, p.aggregated)
+                + min(p.dead_letters, expected.dead_letters),
+            )
             if done(p, expected):
                 return p
-            if not worker_alive():  # type: ignore[operator]
+            if not worker_alive():
                 raise RiskwireError("the worker exited early; see its log")
             if time.monotonic() > deadline:
                 raise RiskwireError(f"not finished after {timeout:.0f}s: {p}")
@@ -118,32 +147,40 @@ def run_demo(settings: Settings, console: Console, sample: Path | None, timeout:
         try:
             with RawProducer(bootstrap, live.topics) as producer:
                 counts = producer.publish(JsonlSource(sample).read())
-            console.print(f"ingested {counts.raw} records ({counts.dead} unreadable lines dead-lettered)")
+            console.print(
+                f"ingested {counts.raw} records ({counts.dead} unreadable lines dead-lettered)"
+            )
             progress = wait_for(sessions, expected, timeout, console, lambda: worker.poll() is None)
         finally:
             stop_worker(worker)
     with sessions() as session:
         summary = ticker_summary(session)
-        alerts = session.scalars(select(AlertRow).where(AlertRow.run_id == "live")
-                                 .order_by(AlertRow.window_start)).all()
+        alerts = session.scalars(
+            select(AlertRow).where(AlertRow.run_id == "live").order_by(AlertRow.window_start)
+        ).all()
     engine.dispose()
     print_report(console, summary, alerts, progress)
-    console.print(f"\ndata: {url}\nlogs: {logs.resolve()}\n"
-                  f"done in {time.monotonic() - started:.1f}s")
+    console.print(
+        f"\ndata: {url}\nlogs: {logs.resolve()}\ndone in {time.monotonic() - started:.1f}s"
+    )
 
 
-def print_report(console: Console, summary: list[dict[str, object]], alerts: list[AlertRow],
-                 progress: Progress_) -> None:
+def print_report(
+    console: Console, summary: list[TickerSummary], alerts: Sequence[AlertRow], progress: Counts
+) -> None:
     table = Table(title="riskwire: tickers")
     for column in ("ticker", "documents", "mean sentiment", "alerts"):
         table.add_column(column, justify="left" if column == "ticker" else "right")
-    for row in sorted(summary, key=lambda r: (-int(r["alerts"]), float(r["mean_score"]))):  # type: ignore[arg-type]
-        style = "red" if row["alerts"] else None
-        table.add_row(str(row["ticker"]), str(row["documents"]), f"{row['mean_score']:+.3f}",
-                      str(row["alerts"]), style=style)
+    for row in sorted(summary, key=lambda r: (-r.alerts, r.mean_score)):
+        style = "red" if row.alerts else None
+        table.add_row(
+            row.ticker, str(row.documents), f"{row.mean_score:+.3f}", str(row.alerts), style=style
+        )
     console.print(table)
     console.print(f"{progress.documents} documents stored, {progress.dead_letters} dead letters")
     for alert in alerts:
-        console.print(f"[bold]{alert.severity.upper()}[/bold] {alert.rule} {alert.ticker} "
-                      f"({alert.state}) {alert.window_start:%Y-%m-%d %H:%M}–{alert.window_end:%H:%M} UTC: "
-                      f"{alert.explanation}")
+        console.print(
+            f"[bold]{alert.severity.upper()}[/bold] {alert.rule} {alert.ticker} "
+            f"({alert.state}) {alert.window_start:%Y-%m-%d %H:%M}–{alert.window_end:%H:%M} UTC: "
+            f"{alert.explanation}"
+        )

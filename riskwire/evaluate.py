@@ -11,7 +11,9 @@ from models.training import LabelledSet, evaluate
 from riskwire.settings import Settings
 
 
-def evaluate_file(settings: Settings, console: Console, data: Path, limit: int = 0) -> dict[str, dict[str, float]]:
+def evaluate_file(
+    settings: Settings, console: Console, data: Path, limit: int = 0
+) -> dict[str, dict[str, float]]:
     from models.factory import build_ensemble
 
     labelled = LabelledSet.read(data)

@@ -39,7 +39,14 @@ class Topics:
         return self.raw_social if kind == "social" else self.raw_news
 
     def all(self) -> list[str]:
-        return [self.raw_news, self.raw_social, self.docs, self.scored, self.alerts, self.deadletter]
+        return [
+            self.raw_news,
+            self.raw_social,
+            self.docs,
+            self.scored,
+            self.alerts,
+            self.deadletter,
+        ]
 
 
 class Settings(BaseSettings):
@@ -47,7 +54,9 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
     )
 
-    data_dir: Path = Field(Path("riskwire-data"), description="Where the embedded setup keeps files")
+    data_dir: Path = Field(
+        Path("riskwire-data"), description="Where the embedded setup keeps files"
+    )
     kafka_bootstrap: str | None = Field(
         None, description="host:port[,host:port]; unset = start the embedded Tansu broker"
     )
@@ -57,7 +66,9 @@ class Settings(BaseSettings):
     consumer_group: str = Field("riskwire", pattern=r"^[A-Za-z0-9._\-]+$")
 
     dedupe_cache_size: int = Field(
-        100_000, ge=0, description="recent document ids a worker remembers; 0 = rely on the database"
+        100_000,
+        ge=0,
+        description="recent document ids a worker remembers; 0 = rely on the database",
     )
 
     device: str = Field("cpu", description="cpu, cuda or cuda:N for transformer members")

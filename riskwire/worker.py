@@ -28,7 +28,7 @@ def run_worker(settings: Settings) -> None:
 def spawn_worker(settings: Settings, log_file: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ``riskwire worker`` as a child process configured by these settings."""
     env = {**os.environ, **settings.as_env()}
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "riskwire", "worker"],

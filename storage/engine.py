@@ -23,7 +23,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers (the demo, dashboards) never block the worker
+    cursor.execute(
+        "PRAGMA journal_mode=WAL"
+    )  # readers (the demo, dashboards) never block the worker
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()

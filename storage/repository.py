@@ -6,6 +6,7 @@ They take a ``Session`` and never commit: the caller owns the transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Insert, func, select
@@ -144,7 +145,15 @@ def count_rows(session: Session, table: type[Base]) -> int:
     return int(session.scalar(select(func.count()).select_from(table)) or 0)
 
 
-def ticker_summary(session: Session, run_id: str = "live") -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class TickerSummary:
+    ticker: str
+    documents: int
+    mean_score: float
+    alerts: int
+
+
+def ticker_summary(session: Session, run_id: str = "live") -> list[TickerSummary]:
     """Per ticker: documents, mean fused score and alerts fired, for the CLI's table."""
     docs = (
         select(
@@ -164,6 +173,6 @@ def ticker_summary(session: Session, run_id: str = "live") -> list[dict[str, Any
         ).all()
     )
     return [
-        {"ticker": t, "documents": int(n), "mean_score": float(m), "alerts": int(alerts.get(t, 0))}
+        TickerSummary(t, int(n), float(m), int(alerts.get(t, 0)))
         for t, n, m in session.execute(docs).all()
     ]

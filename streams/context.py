@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
+import faust
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -34,6 +35,12 @@ def build_risk_engine(settings: Settings, run_id: str = "live") -> RiskEngine:
     return RiskEngine(rule, run_id, lateness=timedelta(minutes=settings.allowed_lateness_minutes))
 
 
+def event_batches(stream: faust.StreamT[bytes], settings: Settings) -> AsyncIterator[Sequence[Any]]:
+    """Micro-batches of events (key, value and message), acknowledged after the loop body runs."""
+    concrete = cast(faust.Stream[bytes], stream)  # take_events is missing from faust's StreamT
+    return concrete.take_events(settings.score_batch_size, settings.score_batch_wait_s)
+
+
 class WorkerContext:
     def __init__(self, settings: Settings, ensemble_factory: Callable[[], Ensemble] | None = None):
         self.settings = settings
@@ -51,8 +58,11 @@ class WorkerContext:
             if self._ensemble is None:
                 started = time.perf_counter()
                 self._ensemble = await asyncio.to_thread(self._build_ensemble)
-                log.info("ensemble %s ready in %.1fs", self._ensemble.version,
-                         time.perf_counter() - started)
+                log.info(
+                    "ensemble %s ready in %.1fs",
+                    self._ensemble.version,
+                    time.perf_counter() - started,
+                )
             return self._ensemble
 
     def _build_ensemble(self) -> Ensemble:
@@ -63,7 +73,10 @@ class WorkerContext:
         return build_ensemble(self.settings)
 
     async def write(
-        self, items: Sequence[T], write: Callable[[Session, Sequence[T]], None], stage: str,
+        self,
+        items: Sequence[T],
+        write: Callable[[Session, Sequence[T]], None],
+        stage: str,
         describe: Callable[[T], tuple[str | None, str]],
     ) -> list[DeadLetter]:
         """Write items in one transaction; returns dead letters for items the database refuses.
@@ -75,7 +88,10 @@ class WorkerContext:
         return await asyncio.to_thread(self._write_sync, items, write, stage, describe)
 
     def _write_sync(
-        self, items: Sequence[T], write: Callable[[Session, Sequence[T]], None], stage: str,
+        self,
+        items: Sequence[T],
+        write: Callable[[Session, Sequence[T]], None],
+        stage: str,
         describe: Callable[[T], tuple[str | None, str]],
     ) -> list[DeadLetter]:
         if not items:
@@ -86,8 +102,15 @@ class WorkerContext:
         except SQLAlchemyError as exc:
             if len(items) == 1:
                 key, payload = describe(items[0])
-                return [DeadLetter.of(stage, f"storage refused: {exc}", payload, key=key,
-                                      occurred_at=datetime.now(UTC))]
+                return [
+                    DeadLetter.of(
+                        stage,
+                        f"storage refused: {exc}",
+                        payload,
+                        key=key,
+                        occurred_at=datetime.now(UTC),
+                    )
+                ]
         letters = []
         for item in items:
             letters.extend(self._write_sync([item], write, stage, describe))
@@ -117,6 +140,14 @@ def _transient(exc: DBAPIError) -> bool:
     if exc.connection_invalidated:
         return True
     text = str(exc.orig).lower()
-    return any(s in text for s in ("database is locked", "connection", "could not connect",
-                                   "server closed", "terminating", "timeout"))
-
+    return any(
+        s in text
+        for s in (
+            "database is locked",
+            "connection",
+            "could not connect",
+            "server closed",
+            "terminating",
+            "timeout",
+        )
+    )

@@ -9,20 +9,24 @@ import faust
 
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Document, RawRecord
-from streams.context import WorkerContext
+from streams.context import WorkerContext, event_batches
 from streams.pipeline import normalise
 
 log = logging.getLogger(__name__)
 STAGE = "normalise"
 
 
-def normalise_event(key: bytes | None, value: bytes, topic: str, now: datetime) -> Document | DeadLetter:
+def normalise_event(
+    key: bytes | None, value: bytes, topic: str, now: datetime
+) -> Document | DeadLetter:
     """One raw message -> a Document, or a DeadLetter saying why not. Never raises."""
     try:
         return normalise(RawRecord.from_json(value))
     except InvalidRecord as exc:
         reason = str(exc)
-    except Exception as exc:  # a bug must not lose the record: dead-letter it with the traceback text
+    except (
+        Exception
+    ) as exc:  # a bug must not lose the record: dead-letter it with the traceback text
         log.exception("unexpected error normalising a record from %s", topic)
         reason = f"unexpected {type(exc).__name__}: {exc}"
     return DeadLetter.of(STAGE, reason, value, occurred_at=now, topic=topic, key=key)
@@ -32,11 +36,10 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     raw = app.topic(ctx.topics.raw_news, ctx.topics.raw_social)
     docs = app.topic(ctx.topics.docs)
     dead = app.topic(ctx.topics.deadletter)
-    settings = ctx.settings
 
     @app.agent(raw, name="normalise")
     async def normalise_agent(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(settings.score_batch_size, settings.score_batch_wait_s):
+        async for events in event_batches(stream, ctx.settings):
             now = datetime.now(UTC)
             for event in events:
                 result = normalise_event(event.key, event.value, event.message.topic, now)

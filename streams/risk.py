@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import Alert, DeadLetter, Score
 from storage import repository
-from streams.context import WorkerContext
+from streams.context import WorkerContext, event_batches
 from streams.pipeline import RiskEngine
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,9 @@ def apply_scores(
     return rows, alerts
 
 
-def persist_risk(session: Session, batch: Sequence[tuple[list[dict[str, Any]], list[Alert]]]) -> None:
+def persist_risk(
+    session: Session, batch: Sequence[tuple[list[dict[str, Any]], list[Alert]]]
+) -> None:
     for rows, alerts in batch:
         repository.upsert_ticker_sentiment(session, rows)
         repository.upsert_alerts(session, alerts)
@@ -47,28 +49,40 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     scored = app.topic(ctx.topics.scored)
     alerts_topic = app.topic(ctx.topics.alerts)
     dead = app.topic(ctx.topics.deadletter)
-    settings = ctx.settings
 
     @app.agent(scored, name="risk")
     async def risk_agent(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(settings.score_batch_size, settings.score_batch_wait_s):
+        async for events in event_batches(stream, ctx.settings):
             now = datetime.now(UTC)
             scores = []
             for event in events:
                 try:
                     scores.append(Score.from_json(event.value))
                 except InvalidRecord as exc:
-                    letter = DeadLetter.of(STAGE, str(exc), event.value, occurred_at=now,
-                                           topic=event.message.topic, key=event.key)
+                    letter = DeadLetter.of(
+                        STAGE,
+                        str(exc),
+                        event.value,
+                        occurred_at=now,
+                        topic=event.message.topic,
+                        key=event.key,
+                    )
                     await dead.send(key=event.key, value=letter.to_json())
             rows, alerts = apply_scores(ctx.risk, scores)
             failed = await ctx.write(
-                [(rows, alerts)], persist_risk, "persist",
+                [(rows, alerts)],
+                persist_risk,
+                "persist",
                 lambda item: (None, repr([r["document_id"] for r in item[0]])),
             )
             for letter in failed:
                 await dead.send(key=None, value=letter.to_json())
             for alert in alerts:
-                log.info("alert %s %s %s: %s", alert.state, alert.severity, alert.ticker,
-                         alert.explanation)
+                log.info(
+                    "alert %s %s %s: %s",
+                    alert.state,
+                    alert.severity,
+                    alert.ticker,
+                    alert.explanation,
+                )
                 await alerts_topic.send(key=alert.ticker.encode(), value=alert.to_json())

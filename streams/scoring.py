@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Document, Score
 from storage import repository
-from streams.context import WorkerContext
+from streams.context import WorkerContext, event_batches
 from streams.pipeline import fan_out, score_documents
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,19 @@ def decode_documents(
         try:
             docs.append(Document.from_json(event.value))
         except InvalidRecord as exc:
-            dead.append((event.key, DeadLetter.of(STAGE, str(exc), event.value, occurred_at=now,
-                                                  topic=event.message.topic, key=event.key)))
+            dead.append(
+                (
+                    event.key,
+                    DeadLetter.of(
+                        STAGE,
+                        str(exc),
+                        event.value,
+                        occurred_at=now,
+                        topic=event.message.topic,
+                        key=event.key,
+                    ),
+                )
+            )
     return docs, dead
 
 
@@ -54,8 +65,15 @@ async def score_batch(
         try:
             scores.extend(await asyncio.to_thread(score_documents, ensemble, [doc]))
         except Exception as exc:
-            dead.append(DeadLetter.of(STAGE, f"scoring failed: {type(exc).__name__}: {exc}",
-                                      doc.to_json(), occurred_at=now, key=doc.id))
+            dead.append(
+                DeadLetter.of(
+                    STAGE,
+                    f"scoring failed: {type(exc).__name__}: {exc}",
+                    doc.to_json(),
+                    occurred_at=now,
+                    key=doc.id,
+                )
+            )
     return scores, dead
 
 
@@ -63,11 +81,10 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     docs_topic = app.topic(ctx.topics.docs)
     scored = app.topic(ctx.topics.scored)
     dead = app.topic(ctx.topics.deadletter)
-    settings = ctx.settings
 
     @app.agent(docs_topic, name="score")
     async def score_agent(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(settings.score_batch_size, settings.score_batch_wait_s):
+        async for events in event_batches(stream, ctx.settings):
             now = datetime.now(UTC)
             docs, bad = decode_documents(events, now)
             for key, letter in bad:
@@ -77,14 +94,24 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             try:
                 scores, failed = await score_batch(ctx, docs, now)
             except Exception as exc:
-                scores, failed = [], [
-                    DeadLetter.of(STAGE, f"scoring failed: {type(exc).__name__}: {exc}",
-                                  d.to_json(), occurred_at=now, key=d.id)
-                    for d in docs
-                ]
+                scores, failed = (
+                    [],
+                    [
+                        DeadLetter.of(
+                            STAGE,
+                            f"scoring failed: {type(exc).__name__}: {exc}",
+                            d.to_json(),
+                            occurred_at=now,
+                            key=d.id,
+                        )
+                        for d in docs
+                    ],
+                )
             by_id = {d.id: d for d in docs}
             pairs = [(by_id[s.document_id], s) for s in scores]
-            failed += await ctx.write(pairs, persist_scored, "persist", lambda p: (p[0].id, p[0].to_json().decode()))
+            failed += await ctx.write(
+                pairs, persist_scored, "persist", lambda p: (p[0].id, p[0].to_json().decode())
+            )
             refused = {letter.key for letter in failed}
             for letter in failed:
                 await dead.send(key=(letter.key or "").encode(), value=letter.to_json())

@@ -50,7 +50,9 @@ def make_score(
         "score": score,
         "confidence": max(probabilities),
         "disagreement": 0.1,
-        "votes": (Vote(member="m1", model_version="m1-1", label=label, probabilities=probabilities),),
+        "votes": (
+            Vote(member="m1", model_version="m1-1", label=label, probabilities=probabilities),
+        ),
     }
     fields.update(overrides)
     return Score(**fields)

@@ -14,9 +14,14 @@ from kafka.admin import KafkaAdminClient
 
 
 def read_topic(bootstrap: str, topic: str, idle_ms: int = 1500) -> list:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                             auto_offset_reset="earliest", enable_auto_commit=False,
-                             consumer_timeout_ms=idle_ms)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=idle_ms,
+    )
     try:
         return list(consumer)
     finally:
@@ -44,8 +49,11 @@ def wait_drained(bootstrap: str, group: str, topics: Sequence[str], timeout: flo
             ends = end_offsets(bootstrap, topic)
             while True:
                 committed = admin.list_group_offsets({group: None}).get(group, {})
-                behind = {tp: end for tp, end in ends.items()
-                          if tp not in committed or committed[tp].offset < end}
+                behind = {
+                    tp: end
+                    for tp, end in ends.items()
+                    if tp not in committed or committed[tp].offset < end
+                }
                 if not behind:
                     break
                 if time.monotonic() > deadline:

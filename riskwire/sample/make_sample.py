@@ -108,8 +108,11 @@ STORYLINES = {
     ]),
 }  # fmt: skip
 
-LONE_BAD = ("FJRD", datetime(2026, 11, 3, 10, 0, tzinfo=UTC),
-            "Fjord Seafood recalls salmon batch over labelling error")
+LONE_BAD = (
+    "FJRD",
+    datetime(2026, 11, 3, 10, 0, tzinfo=UTC),
+    "Fjord Seafood recalls salmon batch over labelling error",
+)
 
 
 def _iso(t: datetime) -> str:
@@ -126,12 +129,26 @@ def background(rng: random.Random) -> list[dict[str, object]]:
                 text = rng.choice(NEWS[mood]).format(
                     name=name, pct=rng.randint(3, 30), bn=rng.randint(1, 4), day=rng.randint(10, 28)
                 )
-                rows.append({"kind": "news", "source": rng.choice(["wire-a", "wire-b", "wire-c"]),
-                             "title": text, "tickers": [ticker], "published_at": _iso(when)})
+                rows.append(
+                    {
+                        "kind": "news",
+                        "source": rng.choice(["wire-a", "wire-b", "wire-c"]),
+                        "title": text,
+                        "tickers": [ticker],
+                        "published_at": _iso(when),
+                    }
+                )
             else:
                 text = rng.choice(SOCIAL[mood]).format(t=ticker)
-                rows.append({"kind": "social", "source": "social-x", "text": text,
-                             "author": f"trader{rng.randint(1, 400)}", "published_at": _iso(when)})
+                rows.append(
+                    {
+                        "kind": "social",
+                        "source": "social-x",
+                        "text": text,
+                        "author": f"trader{rng.randint(1, 400)}",
+                        "published_at": _iso(when),
+                    }
+                )
     return rows
 
 
@@ -141,14 +158,34 @@ def storylines(rng: random.Random) -> list[dict[str, object]]:
         for i, (kind, text) in enumerate(items):
             when = start + timedelta(minutes=12 * i + rng.randint(0, 8))
             if kind == "news":
-                rows.append({"kind": "news", "source": "wire-a", "title": text,
-                             "tickers": [ticker], "published_at": _iso(when)})
+                rows.append(
+                    {
+                        "kind": "news",
+                        "source": "wire-a",
+                        "title": text,
+                        "tickers": [ticker],
+                        "published_at": _iso(when),
+                    }
+                )
             else:
-                rows.append({"kind": "social", "source": "social-x", "text": text,
-                             "published_at": _iso(when)})
+                rows.append(
+                    {
+                        "kind": "social",
+                        "source": "social-x",
+                        "text": text,
+                        "published_at": _iso(when),
+                    }
+                )
     ticker, when, text = LONE_BAD
-    rows.append({"kind": "news", "source": "wire-b", "title": text, "tickers": [ticker],
-                 "published_at": _iso(when)})
+    rows.append(
+        {
+            "kind": "news",
+            "source": "wire-b",
+            "title": text,
+            "tickers": [ticker],
+            "published_at": _iso(when),
+        }
+    )
     return rows
 
 

@@ -9,7 +9,9 @@ from riskwire.records import Document, Score
 from streams.pipeline.normalise import scoring_text
 
 
-def score_documents(ensemble: Ensemble, docs: Sequence[Document], run_id: str = "live") -> list[Score]:
+def score_documents(
+    ensemble: Ensemble, docs: Sequence[Document], run_id: str = "live"
+) -> list[Score]:
     """One Score per document (``ticker`` unset), in input order."""
     judgements = ensemble.judge([scoring_text(d) for d in docs])
     return [

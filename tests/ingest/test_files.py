@@ -26,9 +26,15 @@ def test_jsonl_source_yields_records_and_dead_letters_for_bad_lines(tmp_path: Pa
     records = [i for i in items if isinstance(i, RawRecord)]
     dead = [i for i in items if isinstance(i, DeadLetter)]
     assert [(r.kind, r.source, r.payload["id"]) for r in records] == [
-        (Kind.NEWS, "file:feed.jsonl", "a"), (Kind.SOCIAL, "social-x", "b")]
+        (Kind.NEWS, "file:feed.jsonl", "a"),
+        (Kind.SOCIAL, "social-x", "b"),
+    ]
     assert all(r.fetched_at == NOW for r in records)
-    assert [d.reason.split(": ", 1)[0] for d in dead] == ["feed.jsonl:4", "feed.jsonl:5", "feed.jsonl:6"]
+    assert [d.reason.split(": ", 1)[0] for d in dead] == [
+        "feed.jsonl:4",
+        "feed.jsonl:5",
+        "feed.jsonl:6",
+    ]
     assert "not valid JSON" in dead[0].reason and dead[0].payload == "not json"
     assert "expected a JSON object" in dead[1].reason
     assert "kind 'fax'" in dead[2].reason

@@ -12,8 +12,13 @@ from models.base import Member
 class FixedMember(Member):
     """A tiny test member: the same probabilities for every text (or per keyword)."""
 
-    def __init__(self, name: str, probabilities: Sequence[float],
-                 keywords: dict[str, Sequence[float]] | None = None, batch_size: int = 2) -> None:
+    def __init__(
+        self,
+        name: str,
+        probabilities: Sequence[float],
+        keywords: dict[str, Sequence[float]] | None = None,
+        batch_size: int = 2,
+    ) -> None:
         self.name = name
         self.version = f"{name}-1"
         self.probabilities = np.asarray(probabilities, float)
@@ -39,8 +44,14 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-encoder")
     tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return Path(path)

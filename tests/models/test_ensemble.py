@@ -47,8 +47,12 @@ def test_ensemble_judgement_carries_fused_result_and_every_vote() -> None:
 
 def test_ensemble_version_changes_with_members_weights_and_fusion() -> None:
     a, b = FixedMember("a", NEG), FixedMember("b", POS)
-    versions = {Ensemble([a, b]).version, Ensemble([a, b], [1, 2]).version,
-                Ensemble([a, b], fusion="majority").version, Ensemble([a]).version}
+    versions = {
+        Ensemble([a, b]).version,
+        Ensemble([a, b], [1, 2]).version,
+        Ensemble([a, b], fusion="majority").version,
+        Ensemble([a]).version,
+    }
     assert len(versions) == 4
     assert Ensemble([a, b]).version == Ensemble([a, b]).version
 

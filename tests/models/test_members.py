@@ -55,14 +55,16 @@ def test_member_contract(member: Member) -> None:
 
 def test_lexicon_reads_phrases_negation_and_intensifiers() -> None:
     lex = LexiconMember()
-    pos, neg, neutral, negated, sharp, mild = lex.predict_proba([
-        "Acme beats estimates and raises guidance",
-        "Acme shares plunge after accounting probe",
-        "Acme to hold its annual meeting in May",
-        "Acme did not miss estimates",
-        "Revenue fell sharply",
-        "Revenue fell slightly",
-    ])
+    pos, neg, neutral, negated, sharp, mild = lex.predict_proba(
+        [
+            "Acme beats estimates and raises guidance",
+            "Acme shares plunge after accounting probe",
+            "Acme to hold its annual meeting in May",
+            "Acme did not miss estimates",
+            "Revenue fell sharply",
+            "Revenue fell slightly",
+        ]
+    )
     assert pos.argmax() == 2 and neg.argmax() == 0 and neutral.argmax() == 1
     assert negated[0] < 0.3  # a negated miss is not negative news
     assert sharp[0] > mild[0]
@@ -71,7 +73,7 @@ def test_lexicon_reads_phrases_negation_and_intensifiers() -> None:
 def test_lexicon_file_errors_name_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "lex.tsv"
     bad.write_text("# comment\ngood\t1.0\nbroken line\n")
-    with pytest.raises(ModelError, match="lex.tsv:3"):
+    with pytest.raises(ModelError, match=r"lex\.tsv:3"):
         LexiconMember(bad)
 
 

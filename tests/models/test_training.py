@@ -36,12 +36,13 @@ def test_evaluate_reports_accuracy_and_macro_f1() -> None:
 def test_labelled_set_refuses_unknown_labels(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"text": "x", "label": "bullish"}) + "\n")
-    with pytest.raises(ModelError, match="d.jsonl:1"):
+    with pytest.raises(ModelError, match=r"d\.jsonl:1"):
         LabelledSet.read(path)
 
 
-def test_train_head_on_a_tiny_encoder_records_its_provenance(tiny_encoder_dir: Path,
-                                                             fixtures_dir: Path) -> None:
+def test_train_head_on_a_tiny_encoder_records_its_provenance(
+    tiny_encoder_dir: Path, fixtures_dir: Path
+) -> None:
     data = LabelledSet.read(fixtures_dir / "labelled.jsonl")
     head = train_head(SentenceEncoder(str(tiny_encoder_dir)), data, folds=3)
     assert head.weight.shape == (16, 3)

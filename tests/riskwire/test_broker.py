@@ -14,8 +14,12 @@ def test_embedded_broker_serves_kafka_and_stops_cleanly() -> None:
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
         producer.send("t", key=b"k", value=b"hello").get(timeout=10)
         producer.close()
-        consumer = KafkaConsumer("t", bootstrap_servers=broker.bootstrap,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=5000)
+        consumer = KafkaConsumer(
+            "t",
+            bootstrap_servers=broker.bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=5000,
+        )
         assert [m.value for m in consumer] == [b"hello"]
         consumer.close()
     finally:

@@ -7,8 +7,14 @@ from pathlib import Path
 
 
 def riskwire(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
-    return subprocess.run([sys.executable, "-m", "riskwire", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "riskwire", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_help_lists_the_commands() -> None:
@@ -25,7 +31,9 @@ def test_invalid_settings_stop_start_up_naming_the_setting(tmp_path: Path) -> No
 
 
 def test_db_upgrade_creates_the_sqlite_database(tmp_path: Path) -> None:
-    result = riskwire("db", "upgrade", env={"RISKWIRE_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path)
+    result = riskwire(
+        "db", "upgrade", env={"RISKWIRE_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "riskwire.db").stat().st_size > 0
 

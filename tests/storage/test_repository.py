@@ -32,8 +32,15 @@ from storage.tables import (
 )
 from tests.factories import T0, make_document, make_score
 
-TABLES = {"documents", "document_tickers", "votes", "scores", "ticker_sentiment", "alerts",
-          "dead_letters"}
+TABLES = {
+    "documents",
+    "document_tickers",
+    "votes",
+    "scores",
+    "ticker_sentiment",
+    "alerts",
+    "dead_letters",
+}
 
 
 @pytest.fixture
@@ -127,8 +134,14 @@ def test_alert_fires_once_and_resolves(sessions: sessionmaker[Session]) -> None:
 
 
 def test_dead_letters_are_deduplicated(sessions: sessionmaker[Session]) -> None:
-    letter = DeadLetter.of("normalise", "payload has no title or text", b'{"id": 1}',
-                           occurred_at=T0, topic="raw", key=b"k")
+    letter = DeadLetter.of(
+        "normalise",
+        "payload has no title or text",
+        b'{"id": 1}',
+        occurred_at=T0,
+        topic="raw",
+        key=b"k",
+    )
     with sessions.begin() as session:
         insert_dead_letters(session, [letter, letter])
     with sessions.begin() as session:
@@ -136,13 +149,19 @@ def test_dead_letters_are_deduplicated(sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
         row = session.scalars(select(DeadLetterRow)).one()
         assert (row.stage, row.reason, row.payload, row.key) == (
-            "normalise", "payload has no title or text", '{"id": 1}', "k")
+            "normalise",
+            "payload has no title or text",
+            '{"id": 1}',
+            "k",
+        )
 
 
 def test_ticker_summary_counts_documents_scores_and_alerts(sessions: sessionmaker[Session]) -> None:
     docs = [make_document() for _ in range(4)]
-    scores = [make_score(document_id=d.id, score=s, published_at=d.published_at)
-              for d, s in zip(docs, (-0.5, -0.3, 0.2, 0.6), strict=True)]
+    scores = [
+        make_score(document_id=d.id, score=s, published_at=d.published_at)
+        for d, s in zip(docs, (-0.5, -0.3, 0.2, 0.6), strict=True)
+    ]
     rows = [{"run_id": "live", "ticker": "ACME", "document_id": d.id,
              "published_at": d.published_at, "score": s.score, "window_documents": 1,
              "window_mean_score": s.score, "window_negative_share": 0.0}
@@ -155,13 +174,20 @@ def test_ticker_summary_counts_documents_scores_and_alerts(sessions: sessionmake
     with sessions() as session:
         assert count_rows(session, TickerSentimentRow) == 4
         (summary,) = ticker_summary(session)
-    assert summary["ticker"] == "ACME" and summary["documents"] == 4 and summary["alerts"] == 1
-    assert summary["mean_score"] == pytest.approx(0.0)
+    assert (summary.ticker, summary.documents, summary.alerts) == ("ACME", 4, 1)
+    assert summary.mean_score == pytest.approx(0.0)
 
 
 def test_naive_datetimes_are_refused(sessions: sessionmaker[Session]) -> None:
     letter = DeadLetter.of("x", "y", "z", occurred_at=T0)
-    row = {"id": letter.id, "stage": "x", "reason": "y", "topic": None, "key": None,
-           "payload": "z", "occurred_at": datetime(2026, 1, 1)}  # noqa: DTZ001
+    row = {
+        "id": letter.id,
+        "stage": "x",
+        "reason": "y",
+        "topic": None,
+        "key": None,
+        "payload": "z",
+        "occurred_at": datetime(2026, 1, 1),  # noqa: DTZ001
+    }
     with pytest.raises(Exception, match="naive datetime"), sessions.begin() as session:
         session.execute(DeadLetterRow.__table__.insert(), [row])

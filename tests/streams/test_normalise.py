@@ -17,9 +17,15 @@ def raw(**payload: Any) -> RawRecord:
 
 
 def test_a_news_item_becomes_a_clean_document() -> None:
-    doc = normalise(raw(title="<b>Acme</b> beats &amp; raises", body="<p>Shares of $ACME   rose.</p>",
-                        published_at="2026-11-02T10:00:00+01:00", url="https://x/1",
-                        tickers=["acme", "$BETA"]))
+    doc = normalise(
+        raw(
+            title="<b>Acme</b> beats &amp; raises",
+            body="<p>Shares of $ACME   rose.</p>",
+            published_at="2026-11-02T10:00:00+01:00",
+            url="https://x/1",
+            tickers=["acme", "$BETA"],
+        )
+    )
     assert doc.title == "Acme beats & raises"
     assert doc.text == "Shares of $ACME rose."
     assert doc.published_at == datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -38,9 +44,14 @@ def test_cashtags_ignore_prices_and_embedded_dollars() -> None:
 
 def test_the_id_is_stable_and_ignores_source_case_and_spacing() -> None:
     a = normalise(raw(title="Acme beats estimates", published_at="2026-11-02T10:00:00Z"))
-    b = normalise(RawRecord(source="wire-b", kind=Kind.NEWS, fetched_at=FETCHED,
-                            payload={"title": "ACME  beats estimates ",
-                                     "published_at": "2026-11-02T11:00:00Z"}))
+    b = normalise(
+        RawRecord(
+            source="wire-b",
+            kind=Kind.NEWS,
+            fetched_at=FETCHED,
+            payload={"title": "ACME  beats estimates ", "published_at": "2026-11-02T11:00:00Z"},
+        )
+    )
     c = normalise(raw(title="Acme misses estimates", published_at="2026-11-02T10:00:00Z"))
     assert a.id == b.id != c.id
 
@@ -55,9 +66,14 @@ def test_the_id_is_stable_and_ignores_source_case_and_spacing() -> None:
         ({"title": "x", "published_at": True}, "not a time"),
         ({"title": "x", "published_at": 1e20}, "out of range"),
         ({"title": "x", "published_at": "2031-01-01T00:00:00Z"}, "after fetch time"),
-        ({"title": "x", "published_at": "2026-11-02T10:00:00Z", "tickers": "ACME"}, "list of strings"),
-        ({"title": "x", "published_at": "2026-11-02T10:00:00Z", "tickers": ["NOT A TICKER"]},
-         "not a valid symbol"),
+        (
+            {"title": "x", "published_at": "2026-11-02T10:00:00Z", "tickers": "ACME"},
+            "list of strings",
+        ),
+        (
+            {"title": "x", "published_at": "2026-11-02T10:00:00Z", "tickers": ["NOT A TICKER"]},
+            "not a valid symbol",
+        ),
         ({"title": "x" * 100_001, "published_at": "2026-11-02T10:00:00Z"}, "longer than"),
     ],
 )

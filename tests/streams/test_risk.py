@@ -9,12 +9,22 @@ from streams.pipeline.risk import window_starts
 from tests.factories import make_score
 
 T = datetime(2026, 11, 3, 13, 0, tzinfo=UTC)
-RULE = NegativeSurgeRule(window=timedelta(hours=2), hop=timedelta(minutes=30), min_documents=4,
-                         negative_share=0.6, mean_score=-0.25)
+RULE = NegativeSurgeRule(
+    window=timedelta(hours=2),
+    hop=timedelta(minutes=30),
+    min_documents=4,
+    negative_share=0.6,
+    mean_score=-0.25,
+)
 
 
-def burst(ticker: str = "ACME", n: int = 5, score: float = -0.7, start: datetime = T,
-          step: timedelta = timedelta(minutes=10)) -> list:
+def burst(
+    ticker: str = "ACME",
+    n: int = 5,
+    score: float = -0.7,
+    start: datetime = T,
+    step: timedelta = timedelta(minutes=10),
+) -> list:
     return [make_score(ticker=ticker, score=score, published_at=start + i * step) for i in range(n)]
 
 
@@ -43,8 +53,10 @@ def test_a_negative_burst_fires_once_with_evidence() -> None:
 
 
 def test_a_surge_that_first_holds_with_twice_the_minimum_is_critical() -> None:
-    mild = [make_score(score=-0.2, label="negative", published_at=T + timedelta(minutes=i))
-            for i in range(7)]
+    mild = [
+        make_score(score=-0.2, label="negative", published_at=T + timedelta(minutes=i))
+        for i in range(7)
+    ]
     engine = RiskEngine(RULE)
     assert run(engine, mild) == []  # all negative, but the mean is not below -0.25 yet
     (alert,) = run(engine, [make_score(score=-0.9, published_at=T + timedelta(minutes=8))])
@@ -55,7 +67,9 @@ def test_scattered_or_mild_negatives_do_not_fire() -> None:
     engine = RiskEngine(RULE)
     assert run(engine, burst(n=6, step=timedelta(hours=3))) == []
     assert run(engine, burst(ticker="MILD", n=6, score=-0.1)) == []
-    mixed = burst(ticker="MIX", n=3) + burst(ticker="MIX", n=4, score=0.6, start=T + timedelta(minutes=1))
+    mixed = burst(ticker="MIX", n=3) + burst(
+        ticker="MIX", n=4, score=0.6, start=T + timedelta(minutes=1)
+    )
     assert run(engine, sorted(mixed, key=lambda s: s.published_at)) == []
 
 
@@ -72,7 +86,9 @@ def test_tickers_have_their_own_windows() -> None:
     engine = RiskEngine(RULE)
     interleaved = [s for pair in zip(burst("AAA", 2), burst("BBB", 2), strict=True) for s in pair]
     assert run(engine, interleaved) == []
-    assert {a.ticker for a in run(engine, burst("AAA", 3, start=T + timedelta(minutes=30)))} == {"AAA"}
+    assert {a.ticker for a in run(engine, burst("AAA", 3, start=T + timedelta(minutes=30)))} == {
+        "AAA"
+    }
 
 
 def test_the_alert_resolves_when_a_calm_window_follows() -> None:
@@ -86,8 +102,12 @@ def test_the_alert_resolves_when_a_calm_window_follows() -> None:
 
 
 def test_the_same_scores_in_any_arrival_order_alert_the_same_tickers() -> None:
-    scores = burst("AAA", 6) + burst("BBB", 5, start=T + timedelta(days=1)) + burst(
-        "CCC", 6, score=0.4) + burst("DDD", 6, step=timedelta(hours=4))
+    scores = (
+        burst("AAA", 6)
+        + burst("BBB", 5, start=T + timedelta(days=1))
+        + burst("CCC", 6, score=0.4)
+        + burst("DDD", 6, step=timedelta(hours=4))
+    )
     expected = {a.ticker for a in run(RiskEngine(RULE), scores) if a.state == AlertState.FIRING}
     assert expected == {"AAA", "BBB"}
     for seed in range(5):

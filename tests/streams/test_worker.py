@@ -81,14 +81,19 @@ def test_every_good_record_is_stored_once_and_every_bad_one_is_dead_lettered(
             counts = producer.publish(items)
             assert (counts.raw, counts.dead) == (17, 2)
 
-    wait_drained(bootstrap, settings.consumer_group,
-                 [topics.raw_news, topics.raw_social, topics.docs, topics.scored, topics.deadletter])
+    wait_drained(
+        bootstrap,
+        settings.consumer_group,
+        [topics.raw_news, topics.raw_social, topics.docs, topics.scored, topics.deadletter],
+    )
 
     engine = make_engine(settings.resolved_database_url)
     with session_factory(engine)() as session:
         ids = set(session.scalars(select(DocumentRow.id)))
         assert ids == expected.document_ids
-        scored = session.execute(select(ScoreRow.document_id, func.count()).group_by(ScoreRow.document_id)).all()
+        scored = session.execute(
+            select(ScoreRow.document_id, func.count()).group_by(ScoreRow.document_id)
+        ).all()
         assert {d: n for d, n in scored} == {d: 1 for d in ids}
         assert session.scalar(select(func.count()).select_from(VoteRow)) == 2 * len(ids)
         mentions = session.scalar(select(func.count()).select_from(DocumentTickerRow))
