@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
+	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.scoring
 
 clean:

@@ -32,11 +32,19 @@ class LabelledSet:
     def read(cls, path: Path) -> LabelledSet:
         texts, labels = [], []
         raw = path.read_bytes()
-        for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        # split on newlines only: str.splitlines also breaks at U+2028 and friends inside tweets
+        for number, line in enumerate(raw.decode("utf-8").split("\n"), 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if row.get("label") not in LABELS or not str(row.get("text", "")).strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ModelError(f"{path}:{number}: not valid JSON: {exc}") from exc
+            if (
+                not isinstance(row, dict)
+                or row.get("label") not in LABELS
+                or not str(row.get("text", "")).strip()
+            ):
                 raise ModelError(f"{path}:{number}: needs 'text' and a label in {LABELS}")
             texts.append(str(row["text"]))
             labels.append(LABELS.index(row["label"]))

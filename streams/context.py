@@ -14,7 +14,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from models.ensemble import Ensemble
-from riskwire.records import DeadLetter
+from riskwire.exceptions import InvalidRecord
+from riskwire.records import DeadLetter, Record
 from riskwire.settings import Settings
 from storage.engine import make_engine, session_factory
 from streams.pipeline import Deduplicator, NegativeSurgeRule, RiskEngine
@@ -39,6 +40,26 @@ def event_batches(stream: faust.StreamT[bytes], settings: Settings) -> AsyncIter
     """Micro-batches of events (key, value and message), acknowledged after the loop body runs."""
     concrete = cast(faust.Stream[bytes], stream)  # take_events is missing from faust's StreamT
     return concrete.take_events(settings.score_batch_size, settings.score_batch_wait_s)
+
+
+R = TypeVar("R", bound=Record)
+
+
+def decode_events(
+    events: Sequence[Any], record_type: type[R], stage: str, now: datetime
+) -> tuple[list[R], list[DeadLetter]]:
+    """Decode each event's value; what does not decode becomes a dead letter with the reason."""
+    records: list[R] = []
+    dead: list[DeadLetter] = []
+    for event in events:
+        try:
+            records.append(record_type.from_json(event.value))
+        except InvalidRecord as exc:
+            dead.append(
+                DeadLetter.of(stage, str(exc), event.value, occurred_at=now,
+                              topic=event.message.topic, key=event.key)
+            )  # fmt: skip
+    return records, dead
 
 
 class WorkerContext:

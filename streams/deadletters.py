@@ -7,10 +7,9 @@ from datetime import UTC, datetime
 
 import faust
 
-from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter
 from storage import repository
-from streams.context import WorkerContext, event_batches
+from streams.context import WorkerContext, decode_events, event_batches
 
 log = logging.getLogger(__name__)
 
@@ -21,22 +20,9 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     @app.agent(dead, name="deadletters")
     async def deadletter_agent(stream: faust.StreamT[bytes]) -> None:
         async for events in event_batches(stream, ctx.settings):
-            letters = []
-            for event in events:
-                try:
-                    letters.append(DeadLetter.from_json(event.value))
-                except InvalidRecord as exc:
-                    # something else wrote to our dead-letter topic: keep it, wrapped
-                    letters.append(
-                        DeadLetter.of(
-                            "deadletter",
-                            f"unreadable dead letter: {exc}",
-                            event.value,
-                            occurred_at=datetime.now(UTC),
-                            topic=event.message.topic,
-                            key=event.key,
-                        )
-                    )
+            # what does not decode was written by something else: keep it, wrapped
+            letters, unreadable = decode_events(events, DeadLetter, "deadletter", datetime.now(UTC))
+            letters += unreadable
             for letter in letters:
                 log.warning("dead letter at %s: %s", letter.stage, letter.reason)
             refused = await ctx.write(

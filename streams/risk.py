@@ -13,10 +13,9 @@ from typing import Any
 import faust
 from sqlalchemy.orm import Session
 
-from riskwire.exceptions import InvalidRecord
 from riskwire.records import Alert, DeadLetter, Score
 from storage import repository
-from streams.context import WorkerContext, event_batches
+from streams.context import WorkerContext, decode_events, event_batches
 from streams.pipeline import RiskEngine
 
 log = logging.getLogger(__name__)
@@ -24,17 +23,26 @@ STAGE = "risk"
 
 
 def apply_scores(
-    engine: RiskEngine, scores: Sequence[Score]
-) -> tuple[list[dict[str, Any]], list[Alert]]:
-    """Feed scores to the engine in order; collect rolling-sentiment rows and alerts."""
+    engine: RiskEngine, scores: Sequence[Score], now: datetime
+) -> tuple[list[dict[str, Any]], list[Alert], list[DeadLetter]]:
+    """Feed scores to the engine in order; collect rows and alerts, and dead letters for failures."""
     rows: list[dict[str, Any]] = []
     alerts: list[Alert] = []
+    dead: list[DeadLetter] = []
     for score in scores:
-        update = engine.process(score)
+        try:
+            update = engine.process(score)
+        except Exception as exc:  # a bug must cost one record, never the batch
+            log.exception("risk evaluation failed for %s", score.document_id)
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+            dead.append(
+                DeadLetter.of(STAGE, reason, score.to_json(), occurred_at=now, key=score.ticker)
+            )
+            continue
         if update.row is not None:
             rows.append(update.row)
         alerts.extend(update.alerts)
-    return rows, alerts
+    return rows, alerts, dead
 
 
 def persist_risk(
@@ -54,22 +62,11 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     async def risk_agent(stream: faust.StreamT[bytes]) -> None:
         async for events in event_batches(stream, ctx.settings):
             now = datetime.now(UTC)
-            scores = []
-            for event in events:
-                try:
-                    scores.append(Score.from_json(event.value))
-                except InvalidRecord as exc:
-                    letter = DeadLetter.of(
-                        STAGE,
-                        str(exc),
-                        event.value,
-                        occurred_at=now,
-                        topic=event.message.topic,
-                        key=event.key,
-                    )
-                    await dead.send(key=event.key, value=letter.to_json())
-            rows, alerts = apply_scores(ctx.risk, scores)
-            failed = await ctx.write(
+            scores, bad = decode_events(events, Score, STAGE, now)
+            for letter in bad:
+                await dead.send(key=(letter.key or "").encode() or None, value=letter.to_json())
+            rows, alerts, failed = apply_scores(ctx.risk, scores, now)
+            failed += await ctx.write(
                 [(rows, alerts)],
                 persist_risk,
                 "persist",

@@ -10,10 +10,9 @@ from datetime import UTC, datetime
 import faust
 from sqlalchemy.orm import Session
 
-from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Document, Score
 from storage import repository
-from streams.context import WorkerContext, event_batches
+from streams.context import WorkerContext, decode_events, event_batches
 from streams.pipeline import fan_out, score_documents
 
 log = logging.getLogger(__name__)
@@ -23,30 +22,6 @@ STAGE = "score"
 def persist_scored(session: Session, pairs: Sequence[tuple[Document, Score]]) -> None:
     repository.upsert_documents(session, [d for d, _ in pairs])
     repository.upsert_scores(session, [s for _, s in pairs])
-
-
-def decode_documents(
-    events: Sequence[faust.EventT[bytes]], now: datetime
-) -> tuple[list[Document], list[tuple[bytes | None, DeadLetter]]]:
-    docs, dead = [], []
-    for event in events:
-        try:
-            docs.append(Document.from_json(event.value))
-        except InvalidRecord as exc:
-            dead.append(
-                (
-                    event.key,
-                    DeadLetter.of(
-                        STAGE,
-                        str(exc),
-                        event.value,
-                        occurred_at=now,
-                        topic=event.message.topic,
-                        key=event.key,
-                    ),
-                )
-            )
-    return docs, dead
 
 
 async def score_batch(
@@ -86,9 +61,9 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     async def score_agent(stream: faust.StreamT[bytes]) -> None:
         async for events in event_batches(stream, ctx.settings):
             now = datetime.now(UTC)
-            docs, bad = decode_documents(events, now)
-            for key, letter in bad:
-                await dead.send(key=key, value=letter.to_json())
+            docs, bad = decode_events(events, Document, STAGE, now)
+            for letter in bad:
+                await dead.send(key=(letter.key or "").encode() or None, value=letter.to_json())
             if not docs:
                 continue
             try:

@@ -10,6 +10,7 @@ sentiment row is the trailing window ending at its document, as known when it ar
 from __future__ import annotations
 
 import bisect
+import heapq
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,7 +34,6 @@ class WindowStats:
     documents: int
     mean_score: float
     negative_share: float
-    evidence: tuple[str, ...]
 
 
 class TickerWindow:
@@ -65,31 +65,40 @@ class TickerWindow:
             self._ids.discard(old.document_id)
         del self.events[:cut]
 
-    def stats_at(self, end: datetime, evidence: int = 5) -> WindowStats:
+    def stats_at(self, end: datetime) -> WindowStats:
         """Statistics over the events in ``(end - length, end]``."""
         lo = bisect.bisect_right(self.events, Event(end - self.length, "\uffff"))
         hi = bisect.bisect_right(self.events, Event(end, "\uffff"))
-        return self._stats(self.events[lo:hi], end - self.length, end, evidence)
+        return self._stats(self.events[lo:hi], end - self.length, end)
 
-    def stats_between(self, start: datetime, end: datetime, evidence: int = 5) -> WindowStats:
+    def stats_between(self, start: datetime, end: datetime) -> WindowStats:
         """Statistics over the events in ``[start, end)``."""
+        return self._stats(self._between(start, end), start, end)
+
+    def evidence(self, start: datetime, end: datetime, limit: int = 5) -> tuple[str, ...]:
+        """The most negative documents in ``[start, end)``, worst first."""
+        inside = [e for e in self._between(start, end) if e.negative]
+        worst = heapq.nsmallest(limit, inside, key=lambda e: (e.score, e.document_id))
+        return tuple(e.document_id for e in worst)
+
+    def _between(self, start: datetime, end: datetime) -> list[Event]:
         lo = bisect.bisect_left(self.events, Event(start, ""))
         hi = bisect.bisect_left(self.events, Event(end, ""))
-        return self._stats(self.events[lo:hi], start, end, evidence)
+        return self.events[lo:hi]
 
-    def _stats(
-        self, inside: list[Event], start: datetime, end: datetime, evidence: int
-    ) -> WindowStats:
+    def _stats(self, inside: list[Event], start: datetime, end: datetime) -> WindowStats:
         count = len(inside)
-        worst = sorted(inside, key=lambda e: (e.score, e.document_id))[:evidence]
+        total = negative = 0.0
+        for e in inside:
+            total += e.score
+            negative += e.negative
         return WindowStats(
             ticker=self.ticker,
             start=start,
             end=end,
             documents=count,
-            mean_score=sum(e.score for e in inside) / count if count else 0.0,
-            negative_share=sum(e.negative for e in inside) / count if count else 0.0,
-            evidence=tuple(e.document_id for e in worst if e.negative),
+            mean_score=total / count if count else 0.0,
+            negative_share=negative / count if count else 0.0,
         )
 
 
@@ -180,7 +189,7 @@ class RiskEngine:
         for start in window_starts(t, self.rule.window, self.rule.hop):
             stats = window.stats_between(start, start + self.rule.window)
             if self.rule.holds(stats) and self._may_fire(window.ticker, start):
-                alert = self._alert(stats)
+                alert = self._alert(stats, window.evidence(stats.start, stats.end))
                 self.firing[window.ticker] = alert
                 self.last_fired[window.ticker] = start
                 alerts.append(alert)
@@ -217,7 +226,7 @@ class RiskEngine:
             )
         ]
 
-    def _alert(self, stats: WindowStats) -> Alert:
+    def _alert(self, stats: WindowStats, evidence: tuple[str, ...]) -> Alert:
         values = {
             "documents": float(stats.documents),
             "negative_share": round(stats.negative_share, 4),
@@ -236,7 +245,7 @@ class RiskEngine:
             event_time=stats.end,
             values=values,
             thresholds=self.rule.thresholds(),
-            evidence=stats.evidence,
+            evidence=evidence,
             explanation=(
                 f"{stats.ticker}: {stats.documents} documents in {minutes} min, "
                 f"{stats.negative_share:.0%} negative (threshold {self.rule.negative_share:.0%}), "

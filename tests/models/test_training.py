@@ -33,11 +33,22 @@ def test_evaluate_reports_accuracy_and_macro_f1() -> None:
     assert scores["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
 
 
-def test_labelled_set_refuses_unknown_labels(tmp_path: Path) -> None:
+def test_labelled_set_refuses_unknown_labels_and_broken_lines(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"text": "x", "label": "bullish"}) + "\n")
     with pytest.raises(ModelError, match=r"d\.jsonl:1"):
         LabelledSet.read(path)
+    path.write_text(json.dumps({"text": "ok", "label": "neutral"}) + "\n{broken\n")
+    with pytest.raises(ModelError, match=r"d\.jsonl:2: not valid JSON"):
+        LabelledSet.read(path)
+
+
+def test_labelled_set_keeps_unicode_line_separators_inside_text(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        json.dumps({"text": "up\u2028and away", "label": "positive"}, ensure_ascii=False)
+    )
+    assert LabelledSet.read(path).texts == ["up\u2028and away"]
 
 
 def test_train_head_on_a_tiny_encoder_records_its_provenance(

@@ -1,0 +1,139 @@
+"""The agents' batch functions, without a broker: nothing escapes, failures become dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.ensemble import Ensemble
+from riskwire.records import DeadLetter, Document, Kind, RawRecord, Score
+from riskwire.settings import load_settings
+from storage import upgrade
+from storage.repository import upsert_documents
+from storage.tables import DocumentRow, DocumentTickerRow
+from streams.context import WorkerContext, decode_events
+from streams.normalising import normalise_event
+from streams.pipeline import NegativeSurgeRule, RiskEngine
+from streams.risk import apply_scores
+from streams.scoring import score_batch
+from tests.factories import make_document, make_score
+from tests.models.conftest import FixedMember
+
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+
+
+@dataclass
+class FakeMessage:
+    topic: str
+
+
+@dataclass
+class FakeEvent:
+    """The three attributes of a Faust event the flows read."""
+
+    key: bytes | None
+    value: bytes
+    message: FakeMessage
+
+
+def event(value: bytes, key: bytes | None = b"k") -> FakeEvent:
+    return FakeEvent(key, value, FakeMessage("riskwire.docs"))
+
+
+def test_normalise_event_returns_a_document_or_a_dead_letter_never_raises() -> None:
+    good = RawRecord(
+        source="s",
+        kind=Kind.NEWS,
+        fetched_at=NOW,
+        payload={"title": "$ACME up", "published_at": "2026-11-02T09:00:00Z"},
+    )
+    assert isinstance(normalise_event(b"k", good.to_json(), "raw", NOW), Document)
+    for value, reason in [
+        (b"\xff\x00", "not valid JSON"),
+        (b"{}", "schema None"),
+        (make_score().to_json(), "schema 'score/1'"),
+    ]:
+        letter = normalise_event(b"k", value, "raw", NOW)
+        assert isinstance(letter, DeadLetter)
+        assert letter.stage == "normalise" and reason in letter.reason
+        assert letter.topic == "raw" and letter.key == "k"
+
+
+def test_decode_events_splits_records_from_dead_letters() -> None:
+    doc = make_document()
+    docs, dead = decode_events([event(doc.to_json()), event(b"garbage")], Document, "score", NOW)
+    assert docs == [doc]
+    assert [(d.stage, d.payload, d.topic) for d in dead] == [("score", "garbage", "riskwire.docs")]
+
+
+class BrokenEngine(RiskEngine):
+    def process(self, score: Score):  # type: ignore[no-untyped-def]
+        if score.ticker == "BUG":
+            raise ZeroDivisionError("division by zero")
+        return super().process(score)
+
+
+def test_a_failing_score_costs_one_dead_letter_not_the_batch() -> None:
+    scores = [make_score(ticker="ACME"), make_score(ticker="BUG"), make_score(ticker="ACME")]
+    rows, alerts, dead = apply_scores(BrokenEngine(NegativeSurgeRule()), scores, NOW)
+    assert len(rows) == 2 and alerts == []
+    assert len(dead) == 1 and "ZeroDivisionError" in dead[0].reason and dead[0].key == "BUG"
+
+
+class ExplodingMember(FixedMember):
+    def _forward(self, batch: list[str]) -> np.ndarray:
+        if any("boom" in text for text in batch):
+            raise ValueError("cannot score this")
+        return super()._forward(batch)
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> WorkerContext:
+    settings = load_settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9")
+    upgrade(settings.resolved_database_url)
+    ensemble = Ensemble([ExplodingMember("x", [0.2, 0.6, 0.2], batch_size=8)])
+    return WorkerContext(settings, ensemble_factory=lambda: ensemble)
+
+
+def test_a_document_that_breaks_the_model_is_dead_lettered_alone(context: WorkerContext) -> None:
+    docs = [make_document(text="fine"), make_document(text="boom"), make_document(text="ok")]
+    scores, dead = asyncio.run(score_batch(context, docs, NOW))
+    assert [s.document_id for s in scores] == [docs[0].id, docs[2].id]
+    assert [d.key for d in dead] == [docs[1].id]
+    assert "ValueError: cannot score this" in dead[0].reason
+
+
+def test_the_writer_isolates_rows_the_database_refuses(context: WorkerContext) -> None:
+    stored = make_document()
+    orphan = make_document()  # its ticker row points at a document that is never written
+
+    def write(session: Session, docs: Sequence[Document]) -> None:
+        for doc in docs:
+            if doc is stored:
+                upsert_documents(session, [doc])
+            else:
+                session.add(
+                    DocumentTickerRow(
+                        document_id=doc.id,
+                        ticker="ACME",
+                        relevance=1.0,
+                        published_at=doc.published_at,
+                    )
+                )
+
+    dead = asyncio.run(
+        context.write([stored, orphan], write, "persist", lambda d: (d.id, d.to_json().decode()))
+    )
+    assert [d.key for d in dead] == [orphan.id]
+    assert dead[0].stage == "persist" and "storage refused" in dead[0].reason
+    with context.sessions() as session:
+        assert session.scalars(select(DocumentRow.id)).all() == [stored.id]
+    context.close()
