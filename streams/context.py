@@ -62,6 +62,12 @@ def decode_events(
     return records, dead
 
 
+async def send_dead(topic: faust.TopicT, letters: Sequence[DeadLetter]) -> None:
+    """Produce dead letters keyed by the original message's key."""
+    for letter in letters:
+        await topic.send(key=letter.key.encode() if letter.key else None, value=letter.to_json())
+
+
 class WorkerContext:
     def __init__(self, settings: Settings, ensemble_factory: Callable[[], Ensemble] | None = None):
         self.settings = settings
@@ -73,6 +79,10 @@ class WorkerContext:
         self._ensemble_factory = ensemble_factory
         self._ensemble: Ensemble | None = None
         self._ensemble_lock = asyncio.Lock()
+
+    @property
+    def ensemble_loaded(self) -> bool:
+        return self._ensemble is not None
 
     async def ensemble(self) -> Ensemble:
         async with self._ensemble_lock:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from riskwire.records import Alert, DeadLetter, Score
 from storage import repository
-from streams.context import WorkerContext, decode_events, event_batches
+from streams.context import WorkerContext, decode_events, event_batches, send_dead
 from streams.pipeline import RiskEngine
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
         async for events in event_batches(stream, ctx.settings):
             now = datetime.now(UTC)
             scores, bad = decode_events(events, Score, STAGE, now)
-            for letter in bad:
-                await dead.send(key=(letter.key or "").encode() or None, value=letter.to_json())
+            await send_dead(dead, bad)
             rows, alerts, failed = apply_scores(ctx.risk, scores, now)
             failed += await ctx.write(
                 [(rows, alerts)],
@@ -72,8 +71,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
                 "persist",
                 lambda item: (None, repr([r["document_id"] for r in item[0]])),
             )
-            for letter in failed:
-                await dead.send(key=None, value=letter.to_json())
+            await send_dead(dead, failed)
             for alert in alerts:
                 log.info(
                     "alert %s %s %s: %s",

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from riskwire.records import DeadLetter, Document, Score
 from storage import repository
-from streams.context import WorkerContext, decode_events, event_batches
+from streams.context import WorkerContext, decode_events, event_batches, send_dead
 from streams.pipeline import fan_out, score_documents
 
 log = logging.getLogger(__name__)
@@ -24,31 +24,31 @@ def persist_scored(session: Session, pairs: Sequence[tuple[Document, Score]]) ->
     repository.upsert_scores(session, [s for _, s in pairs])
 
 
+def scoring_failed(doc: Document, exc: Exception, now: datetime) -> DeadLetter:
+    reason = f"scoring failed: {type(exc).__name__}: {exc}"
+    return DeadLetter.of(STAGE, reason, doc.to_json(), occurred_at=now, key=doc.id)
+
+
 async def score_batch(
     ctx: WorkerContext, docs: list[Document], now: datetime
 ) -> tuple[list[Score], list[DeadLetter]]:
-    """Score a batch; if the batch fails, score one by one so only the bad documents dead-letter."""
-    ensemble = await ctx.ensemble()
+    """Score a batch; if it fails, score one by one so only the bad documents dead-letter.
+
+    Never raises: a model that cannot even be loaded dead-letters the batch with the reason.
+    """
     try:
+        ensemble = await ctx.ensemble()
         return await asyncio.to_thread(score_documents, ensemble, docs), []
-    except Exception:
-        if len(docs) == 1:
-            log.exception("scoring document %s failed", docs[0].id)
-            raise
+    except Exception as exc:
+        log.exception("scoring a batch of %d failed; retrying one by one", len(docs))
+        if not ctx.ensemble_loaded:
+            return [], [scoring_failed(d, exc, now) for d in docs]
     scores, dead = [], []
     for doc in docs:
         try:
             scores.extend(await asyncio.to_thread(score_documents, ensemble, [doc]))
         except Exception as exc:
-            dead.append(
-                DeadLetter.of(
-                    STAGE,
-                    f"scoring failed: {type(exc).__name__}: {exc}",
-                    doc.to_json(),
-                    occurred_at=now,
-                    key=doc.id,
-                )
-            )
+            dead.append(scoring_failed(doc, exc, now))
     return scores, dead
 
 
@@ -62,34 +62,17 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
         async for events in event_batches(stream, ctx.settings):
             now = datetime.now(UTC)
             docs, bad = decode_events(events, Document, STAGE, now)
-            for letter in bad:
-                await dead.send(key=(letter.key or "").encode() or None, value=letter.to_json())
+            await send_dead(dead, bad)
             if not docs:
                 continue
-            try:
-                scores, failed = await score_batch(ctx, docs, now)
-            except Exception as exc:
-                scores, failed = (
-                    [],
-                    [
-                        DeadLetter.of(
-                            STAGE,
-                            f"scoring failed: {type(exc).__name__}: {exc}",
-                            d.to_json(),
-                            occurred_at=now,
-                            key=d.id,
-                        )
-                        for d in docs
-                    ],
-                )
+            scores, failed = await score_batch(ctx, docs, now)
             by_id = {d.id: d for d in docs}
             pairs = [(by_id[s.document_id], s) for s in scores]
             failed += await ctx.write(
                 pairs, persist_scored, "persist", lambda p: (p[0].id, p[0].to_json().decode())
             )
             refused = {letter.key for letter in failed}
-            for letter in failed:
-                await dead.send(key=(letter.key or "").encode(), value=letter.to_json())
+            await send_dead(dead, failed)
             for doc, score in pairs:
                 if doc.id in refused:
                     continue

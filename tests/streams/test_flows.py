@@ -137,3 +137,18 @@ def test_the_writer_isolates_rows_the_database_refuses(context: WorkerContext) -
     with context.sessions() as session:
         assert session.scalars(select(DocumentRow.id)).all() == [stored.id]
     context.close()
+
+
+def test_a_model_that_cannot_load_dead_letters_the_batch_with_the_reason(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9")
+
+    def broken() -> Ensemble:
+        raise OSError("weights not found")
+
+    context = WorkerContext(settings, ensemble_factory=broken)
+    docs = [make_document(), make_document()]
+    scores, dead = asyncio.run(score_batch(context, docs, NOW))
+    assert scores == []
+    assert [d.key for d in dead] == [d.id for d in docs]
+    assert all("OSError: weights not found" in d.reason for d in dead)
+    context.close()
