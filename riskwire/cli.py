@@ -24,7 +24,7 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 models_app = typer.Typer(help="Train and evaluate the bundled models.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
-console = Console()
+console = Console(soft_wrap=True)  # paths and URLs stay whole for copy and paste
 
 
 def _settings() -> Settings:

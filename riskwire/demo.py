@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest import RawProducer
@@ -135,6 +136,7 @@ def run_demo(settings: Settings, console: Console, sample: Path | None, timeout:
     logs = settings.data_dir / "logs"
     logs.mkdir(exist_ok=True)
     url = settings.resolved_database_url
+    shown = make_url(url).render_as_string(hide_password=True)
     upgrade(url)
     engine = make_engine(url)
     sessions = session_factory(engine)
@@ -142,7 +144,7 @@ def run_demo(settings: Settings, console: Console, sample: Path | None, timeout:
     console.print(f"sample: {expected.items} items from {sample}")
     with broker_for(settings.kafka_bootstrap, logs / "broker.log") as bootstrap:
         live = settings.with_bootstrap(bootstrap)
-        console.print(f"broker: {bootstrap}   database: {url}")
+        console.print(f"broker: {bootstrap}   database: {shown}")
         worker = spawn_worker(live, logs / "worker.log")
         try:
             with RawProducer(bootstrap, live.topics) as producer:
@@ -161,7 +163,7 @@ def run_demo(settings: Settings, console: Console, sample: Path | None, timeout:
     engine.dispose()
     print_report(console, summary, alerts, progress)
     console.print(
-        f"\ndata: {url}\nlogs: {logs.resolve()}\ndone in {time.monotonic() - started:.1f}s"
+        f"\ndata: {shown}\nlogs: {logs.resolve()}\ndone in {time.monotonic() - started:.1f}s"
     )
 
 

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from riskwire.broker import port_open
 
 
 def riskwire(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
@@ -42,3 +47,60 @@ def test_worker_without_a_broker_says_what_to_do(tmp_path: Path) -> None:
     result = riskwire("worker", cwd=tmp_path)
     assert result.returncode == 2
     assert "RISKWIRE_KAFKA_BOOTSTRAP is not set" in result.stdout
+
+
+def _workers_and_brokers() -> set[int]:
+    found = subprocess.run(
+        ["pgrep", "-f", "riskwire worker|tansu broker"], capture_output=True, text=True
+    )
+    return {int(pid) for pid in found.stdout.split()}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_leaves_no_process_behind(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    before = _workers_and_brokers()
+    result = riskwire(
+        "demo",
+        "--sample",
+        str(fixtures_dir / "pipeline.jsonl"),
+        "--timeout",
+        "120",
+        env={"RISKWIRE_DATA_DIR": str(tmp_path / "data")},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "12 documents stored, 6 dead letters" in out
+    doom = next(line for line in out.splitlines() if "DOOM" in line and "│" in line)
+    assert doom.split("│")[4].strip() == "1"  # the ticker row shows its alert
+    assert "negative_surge DOOM (firing)" in out
+    assert f"data: sqlite:///{tmp_path / 'data' / 'riskwire.db'}" in out
+    assert _workers_and_brokers() <= before
+
+
+@pytest.mark.integration
+def test_broker_command_serves_until_terminated(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "riskwire", "broker"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = ""
+        while "RISKWIRE_KAFKA_BOOTSTRAP=" not in line:
+            line = process.stdout.readline()
+            assert line, "the broker command exited without printing its address"
+        bootstrap = line.strip().rsplit("=", 1)[1]
+        host, port = bootstrap.split(":")
+        assert port_open(host, int(port))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+    assert process.returncode == 0
+    assert not port_open(host, int(port))
