@@ -8,6 +8,8 @@ negative burst must raise its alert, stored and on the alerts topic.
 from __future__ import annotations
 
 import json
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from sqlalchemy import func, select
 
 from ingest import JsonlSource, RawProducer
 from riskwire.broker import EmbeddedBroker
-from riskwire.demo import expected_outcome
+from riskwire.demo import SAMPLE, expected_outcome
 from riskwire.records import Alert, DeadLetter
 from riskwire.settings import Settings, load_settings
 from riskwire.worker import spawn_worker, stop_worker
@@ -116,3 +118,53 @@ def test_every_good_record_is_stored_once_and_every_bad_one_is_dead_lettered(
     on_topic = [Alert.from_json(m.value) for m in read_topic(bootstrap, topics.alerts)]
     assert {(a.id, a.ticker) for a in on_topic} == {(alerts[0].id, "DOOM")}
     assert json.loads(on_topic[0].to_json())["schema"] == "alert/1"
+
+
+def test_a_worker_killed_mid_stream_and_restarted_loses_nothing_and_stores_nothing_twice(
+    broker: EmbeddedBroker, sqlite_url: str, tmp_path: Path
+) -> None:
+    upgrade(sqlite_url)
+    run = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        kafka_bootstrap=broker.bootstrap, database_url=sqlite_url, data_dir=tmp_path,
+        topic_prefix=f"kill-{run}", consumer_group=f"riskwire-{run}", score_batch_size=16,
+        score_batch_wait_s=0.2,
+    )  # fmt: skip
+    items = list(JsonlSource(SAMPLE).read())
+    expected = expected_outcome(items)
+    engine = make_engine(sqlite_url)
+    sessions = session_factory(engine)
+
+    def stored() -> int:
+        with sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(DocumentRow)) or 0)
+
+    first = spawn_worker(settings, tmp_path / "worker-1.log")
+    with RawProducer(broker.bootstrap, settings.topics) as producer:
+        producer.publish(items)
+    deadline = time.monotonic() + 90
+    while stored() < 40:  # part of the way through
+        assert time.monotonic() < deadline and first.poll() is None, "worker made no progress"
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    assert stored() < len(expected.document_ids), "the kill came too late to test anything"
+
+    second = spawn_worker(settings, tmp_path / "worker-2.log")
+    try:
+        topics = settings.topics
+        wait_drained(broker.bootstrap, settings.consumer_group,
+                     [topics.raw_news, topics.raw_social, topics.docs, topics.scored,
+                      topics.deadletter], timeout=150)  # fmt: skip
+    finally:
+        assert stop_worker(second) == 0
+    with sessions() as session:
+        assert set(session.scalars(select(DocumentRow.id))) == expected.document_ids
+        per_doc = session.execute(
+            select(ScoreRow.document_id, func.count()).group_by(ScoreRow.document_id)
+        ).all()
+        assert sorted({n for _, n in per_doc}) == [1] and len(per_doc) == len(expected.document_ids)
+        mentions = session.scalar(select(func.count()).select_from(DocumentTickerRow))
+        assert session.scalar(select(func.count()).select_from(TickerSentimentRow)) == mentions
+        assert session.scalar(select(func.count()).select_from(DeadLetterRow)) == 4
+    engine.dispose()
