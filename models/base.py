@@ -56,6 +56,10 @@ class Member(ABC):
             out[index] = self.postprocess(logits)
         return out
 
+    def describe(self) -> dict[str, Any]:
+        """What the model registry records about this member: kind, artefacts, provenance."""
+        return {"kind": type(self).__name__}
+
     def votes(self, texts: Sequence[str]) -> list[Vote]:
         return [self.vote_from(p) for p in self.predict_proba(texts)]
 

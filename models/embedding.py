@@ -127,10 +127,19 @@ class EmbeddingHeadMember(TorchMember):
 
         self.name = name
         self.version = head.version
+        self.head = head
         self.encoder = encoder
         self.device = encoder.device
         self._weight = torch.from_numpy(head.weight).to(encoder.device)
         self._bias = torch.from_numpy(head.bias).to(encoder.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "embedding-head",
+            "encoder_path": self.encoder.path,
+            "device": self.device,
+            **self.head.meta,
+        }
 
     def preprocess(self, texts: Sequence[str]) -> Any:
         return self.encoder.tokenize(texts)

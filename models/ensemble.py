@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,20 @@ class Ensemble(Member):
         self, batch: list[str]
     ) -> np.ndarray:  # pragma: no cover - predict_proba overrides
         return self.predict_proba(batch)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "ensemble",
+            "fusion": self.fusion_name,
+            "members": [m.version for m in self.members],
+            "weights": self.weights.tolist(),
+        }
+
+    def registry_entries(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(name, version, description) for the ensemble and each member, for the model registry."""
+        return [(self.name, self.version, self.describe())] + [
+            (m.name, m.version, m.describe()) for m in self.members
+        ]
 
     def member_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Shape (members, texts, 3)."""

@@ -6,6 +6,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,11 +86,20 @@ class LexiconMember(Member):
         scale: float = 1.2,
     ) -> None:
         self.name = name
+        self.path = path
         self.lexicon = load_lexicon(path)
         self.neutral_prior = neutral_prior
         self.scale = scale
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
         self.version = f"{name}-{ALGORITHM_VERSION}-{digest}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "lexicon",
+            "artifact": str(self.path),
+            "terms": len(self.lexicon),
+            "algorithm": ALGORITHM_VERSION,
+        }
 
     def preprocess(self, texts: Sequence[str]) -> list[list[str]]:
         return [tokenize(t) for t in texts]

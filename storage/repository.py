@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Insert, func, select
@@ -20,6 +21,7 @@ from storage.tables import (
     DeadLetterRow,
     DocumentRow,
     DocumentTickerRow,
+    ModelVersionRow,
     ScoreRow,
     TickerSentimentRow,
     VoteRow,
@@ -139,6 +141,18 @@ def insert_dead_letters(session: Session, letters: Sequence[DeadLetter]) -> None
         for d in letters
     ]  # fmt: skip
     _insert_ignore(session, DeadLetterRow, _dedupe(rows, "id"))
+
+
+def register_model_versions(
+    session: Session, entries: Sequence[tuple[str, str, dict[str, Any]]], now: datetime
+) -> None:
+    """Record (name, version, description) entries once; a known version is left as it was."""
+    rows = [
+        {"version": version, "name": name, "kind": str(description.get("kind", "")),
+         "description": description, "registered_at": now}
+        for name, version, description in entries
+    ]  # fmt: skip
+    _insert_ignore(session, ModelVersionRow, _dedupe(rows, "version"))
 
 
 def count_rows(session: Session, table: type[Base]) -> int:

@@ -117,3 +117,15 @@ class DeadLetterRow(Base):
     key: Mapped[str | None] = mapped_column(Text)
     payload: Mapped[str] = mapped_column(Text)
     occurred_at: Mapped[datetime]
+
+
+class ModelVersionRow(Base):
+    """The model registry: every member and ensemble version that has scored, and what it is."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    description: Mapped[dict[str, Any]]
+    registered_at: Mapped[datetime]

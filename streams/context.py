@@ -18,6 +18,7 @@ from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Record
 from riskwire.settings import Settings
 from storage.engine import make_engine, session_factory
+from storage.repository import register_model_versions
 from streams.pipeline import Deduplicator, NegativeSurgeRule, RiskEngine
 
 log = logging.getLogger(__name__)
@@ -98,10 +99,15 @@ class WorkerContext:
 
     def _build_ensemble(self) -> Ensemble:
         if self._ensemble_factory is not None:
-            return self._ensemble_factory()
-        from models.factory import build_ensemble
+            ensemble = self._ensemble_factory()
+        else:
+            from models.factory import build_ensemble
 
-        return build_ensemble(self.settings)
+            ensemble = build_ensemble(self.settings)
+        entries = ensemble.registry_entries()
+        now = datetime.now(UTC)
+        self._transact(entries, lambda session, items: register_model_versions(session, items, now))
+        return ensemble
 
     async def write(
         self,

@@ -15,6 +15,7 @@ from storage.migrate import downgrade, upgrade
 from storage.repository import (
     count_rows,
     insert_dead_letters,
+    register_model_versions,
     ticker_summary,
     upsert_alerts,
     upsert_documents,
@@ -26,6 +27,7 @@ from storage.tables import (
     DeadLetterRow,
     DocumentRow,
     DocumentTickerRow,
+    ModelVersionRow,
     ScoreRow,
     TickerSentimentRow,
     VoteRow,
@@ -33,6 +35,7 @@ from storage.tables import (
 from tests.factories import T0, make_document, make_score
 
 TABLES = {
+    "model_versions",
     "documents",
     "document_tickers",
     "votes",
@@ -191,3 +194,21 @@ def test_naive_datetimes_are_refused(sessions: sessionmaker[Session]) -> None:
     }
     with pytest.raises(Exception, match="naive datetime"), sessions.begin() as session:
         session.execute(DeadLetterRow.__table__.insert(), [row])
+
+
+def test_model_versions_are_registered_once(sessions: sessionmaker[Session]) -> None:
+    entries = [
+        ("default", "default-1", {"kind": "ensemble", "members": ["a-1"]}),
+        ("a", "a-1", {"kind": "lexicon", "terms": 3}),
+    ]
+    with sessions.begin() as session:
+        register_model_versions(session, entries, T0)
+    with sessions.begin() as session:
+        register_model_versions(session, entries[:1], T0 + timedelta(days=1))
+    with sessions() as session:
+        rows = session.scalars(select(ModelVersionRow).order_by(ModelVersionRow.version)).all()
+    assert [(r.version, r.kind, r.registered_at) for r in rows] == [
+        ("a-1", "lexicon", T0),
+        ("default-1", "ensemble", T0),
+    ]
+    assert rows[1].description == {"kind": "ensemble", "members": ["a-1"]}

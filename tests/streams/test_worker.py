@@ -29,6 +29,7 @@ from storage.tables import (
     DeadLetterRow,
     DocumentRow,
     DocumentTickerRow,
+    ModelVersionRow,
     ScoreRow,
     TickerSentimentRow,
     VoteRow,
@@ -102,6 +103,11 @@ def test_every_good_record_is_stored_once_and_every_bad_one_is_dead_lettered(
         assert mentions == 12  # 11 linked documents, one of them naming two tickers
         assert session.scalar(select(func.count()).select_from(TickerSentimentRow)) == mentions
         stored_letters = session.scalars(select(DeadLetterRow)).all()
+        versions = set(session.scalars(select(ModelVersionRow.version)))
+        used = set(session.scalars(select(ScoreRow.model_version))) | set(
+            session.scalars(select(VoteRow.model_version))
+        )
+        assert used and used <= versions  # every version that scored is in the registry
         alerts = session.scalars(select(AlertRow)).all()
     engine.dispose()
 
