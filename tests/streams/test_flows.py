@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from models.ensemble import Ensemble
@@ -152,3 +155,37 @@ def test_a_model_that_cannot_load_dead_letters_the_batch_with_the_reason(tmp_pat
     assert [d.key for d in dead] == [d.id for d in docs]
     assert all("OSError: weights not found" in d.reason for d in dead)
     context.close()
+
+
+@pytest.mark.integration
+def test_the_writer_waits_for_an_unavailable_database_instead_of_losing_the_batch(
+    postgres_admin_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"riskwire_late_{uuid.uuid4().hex[:10]}"
+    url = make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    context = WorkerContext(load_settings(database_url=url, kafka_bootstrap="127.0.0.1:9"))
+    doc = make_document()
+
+    async def write_while_the_database_appears() -> list[DeadLetter]:
+        task = asyncio.create_task(
+            context.write([doc], upsert_documents, "persist", lambda d: (d.id, ""))
+        )
+        await asyncio.sleep(1.5)
+        assert not task.done()  # waiting, not failing and not dead-lettering
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        upgrade(url)
+        return await asyncio.wait_for(task, 60)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="streams.context"):
+            assert asyncio.run(write_while_the_database_appears()) == []
+        assert "database unavailable" in caplog.text
+        with context.sessions() as session:
+            assert session.scalars(select(DocumentRow.id)).all() == [doc.id]
+    finally:
+        context.close()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
