@@ -25,22 +25,21 @@ class _FileSource(FeedSource):
         self.name = f"file:{self.path.name}"
         self._clock = clock or (lambda: datetime.now(UTC))
 
-    def _record(self, payload: dict[str, object], line: str, where: str) -> SourceItem:
-        now = self._clock()
+    def _dead(self, where: str, reason: str, original: str) -> DeadLetter:
+        """What could not be read, with the file and line it came from."""
+        return DeadLetter.of(
+            STAGE, f"{where}: {reason}", original, occurred_at=self._clock(), topic=self.name
+        )
+
+    def _record(self, payload: dict[str, object], original: str, where: str) -> SourceItem:
         kind = payload.get("kind", self.kind)
         if kind not in (Kind.NEWS.value, Kind.SOCIAL.value):
-            return DeadLetter.of(
-                STAGE,
-                f"{where}: kind {kind!r} is not news or social",
-                line,
-                occurred_at=now,
-                topic=self.name,
-            )
+            return self._dead(where, f"kind {kind!r} is not news or social", original)
         source = payload.get("source")
         return RawRecord(
             source=source if isinstance(source, str) and source else self.name,
             kind=Kind(kind),
-            fetched_at=now,
+            fetched_at=self._clock(),
             payload=payload,
         )
 
@@ -52,25 +51,14 @@ class JsonlSource(_FileSource):
                 if not line.strip():
                     continue
                 where = f"{self.path.name}:{number}"
+                line = line.rstrip("\r\n")
                 try:
-                    payload = json.loads(line.rstrip("\r\n"))
+                    payload = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield DeadLetter.of(
-                        STAGE,
-                        f"{where}: not valid JSON: {exc}",
-                        line.rstrip("\n"),
-                        occurred_at=self._clock(),
-                        topic=self.name,
-                    )
+                    yield self._dead(where, f"not valid JSON: {exc}", line)
                     continue
                 if not isinstance(payload, dict):
-                    yield DeadLetter.of(
-                        STAGE,
-                        f"{where}: expected a JSON object",
-                        line.rstrip("\n"),
-                        occurred_at=self._clock(),
-                        topic=self.name,
-                    )
+                    yield self._dead(where, "expected a JSON object", line)
                     continue
                 yield self._record(payload, line, where)
 
@@ -85,19 +73,14 @@ class CsvSource(_FileSource):
                 payload: dict[str, object] = {
                     k: v for k, v in row.items() if k and v not in (None, "")
                 }
+                where = f"{self.path.name}:{number}"
                 if None in row:
-                    yield DeadLetter.of(
-                        STAGE,
-                        f"{self.path.name}:{number}: more cells than headers",
-                        json.dumps(row, default=str),
-                        occurred_at=self._clock(),
-                        topic=self.name,
-                    )
+                    yield self._dead(where, "more cells than headers", json.dumps(row, default=str))
                     continue
                 tickers = payload.get("tickers")
                 if isinstance(tickers, str):
                     payload["tickers"] = [t for t in _LIST_SPLIT.split(tickers) if t]
-                yield self._record(payload, json.dumps(row), f"{self.path.name}:{number}")
+                yield self._record(payload, json.dumps(row), where)
 
 
 def source_for(path: Path, kind: Kind = Kind.NEWS) -> FeedSource:

@@ -69,6 +69,10 @@ async def send_dead(topic: faust.TopicT, letters: Sequence[DeadLetter]) -> None:
         await topic.send(key=letter.key.encode() if letter.key else None, value=letter.to_json())
 
 
+def storage_refused(exc: Exception, payload: bytes, key: str | None, now: datetime) -> DeadLetter:
+    return DeadLetter.of("persist", f"storage refused: {exc}", payload, key=key, occurred_at=now)
+
+
 class WorkerContext:
     def __init__(self, settings: Settings, ensemble_factory: Callable[[], Ensemble] | None = None):
         self.settings = settings
@@ -110,27 +114,19 @@ class WorkerContext:
         return ensemble
 
     async def write(
-        self,
-        items: Sequence[T],
-        write: Callable[[Session, Sequence[T]], None],
-        stage: str,
-        describe: Callable[[T], tuple[str | None, str]],
-    ) -> list[DeadLetter]:
-        """Write items in one transaction; returns dead letters for items the database refuses.
+        self, items: Sequence[T], write: Callable[[Session, Sequence[T]], None]
+    ) -> list[tuple[T, SQLAlchemyError]]:
+        """Write items in one transaction; returns the items the database refused, with why.
 
         A database that is down or unreachable is waited for, with backoff: the batch is not
         acknowledged meanwhile, so nothing is lost (backpressure). An item the database refuses on
-        its own merits (a constraint or data error) is isolated and dead-lettered.
+        its own merits (a constraint or data error) is isolated, for the caller to dead-letter.
         """
-        return await asyncio.to_thread(self._write_sync, items, write, stage, describe)
+        return await asyncio.to_thread(self._write_sync, items, write)
 
     def _write_sync(
-        self,
-        items: Sequence[T],
-        write: Callable[[Session, Sequence[T]], None],
-        stage: str,
-        describe: Callable[[T], tuple[str | None, str]],
-    ) -> list[DeadLetter]:
+        self, items: Sequence[T], write: Callable[[Session, Sequence[T]], None]
+    ) -> list[tuple[T, SQLAlchemyError]]:
         if not items:
             return []
         try:
@@ -138,20 +134,8 @@ class WorkerContext:
             return []
         except SQLAlchemyError as exc:
             if len(items) == 1:
-                key, payload = describe(items[0])
-                return [
-                    DeadLetter.of(
-                        stage,
-                        f"storage refused: {exc}",
-                        payload,
-                        key=key,
-                        occurred_at=datetime.now(UTC),
-                    )
-                ]
-        letters = []
-        for item in items:
-            letters.extend(self._write_sync([item], write, stage, describe))
-        return letters
+                return [(items[0], exc)]
+        return [refused for item in items for refused in self._write_sync([item], write)]
 
     def _transact(self, items: Sequence[T], write: Callable[[Session, Sequence[T]], None]) -> None:
         attempt = 0

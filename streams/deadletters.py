@@ -25,8 +25,5 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             letters += unreadable
             for letter in letters:
                 log.warning("dead letter at %s: %s", letter.stage, letter.reason)
-            refused = await ctx.write(
-                letters, repository.insert_dead_letters, "deadletter", lambda d: (d.key, d.payload)
-            )
-            for letter in refused:
-                log.error("dead letter could not be stored: %s", letter.reason)
+            for letter, exc in await ctx.write(letters, repository.insert_dead_letters):
+                log.error("dead letter %s could not be stored: %s", letter.id, exc)

@@ -9,7 +9,7 @@ import faust
 
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Document, RawRecord
-from streams.context import WorkerContext, event_batches
+from streams.context import WorkerContext, event_batches, send_dead
 from streams.pipeline import normalise
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,8 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     async def normalise_agent(stream: faust.StreamT[bytes]) -> None:
         async for events in event_batches(stream, ctx.settings):
             now = datetime.now(UTC)
-            for event in events:
-                result = normalise_event(event.key, event.value, event.message.topic, now)
-                if isinstance(result, DeadLetter):
-                    await dead.send(key=event.key, value=result.to_json())
-                elif ctx.dedupe.is_new(result.id):
-                    await docs.send(key=result.id.encode(), value=result.to_json())
+            results = [normalise_event(e.key, e.value, e.message.topic, now) for e in events]
+            await send_dead(dead, [r for r in results if isinstance(r, DeadLetter)])
+            for doc in results:
+                if isinstance(doc, Document) and ctx.dedupe.is_new(doc.id):
+                    await docs.send(key=doc.id.encode(), value=doc.to_json())

@@ -8,15 +8,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import faust
 from sqlalchemy.orm import Session
 
-from riskwire.records import Alert, DeadLetter, Score
+from riskwire.records import DeadLetter, Score
 from storage import repository
-from streams.context import WorkerContext, decode_events, event_batches, send_dead
-from streams.pipeline import RiskEngine
+from streams.context import (
+    WorkerContext,
+    decode_events,
+    event_batches,
+    send_dead,
+    storage_refused,
+)
+from streams.pipeline import RiskEngine, RiskUpdate
 
 log = logging.getLogger(__name__)
 STAGE = "risk"
@@ -24,33 +29,26 @@ STAGE = "risk"
 
 def apply_scores(
     engine: RiskEngine, scores: Sequence[Score], now: datetime
-) -> tuple[list[dict[str, Any]], list[Alert], list[DeadLetter]]:
-    """Feed scores to the engine in order; collect rows and alerts, and dead letters for failures."""
-    rows: list[dict[str, Any]] = []
-    alerts: list[Alert] = []
+) -> tuple[list[tuple[Score, RiskUpdate]], list[DeadLetter]]:
+    """Feed scores to the engine in order; each score's update, and dead letters for failures."""
+    updates: list[tuple[Score, RiskUpdate]] = []
     dead: list[DeadLetter] = []
     for score in scores:
         try:
-            update = engine.process(score)
+            updates.append((score, engine.process(score)))
         except Exception as exc:  # a bug must cost one record, never the batch
             log.exception("risk evaluation failed for %s", score.document_id)
             reason = f"unexpected {type(exc).__name__}: {exc}"
             dead.append(
                 DeadLetter.of(STAGE, reason, score.to_json(), occurred_at=now, key=score.ticker)
             )
-            continue
-        if update.row is not None:
-            rows.append(update.row)
-        alerts.extend(update.alerts)
-    return rows, alerts, dead
+    return updates, dead
 
 
-def persist_risk(
-    session: Session, batch: Sequence[tuple[list[dict[str, Any]], list[Alert]]]
-) -> None:
-    for rows, alerts in batch:
-        repository.upsert_ticker_sentiment(session, rows)
-        repository.upsert_alerts(session, alerts)
+def persist_risk(session: Session, updates: Sequence[tuple[Score, RiskUpdate]]) -> None:
+    rows = [u.row for _, u in updates if u.row is not None]
+    repository.upsert_ticker_sentiment(session, rows)
+    repository.upsert_alerts(session, [a for _, u in updates for a in u.alerts])
 
 
 def register(app: faust.App, ctx: WorkerContext) -> None:
@@ -64,15 +62,13 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             now = datetime.now(UTC)
             scores, bad = decode_events(events, Score, STAGE, now)
             await send_dead(dead, bad)
-            rows, alerts, failed = apply_scores(ctx.risk, scores, now)
-            failed += await ctx.write(
-                [(rows, alerts)],
-                persist_risk,
-                "persist",
-                lambda item: (None, repr([r["document_id"] for r in item[0]])),
-            )
+            updates, failed = apply_scores(ctx.risk, scores, now)
+            refused = await ctx.write(updates, persist_risk)
+            failed += [storage_refused(e, s.to_json(), s.ticker, now) for (s, _), e in refused]
             await send_dead(dead, failed)
-            for alert in alerts:
+            lost = {(s.ticker, s.document_id) for (s, _), _ in refused}
+            stored = [u for s, u in updates if (s.ticker, s.document_id) not in lost]
+            for alert in (a for u in stored for a in u.alerts):
                 log.info(
                     "alert %s %s %s: %s",
                     alert.state,

@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session
 
 from riskwire.records import DeadLetter, Document, Score
 from storage import repository
-from streams.context import WorkerContext, decode_events, event_batches, send_dead
+from streams.context import (
+    WorkerContext,
+    decode_events,
+    event_batches,
+    send_dead,
+    storage_refused,
+)
 from streams.pipeline import fan_out, score_documents
 
 log = logging.getLogger(__name__)
@@ -68,13 +74,12 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             scores, failed = await score_batch(ctx, docs, now)
             by_id = {d.id: d for d in docs}
             pairs = [(by_id[s.document_id], s) for s in scores]
-            failed += await ctx.write(
-                pairs, persist_scored, "persist", lambda p: (p[0].id, p[0].to_json().decode())
-            )
-            refused = {letter.key for letter in failed}
+            refused = await ctx.write(pairs, persist_scored)
+            failed += [storage_refused(e, d.to_json(), d.id, now) for (d, _), e in refused]
+            refused_ids = {d.id for (d, _), _ in refused}
             await send_dead(dead, failed)
             for doc, score in pairs:
-                if doc.id in refused:
+                if doc.id in refused_ids:
                     continue
                 for mention in fan_out(score, doc):
                     await scored.send(key=(mention.ticker or "").encode(), value=mention.to_json())

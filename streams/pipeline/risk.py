@@ -182,16 +182,18 @@ class RiskEngine:
             "window_documents": trailing.documents, "window_mean_score": trailing.mean_score,
             "window_negative_share": trailing.negative_share,
         }  # fmt: skip
-        return RiskUpdate(row=row, alerts=self._evaluate(window, score.published_at))
+        return RiskUpdate(row=row, alerts=self._evaluate(window, trailing))
 
-    def _evaluate(self, window: TickerWindow, t: datetime) -> list[Alert]:
-        alerts = self._resolve(window, t)
-        for start in window_starts(t, self.rule.window, self.rule.hop):
-            stats = window.stats_between(start, start + self.rule.window)
-            if self.rule.holds(stats) and self._may_fire(window.ticker, start):
+    def _evaluate(self, window: TickerWindow, trailing: WindowStats) -> list[Alert]:
+        """Rule state after a document at ``trailing.end``: resolve, then fire, per aligned window."""
+        starts = window_starts(trailing.end, self.rule.window, self.rule.hop)
+        windows = [window.stats_between(s, s + self.rule.window) for s in starts]
+        alerts = self._resolve(windows, trailing)
+        for stats in windows:
+            if self.rule.holds(stats) and self._may_fire(window.ticker, stats.start):
                 alert = self._alert(stats, window.evidence(stats.start, stats.end))
                 self.firing[window.ticker] = alert
-                self.last_fired[window.ticker] = start
+                self.last_fired[window.ticker] = stats.start
                 alerts.append(alert)
         return alerts
 
@@ -202,17 +204,15 @@ class RiskEngine:
         last = self.last_fired.get(ticker)
         return last is None or abs(start - last) >= self.rule.window
 
-    def _resolve(self, window: TickerWindow, t: datetime) -> list[Alert]:
+    def _resolve(self, windows: list[WindowStats], current: WindowStats) -> list[Alert]:
         """A firing alert resolves at the first document after its window whose windows are calm."""
-        active = self.firing.get(window.ticker)
+        t = current.end
+        active = self.firing.get(current.ticker)
         if active is None or t < active.window_end:
             return []
-        starts = window_starts(t, self.rule.window, self.rule.hop)
-        stats = [window.stats_between(s, s + self.rule.window) for s in starts]
-        if any(self.rule.holds(st) for st in stats):
+        if any(self.rule.holds(stats) for stats in windows):
             return []
-        del self.firing[window.ticker]
-        current = window.stats_at(t)
+        del self.firing[current.ticker]
         return [
             active.model_copy(
                 update={

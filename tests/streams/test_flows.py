@@ -22,7 +22,7 @@ from riskwire.settings import load_settings
 from storage import upgrade
 from storage.repository import upsert_documents
 from storage.tables import DocumentRow, DocumentTickerRow
-from streams.context import WorkerContext, decode_events
+from streams.context import WorkerContext, decode_events, storage_refused
 from streams.normalising import normalise_event
 from streams.pipeline import NegativeSurgeRule, RiskEngine
 from streams.risk import apply_scores
@@ -86,8 +86,9 @@ class BrokenEngine(RiskEngine):
 
 def test_a_failing_score_costs_one_dead_letter_not_the_batch() -> None:
     scores = [make_score(ticker="ACME"), make_score(ticker="BUG"), make_score(ticker="ACME")]
-    rows, alerts, dead = apply_scores(BrokenEngine(NegativeSurgeRule()), scores, NOW)
-    assert len(rows) == 2 and alerts == []
+    updates, dead = apply_scores(BrokenEngine(NegativeSurgeRule()), scores, NOW)
+    assert [s.ticker for s, _ in updates] == ["ACME", "ACME"]
+    assert all(u.row is not None and u.alerts == [] for _, u in updates)
     assert len(dead) == 1 and "ZeroDivisionError" in dead[0].reason and dead[0].key == "BUG"
 
 
@@ -132,11 +133,12 @@ def test_the_writer_isolates_rows_the_database_refuses(context: WorkerContext) -
                     )
                 )
 
-    dead = asyncio.run(
-        context.write([stored, orphan], write, "persist", lambda d: (d.id, d.to_json().decode()))
-    )
+    refused = asyncio.run(context.write([stored, orphan], write))
+    assert [item for item, _ in refused] == [orphan]
+    dead = [storage_refused(exc, d.to_json(), d.id, NOW) for d, exc in refused]
     assert [d.key for d in dead] == [orphan.id]
     assert dead[0].stage == "persist" and "storage refused" in dead[0].reason
+    assert "FOREIGN KEY" in dead[0].reason
     with context.sessions() as session:
         assert session.scalars(select(DocumentRow.id)).all() == [stored.id]
     context.close()
@@ -167,10 +169,8 @@ def test_the_writer_waits_for_an_unavailable_database_instead_of_losing_the_batc
     context = WorkerContext(load_settings(database_url=url, kafka_bootstrap="127.0.0.1:9"))
     doc = make_document()
 
-    async def write_while_the_database_appears() -> list[DeadLetter]:
-        task = asyncio.create_task(
-            context.write([doc], upsert_documents, "persist", lambda d: (d.id, ""))
-        )
+    async def write_while_the_database_appears() -> list[object]:
+        task = asyncio.create_task(context.write([doc], upsert_documents))
         await asyncio.sleep(1.5)
         assert not task.done()  # waiting, not failing and not dead-lettering
         with admin.connect() as conn:
