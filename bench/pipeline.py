@@ -53,7 +53,7 @@ def main() -> None:
         "baseline: decode raw JSON", args.n, lambda: [RawRecord.from_json(b) for b in blobs]
     )
     norm = timed("normalise", args.n, lambda: [normalise(RawRecord.from_json(b)) for b in blobs])
-    engine = RiskEngine(NegativeSurgeRule())
+    engine = RiskEngine([NegativeSurgeRule()])
     risk = timed("risk (rows + rule)", args.n, lambda: [engine.process(s) for s in scores])
     print(f"normalise costs {base / norm:.1f}x a bare decode; risk runs at {risk:,.0f} scores/s")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,8 +24,14 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 models_app = typer.Typer(help="Train and evaluate the bundled models.", no_args_is_help=True)
+replay_app = typer.Typer(
+    help="Re-score and re-alert a past period in event time, beside live results."
+)
+bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+app.add_typer(replay_app, name="replay")
+app.add_typer(bench_app, name="bench")
 console = Console(soft_wrap=True)  # paths and URLs stay whole for copy and paste
 
 
@@ -134,6 +142,250 @@ def models_evaluate(
     from riskwire.evaluate import evaluate_file
 
     evaluate_file(_settings(), console, data, limit)
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    """ISO-8601 time; one without an offset is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise RiskwireError(f"{option} {value!r} is not an ISO-8601 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _tickers(value: str | None) -> tuple[str, ...]:
+    return tuple(t.strip().upper() for t in (value or "").split(",") if t.strip())
+
+
+FromOption = Annotated[
+    str | None, typer.Option("--from", help="start of the period (ISO-8601; no offset = UTC)")
+]
+ToOption = Annotated[str | None, typer.Option("--to", help="end of the period, exclusive")]
+TickersOption = Annotated[str | None, typer.Option(help="comma-separated tickers; default: all")]
+VersionOption = Annotated[
+    str | None,
+    typer.Option(help="ensemble version; default: the one the configuration builds now"),
+]
+RulesOption = Annotated[
+    Path | None, typer.Option(exists=True, dir_okay=False, help="YAML warning rules")
+]
+
+
+@replay_app.callback(invoke_without_command=True)
+def replay(
+    ctx: typer.Context,
+    start: FromOption = None,
+    end: ToOption = None,
+    tickers: TickersOption = None,
+    model_version: VersionOption = None,
+    rules: RulesOption = None,
+    source: Annotated[str, typer.Option(help="'db' or a JSONL archive of raw items")] = "db",
+    baseline: Annotated[str, typer.Option(help="run to compare against")] = "live",
+    rescore: Annotated[bool, typer.Option(help="score again even where cached")] = False,
+) -> None:
+    """Replay a period: `riskwire replay --from T1 --to T2`; subcommands manage jobs."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from riskwire.replay import ReplaySpec
+    from streams.pipeline.rules import load_rules
+
+    spec = ReplaySpec(
+        start=_when(start, "--from"), end=_when(end, "--to"), tickers=_tickers(tickers),
+        model_version=model_version, rules=load_rules(rules) if rules else None,
+        source=source, baseline=baseline or None, rescore=rescore,
+    )  # fmt: skip
+    _run_job(_settings(), spec)
+
+
+def _run_job(settings: Settings, spec: Any, job_id: str | None = None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from riskwire.replay import ReplayRunner, create_job
+    from riskwire.replay_report import render_report
+    from storage import make_engine, session_factory, upgrade
+
+    upgrade(settings.resolved_database_url)
+    sessions = session_factory(make_engine(settings.resolved_database_url))
+    resume = job_id is not None
+    job_id = job_id or create_job(sessions, settings, spec)
+    console.print(f"job {job_id}")
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
+        task = bar.add_task("replaying", total=None)
+        try:
+            status = ReplayRunner(settings, sessions).run(
+                job_id, lambda done, total: bar.update(task, completed=done, total=total), resume
+            )
+        except KeyboardInterrupt:
+            console.print(f"interrupted; continue with: riskwire replay resume {job_id}")
+            raise SystemExit(130) from None
+    job = _load_job(sessions, job_id)
+    if status == "done" and job.report:
+        render_report(job.report, console)
+    elif status == "failed":
+        raise RiskwireError(f"job {job_id} failed: {job.error}")
+    console.print(f"job {job_id}: {status}")
+
+
+def _load_job(sessions: Any, job_id: str) -> Any:
+    from riskwire.replay import _job
+
+    with sessions() as session:
+        job = _job(session, job_id)
+        session.expunge(job)
+        return job
+
+
+def _sessions(settings: Settings) -> Any:
+    from storage import make_engine, session_factory, upgrade
+
+    upgrade(settings.resolved_database_url)
+    return session_factory(make_engine(settings.resolved_database_url))
+
+
+@replay_app.command("status")
+def replay_status(
+    job_id: Annotated[str | None, typer.Argument(help="one job; default: the latest 20")] = None,
+) -> None:
+    """Jobs with their progress, estimated time left and results."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from riskwire.replay import describe_job
+    from storage.tables import ReplayRunRow
+
+    sessions = _sessions(_settings())
+    with sessions() as session:
+        if job_id:
+            jobs = [session.get(ReplayRunRow, job_id)]
+            if jobs[0] is None:
+                raise RiskwireError(f"no replay job {job_id!r}")
+        else:
+            query = select(ReplayRunRow).order_by(ReplayRunRow.created_at.desc()).limit(20)
+            jobs = list(session.scalars(query))
+        table = Table(title="replay jobs")
+        for column in ("job", "kind", "status", "progress", "eta", "period", "model", "alerts"):
+            table.add_column(column)
+        for job in jobs:
+            info = describe_job(job)  # type: ignore[arg-type]
+            period = " → ".join((t or "…")[:16] for t in info["period"])
+            eta = f"{info['eta_s']:.0f}s" if info["eta_s"] is not None else ""
+            table.add_row(
+                info["id"], info["kind"], info["status"],
+                f"{info['processed']}/{info['total']}", eta, period,
+                info["model_version"] or "", str(info["alerts"]),
+            )  # fmt: skip
+            if info["error"]:
+                table.add_row("", "", "error", info["error"], "", "", "", "")
+    console.print(table)
+
+
+@replay_app.command("cancel")
+def replay_cancel(job_id: str) -> None:
+    """Stop a job after its current page (it can be resumed later)."""
+    from riskwire.replay import request_cancel
+
+    status = request_cancel(_sessions(_settings()), job_id)
+    console.print(f"job {job_id}: {status}")
+
+
+@replay_app.command("resume")
+def replay_resume(job_id: str) -> None:
+    """Continue an interrupted, cancelled or failed job from its last checkpoint."""
+    _run_job(_settings(), None, job_id)
+
+
+@replay_app.command("report")
+def replay_report(
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="the stored report as JSON")] = False,
+) -> None:
+    """Show a finished job's report: alerts against the baseline, score agreement, the plot."""
+    job = _load_job(_sessions(_settings()), job_id)
+    if not job.report:
+        raise RiskwireError(f"job {job_id} has no report yet (status {job.status})")
+    if as_json:
+        print(json.dumps(job.report, indent=2))
+        return
+    from riskwire.replay_report import render_report
+
+    render_report(job.report, console)
+
+
+@replay_app.command("compare")
+def replay_compare(
+    run: Annotated[str, typer.Argument(help="a run id (a replay job id, or live)")],
+    baseline: Annotated[str, typer.Argument(help="the run to compare it against")],
+    start: FromOption = None,
+    end: ToOption = None,
+    tickers: TickersOption = None,
+) -> None:
+    """Compare two runs (e.g. two model versions replayed over one period): alerts and labels."""
+    from riskwire.replay_report import Scope, build_report, plot_report, render_report
+
+    settings = _settings()
+    sessions = _sessions(settings)
+    scope = Scope(_when(start, "--from"), _when(end, "--to"), _tickers(tickers))
+    with sessions() as session:
+        report = build_report(session, run, baseline, scope)
+    out = settings.data_dir / "replays" / f"compare-{run}-{baseline}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report["plot"] = str(plot_report(report, out))
+    render_report(report, console)
+
+
+@app.command()
+def backfill(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL of raw items")],
+    start: FromOption = None,
+    end: ToOption = None,
+    tickers: TickersOption = None,
+    model_version: VersionOption = None,
+    rules: RulesOption = None,
+) -> None:
+    """Import an archive of historical documents and compute scores, aggregates and alerts
+    for it as live history (rows that already exist are left as they are)."""
+    from riskwire.replay import ReplaySpec
+    from streams.pipeline.rules import load_rules
+
+    spec = ReplaySpec(
+        start=_when(start, "--from"), end=_when(end, "--to"), tickers=_tickers(tickers),
+        model_version=model_version, rules=load_rules(rules) if rules else None,
+        source=str(path), baseline=None, kind="backfill",
+    )  # fmt: skip
+    _run_job(_settings(), spec)
+
+
+@bench_app.command("replay")
+def bench_replay(
+    documents: Annotated[int, typer.Option(help="stored documents to replay")] = 50_000,
+    rescore_documents: Annotated[int, typer.Option(help="documents to re-score (0 = skip)")] = 1000,
+    database_url: Annotated[
+        str | None, typer.Option(help="an empty database; default: SQLite in a temp dir")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """Replay docs/s with cached scores and with re-scoring, against the ensemble alone."""
+    from bench.replay import run
+
+    _settings()
+    say = (lambda _: None) if as_json else console.print
+    result = run(documents, rescore_documents, database_url, say)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(
+        f"cached replay: {result['cached_docs_per_s']:,.0f} docs/s "
+        f"({result['documents']:,} documents in {result['cached_seconds']:.1f}s, {result['database']})"
+    )
+    if "rescored_docs_per_s" in result:
+        console.print(
+            f"re-scoring replay: {result['rescored_docs_per_s']:,.0f} docs/s; the ensemble alone: "
+            f"{result['ensemble_docs_per_s']:,.0f} docs/s; replay runs at "
+            f"{result['rescored_vs_ensemble']:.0%} of the ensemble's speed"
+        )
 
 
 def main() -> None:

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     surge_min_documents: int = Field(4, ge=1)
     surge_negative_share: float = Field(0.6, gt=0, le=1)
     surge_mean_score: float = Field(-0.25, ge=-1, le=1)
+    rules_file: Path | None = Field(
+        None,
+        description="YAML warning rules; unset = one negative-surge rule from the surge_* settings",
+    )
+    api_token: str | None = Field(
+        None, description="bearer token the API requires; unset = no authentication (local use)"
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

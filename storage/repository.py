@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, func, select
+from sqlalchemy import Insert, String, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -40,11 +40,17 @@ def _insert(session: Session, table: type[Base]) -> Insert:
 
 
 def _insert_ignore(session: Session, table: type[Base], rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT … ON CONFLICT DO NOTHING, executed on the session's connection as Core (the ORM's
+    bulk path costs several times more per row and adds nothing here)."""
     if not rows:
         return
-    stmt = _insert(session, table).on_conflict_do_nothing()  # type: ignore[attr-defined]
+    dialect = session.get_bind().dialect.name
+    core = table.__table__
+    insert = postgresql.insert(core) if dialect == "postgresql" else sqlite.insert(core)
+    stmt = insert.on_conflict_do_nothing()
+    connection = session.connection()
     for start in range(0, len(rows), CHUNK):
-        session.execute(stmt, list(rows[start : start + CHUNK]))
+        connection.execute(stmt, list(rows[start : start + CHUNK]))
 
 
 def _dedupe(rows: Iterable[dict[str, Any]], *key: str) -> list[dict[str, Any]]:
@@ -99,6 +105,46 @@ def upsert_scores(session: Session, scores: Sequence[Score]) -> None:
             )  # fmt: skip
     _insert_ignore(session, ScoreRow, _dedupe(score_rows, "run_id", "document_id", "model_version"))
     _insert_ignore(session, VoteRow, _dedupe(vote_rows, "document_id", "member", "model_version"))
+
+
+def copy_scores(
+    session: Session,
+    run_id: str,
+    model_version: str,
+    start: datetime,
+    end: datetime,
+    document_ids: Sequence[str] | None = None,
+    tickers: Sequence[str] = (),
+) -> int:
+    """Copy stored scores of ``model_version`` published in ``[start, end)`` (of ``document_ids``
+    and ``tickers`` when given) to ``run_id``, inside the database: a replay reusing cached scores.
+    Scores held by several runs are copied once (the conflict is ignored). Returns rows inserted."""
+    if document_ids is not None and not document_ids:
+        return 0
+    columns = [c.name for c in ScoreRow.__table__.columns]
+    source = select(
+        *(
+            literal(run_id, String()).label("run_id") if name == "run_id" else getattr(ScoreRow, name)
+            for name in columns
+        )
+    ).where(
+        ScoreRow.model_version == model_version,
+        ScoreRow.published_at >= start,
+        ScoreRow.published_at < end,
+        ScoreRow.run_id != run_id,
+    )
+    if document_ids is not None:
+        source = source.where(ScoreRow.document_id.in_(list(document_ids)))
+    if tickers:
+        mentions = select(DocumentTickerRow.document_id).where(
+            DocumentTickerRow.ticker.in_(list(tickers))
+        )
+        source = source.where(ScoreRow.document_id.in_(mentions))
+    dialect = session.get_bind().dialect.name
+    table = ScoreRow.__table__
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    result = session.connection().execute(insert.from_select(columns, source).on_conflict_do_nothing())
+    return int(result.rowcount or 0)
 
 
 def upsert_ticker_sentiment(session: Session, rows: Sequence[dict[str, Any]]) -> None:

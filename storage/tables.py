@@ -55,6 +55,9 @@ class VoteRow(Base):
 
 class ScoreRow(Base):
     __tablename__ = "scores"
+    __table_args__ = (  # a replay looks scores up by document and model version (its cache)
+        Index("ix_scores_document_id_model_version", "document_id", "model_version"),
+    )
 
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     document_id: Mapped[str] = mapped_column(ForeignKey("documents.id"), primary_key=True)
@@ -129,3 +132,46 @@ class ModelVersionRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     description: Mapped[dict[str, Any]]
     registered_at: Mapped[datetime]
+
+
+class ReplayRunRow(Base):
+    """A replay or backfill job: what it runs, how far it got, its checkpoint and its report.
+
+    ``id`` names the job; ``run_id`` is the run its results are written under (the job id for a
+    replay, ``live`` for a backfill). The comparison columns let a Grafana dashboard list replays
+    against their baseline without reading the JSON report.
+    """
+
+    __tablename__ = "replay_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    source: Mapped[str] = mapped_column(Text)
+    period_start: Mapped[datetime | None]
+    period_end: Mapped[datetime | None]
+    tickers: Mapped[list[str]]
+    model_version: Mapped[str | None] = mapped_column(String(100))
+    rules: Mapped[dict[str, Any]]
+    baseline_run: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    processed: Mapped[int] = mapped_column(Integer, default=0)
+    rescored: Mapped[int] = mapped_column(Integer, default=0)
+    cached: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    alerts: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    report: Mapped[dict[str, Any] | None]
+    baseline_alerts: Mapped[int | None] = mapped_column(Integer)
+    alerts_matched: Mapped[int | None] = mapped_column(Integer)
+    alerts_gained: Mapped[int | None] = mapped_column(Integer)
+    alerts_lost: Mapped[int | None] = mapped_column(Integer)
+    documents_compared: Mapped[int | None] = mapped_column(Integer)
+    label_agreement: Mapped[float | None] = mapped_column(Float)
+    label_flips: Mapped[int | None] = mapped_column(Integer)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import faust
@@ -19,22 +19,12 @@ from riskwire.records import DeadLetter, Record
 from riskwire.settings import Settings
 from storage.engine import make_engine, session_factory
 from storage.repository import register_model_versions
-from streams.pipeline import Deduplicator, NegativeSurgeRule, RiskEngine
+from streams.pipeline import Deduplicator
+from streams.pipeline.rules import build_risk_engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
-
-
-def build_risk_engine(settings: Settings, run_id: str = "live") -> RiskEngine:
-    rule = NegativeSurgeRule(
-        window=timedelta(minutes=settings.rolling_window_minutes),
-        hop=timedelta(minutes=settings.rule_hop_minutes),
-        min_documents=settings.surge_min_documents,
-        negative_share=settings.surge_negative_share,
-        mean_score=settings.surge_mean_score,
-    )
-    return RiskEngine(rule, run_id, lateness=timedelta(minutes=settings.allowed_lateness_minutes))
 
 
 def event_batches(stream: faust.StreamT[bytes], settings: Settings) -> AsyncIterator[Sequence[Any]]:

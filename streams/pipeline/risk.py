@@ -11,23 +11,40 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
-from riskwire.records import Alert, AlertState, Score, Severity, stable_id
+from riskwire.records import Alert, AlertState, Severity, stable_id
 
 
-@dataclass(frozen=True, order=True)
-class Event:
+class Scored(Protocol):
+    """What the engine reads of a score: a ``Score``, or a replay's lighter cached form."""
+
+    @property
+    def document_id(self) -> str: ...
+    @property
+    def ticker(self) -> str | None: ...
+    @property
+    def published_at(self) -> datetime: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def label(self) -> str: ...
+
+
+class Event(NamedTuple):
+    """One document in a ticker's window; a tuple, so sorting and bisecting run in C."""
+
     published_at: datetime
     document_id: str
-    score: float = field(default=0.0, compare=False)
-    negative: bool = field(default=False, compare=False)
+    score: float = 0.0
+    negative: bool = False
 
 
-@dataclass(frozen=True)
-class WindowStats:
+class WindowStats(NamedTuple):
     ticker: str
     start: datetime
     end: datetime
@@ -37,12 +54,15 @@ class WindowStats:
 
 
 class TickerWindow:
-    """The recent events of one ticker, kept sorted by event time; duplicates are ignored."""
+    """The recent events of one ticker, kept sorted by event time; duplicates are ignored.
 
-    def __init__(self, ticker: str, length: timedelta, lateness: timedelta) -> None:
+    Events older than ``horizon`` before the newest one are evicted: ``horizon`` is the longest
+    window anything looks back over plus the allowed lateness.
+    """
+
+    def __init__(self, ticker: str, horizon: timedelta) -> None:
         self.ticker = ticker
-        self.length = length
-        self.lateness = lateness
+        self.horizon = horizon
         self.events: list[Event] = []
         self._ids: set[str] = set()
         self.high_water: datetime | None = None
@@ -59,17 +79,22 @@ class TickerWindow:
 
     def _evict(self) -> None:
         assert self.high_water is not None
-        horizon = self.high_water - self.length - self.lateness
-        cut = bisect.bisect_left(self.events, Event(horizon, ""))
-        for old in self.events[:cut]:
-            self._ids.discard(old.document_id)
-        del self.events[:cut]
+        cut = bisect.bisect_left(self.events, Event(self.high_water - self.horizon, ""))
+        if cut:
+            for old in self.events[:cut]:
+                self._ids.discard(old.document_id)
+            del self.events[:cut]
 
-    def stats_at(self, end: datetime) -> WindowStats:
+    def stats_at(self, end: datetime, length: timedelta) -> WindowStats:
         """Statistics over the events in ``(end - length, end]``."""
-        lo = bisect.bisect_right(self.events, Event(end - self.length, "\uffff"))
+        lo = bisect.bisect_right(self.events, Event(end - length, "\uffff"))
         hi = bisect.bisect_right(self.events, Event(end, "\uffff"))
-        return self._stats(self.events[lo:hi], end - self.length, end)
+        return self._stats(self.events[lo:hi], end - length, end)
+
+    def count_between(self, start: datetime, end: datetime) -> int:
+        """How many events lie in ``[start, end)``."""
+        events = self.events
+        return bisect.bisect_left(events, (end,)) - bisect.bisect_left(events, (start,))
 
     def stats_between(self, start: datetime, end: datetime) -> WindowStats:
         """Statistics over the events in ``[start, end)``."""
@@ -101,6 +126,15 @@ class TickerWindow:
             negative_share=negative / count if count else 0.0,
         )
 
+    def state(self) -> list[list[Any]]:
+        return [
+            [e.published_at.isoformat(), e.document_id, e.score, e.negative] for e in self.events
+        ]
+
+    def restore(self, events: list[list[Any]]) -> None:
+        for published_at, document_id, score, negative in events:
+            self.add(Event(datetime.fromisoformat(published_at), document_id, score, negative))
+
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -123,6 +157,16 @@ class NegativeSurgeRule:
     negative_share: float = 0.6
     mean_score: float = -0.25
     name: str = "negative_surge"
+
+    def __post_init__(self) -> None:
+        if self.window <= timedelta(0) or self.hop <= timedelta(0) or self.hop > self.window:
+            raise ValueError(f"rule {self.name!r}: need 0 < hop <= window")
+        if self.min_documents < 1 or not 0.0 <= self.negative_share <= 1.0:
+            raise ValueError(
+                f"rule {self.name!r}: need min_documents >= 1, 0 <= negative_share <= 1"
+            )
+        if not -1.0 <= self.mean_score <= 1.0:
+            raise ValueError(f"rule {self.name!r}: mean_score must lie in [-1, 1]")
 
     def holds(self, stats: WindowStats) -> bool:
         return (
@@ -153,66 +197,98 @@ class RiskUpdate:
 
 
 class RiskEngine:
-    """Per-ticker windows and rule state for the tickers one worker owns."""
+    """Per-ticker windows and rule state for the tickers one worker (or one replay) owns.
+
+    ``trailing`` is the length of the rolling-sentiment row written for every document; each rule
+    keeps its own firing state per ticker. ``state()`` and ``restore()`` checkpoint all of it as JSON.
+    """
 
     def __init__(
-        self, rule: NegativeSurgeRule, run_id: str = "live", lateness: timedelta = timedelta(days=4)
+        self,
+        rules: Sequence[NegativeSurgeRule],
+        run_id: str = "live",
+        lateness: timedelta = timedelta(days=4),
+        trailing: timedelta = timedelta(hours=2),
     ) -> None:
-        self.rule = rule
+        if not rules:
+            raise ValueError("a risk engine needs at least one rule")
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rule names must be unique, got {names}")
+        self.rules = tuple(rules)
         self.run_id = run_id
         self.lateness = lateness
+        self.trailing = trailing
+        self.horizon = max([trailing, *(r.window for r in self.rules)]) + lateness
         self.windows: dict[str, TickerWindow] = {}
-        self.firing: dict[str, Alert] = {}
-        self.last_fired: dict[str, datetime] = {}
+        self.firing: dict[tuple[str, str], Alert] = {}
+        self.last_fired: dict[tuple[str, str], datetime] = {}
 
-    def process(self, score: Score) -> RiskUpdate:
-        if score.ticker is None:
+    def process(self, score: Scored, ticker: str | None = None) -> RiskUpdate:
+        """Take one scored mention of ``ticker`` (default: the score's own ticker)."""
+        ticker = ticker or score.ticker
+        if ticker is None:
             return RiskUpdate()
-        window = self.windows.get(score.ticker)
+        window = self.windows.get(ticker)
         if window is None:
-            window = TickerWindow(score.ticker, self.rule.window, self.lateness)
-            self.windows[score.ticker] = window
+            window = TickerWindow(ticker, self.horizon)
+            self.windows[ticker] = window
         event = Event(score.published_at, score.document_id, score.score, score.label == "negative")
         if not window.add(event):
             return RiskUpdate()
-        trailing = window.stats_at(score.published_at)
+        trailing = window.stats_at(score.published_at, self.trailing)
         row = {
-            "run_id": self.run_id, "ticker": score.ticker, "document_id": score.document_id,
+            "run_id": self.run_id, "ticker": ticker, "document_id": score.document_id,
             "published_at": score.published_at, "score": score.score,
             "window_documents": trailing.documents, "window_mean_score": trailing.mean_score,
             "window_negative_share": trailing.negative_share,
         }  # fmt: skip
-        return RiskUpdate(row=row, alerts=self._evaluate(window, trailing))
+        alerts: list[Alert] = []
+        for rule in self.rules:
+            alerts.extend(self._evaluate(rule, window, score.published_at))
+        return RiskUpdate(row=row, alerts=alerts)
 
-    def _evaluate(self, window: TickerWindow, trailing: WindowStats) -> list[Alert]:
-        """Rule state after a document at ``trailing.end``: resolve, then fire, per aligned window."""
-        starts = window_starts(trailing.end, self.rule.window, self.rule.hop)
-        windows = [window.stats_between(s, s + self.rule.window) for s in starts]
-        alerts = self._resolve(windows, trailing)
+    def _evaluate(self, rule: NegativeSurgeRule, window: TickerWindow, t: datetime) -> list[Alert]:
+        """Rule state after a document at ``t``: resolve, then fire, per aligned window."""
+        starts = window_starts(t, rule.window, rule.hop)
+        key = (rule.name, window.ticker)
+        if key not in self.firing and (
+            window.count_between(starts[0], starts[-1] + rule.window) < rule.min_documents
+        ):
+            return []  # too few documents for any of the windows to hold: nothing can change
+        windows = [window.stats_between(s, s + rule.window) for s in starts]
+        alerts = self._resolve(rule, key, windows, window, t)
         for stats in windows:
-            if self.rule.holds(stats) and self._may_fire(window.ticker, stats.start):
-                alert = self._alert(stats, window.evidence(stats.start, stats.end))
-                self.firing[window.ticker] = alert
-                self.last_fired[window.ticker] = stats.start
+            if rule.holds(stats) and self._may_fire(rule, key, stats.start):
+                alert = self._alert(rule, stats, window.evidence(stats.start, stats.end))
+                self.firing[key] = alert
+                self.last_fired[key] = stats.start
                 alerts.append(alert)
         return alerts
 
-    def _may_fire(self, ticker: str, start: datetime) -> bool:
+    def _may_fire(self, rule: NegativeSurgeRule, key: tuple[str, str], start: datetime) -> bool:
         """Not while the ticker is firing, nor for a window overlapping the last one that fired."""
-        if ticker in self.firing:
+        if key in self.firing:
             return False
-        last = self.last_fired.get(ticker)
-        return last is None or abs(start - last) >= self.rule.window
+        last = self.last_fired.get(key)
+        return last is None or abs(start - last) >= rule.window
 
-    def _resolve(self, windows: list[WindowStats], current: WindowStats) -> list[Alert]:
+    def _resolve(
+        self,
+        rule: NegativeSurgeRule,
+        key: tuple[str, str],
+        windows: list[WindowStats],
+        window: TickerWindow,
+        t: datetime,
+    ) -> list[Alert]:
         """A firing alert resolves at the first document after its window whose windows are calm."""
-        t = current.end
-        active = self.firing.get(current.ticker)
+        active = self.firing.get(key)
         if active is None or t < active.window_end:
             return []
-        if any(self.rule.holds(stats) for stats in windows):
+        if any(rule.holds(stats) for stats in windows):
             return []
-        del self.firing[current.ticker]
+        del self.firing[key]
+        current = window.stats_at(t, rule.window)
         return [
             active.model_copy(
                 update={
@@ -226,29 +302,51 @@ class RiskEngine:
             )
         ]
 
-    def _alert(self, stats: WindowStats, evidence: tuple[str, ...]) -> Alert:
+    def _alert(
+        self, rule: NegativeSurgeRule, stats: WindowStats, evidence: tuple[str, ...]
+    ) -> Alert:
         values = {
             "documents": float(stats.documents),
             "negative_share": round(stats.negative_share, 4),
             "mean_score": round(stats.mean_score, 4),
         }
-        minutes = int(self.rule.window.total_seconds() // 60)
+        minutes = int(rule.window.total_seconds() // 60)
         return Alert(
-            id=stable_id(self.rule.name, stats.ticker, self.run_id, stats.start.isoformat()),
+            id=stable_id(rule.name, stats.ticker, self.run_id, stats.start.isoformat()),
             run_id=self.run_id,
-            rule=self.rule.name,
+            rule=rule.name,
             ticker=stats.ticker,
-            severity=self.rule.severity(stats),
+            severity=rule.severity(stats),
             state=AlertState.FIRING,
             window_start=stats.start,
             window_end=stats.end,
             event_time=stats.end,
             values=values,
-            thresholds=self.rule.thresholds(),
+            thresholds=rule.thresholds(),
             evidence=evidence,
             explanation=(
                 f"{stats.ticker}: {stats.documents} documents in {minutes} min, "
-                f"{stats.negative_share:.0%} negative (threshold {self.rule.negative_share:.0%}), "
-                f"mean score {stats.mean_score:+.2f} (threshold {self.rule.mean_score:+.2f})"
+                f"{stats.negative_share:.0%} negative (threshold {rule.negative_share:.0%}), "
+                f"mean score {stats.mean_score:+.2f} (threshold {rule.mean_score:+.2f})"
             ),
         )
+
+    def state(self) -> dict[str, Any]:
+        """Everything the engine knows, as JSON-compatible data, for a checkpoint."""
+        return {
+            "windows": {t: w.state() for t, w in self.windows.items()},
+            "firing": [json.loads(a.to_json()) for a in self.firing.values()],
+            "last_fired": [[r, t, s.isoformat()] for (r, t), s in self.last_fired.items()],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint taken with ``state()`` by an engine with the same rules."""
+        for ticker, events in state["windows"].items():
+            window = TickerWindow(ticker, self.horizon)
+            window.restore(events)
+            self.windows[ticker] = window
+        for data in state["firing"]:
+            alert = Alert.from_json(json.dumps(data))
+            self.firing[(alert.rule, alert.ticker)] = alert
+        for rule, ticker, start in state["last_fired"]:
+            self.last_fired[(rule, ticker)] = datetime.fromisoformat(start)

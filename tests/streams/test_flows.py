@@ -86,7 +86,7 @@ class BrokenEngine(RiskEngine):
 
 def test_a_failing_score_costs_one_dead_letter_not_the_batch() -> None:
     scores = [make_score(ticker="ACME"), make_score(ticker="BUG"), make_score(ticker="ACME")]
-    updates, dead = apply_scores(BrokenEngine(NegativeSurgeRule()), scores, NOW)
+    updates, dead = apply_scores(BrokenEngine([NegativeSurgeRule()]), scores, NOW)
     assert [s.ticker for s, _ in updates] == ["ACME", "ACME"]
     assert all(u.row is not None and u.alerts == [] for _, u in updates)
     assert len(dead) == 1 and "ZeroDivisionError" in dead[0].reason and dead[0].key == "BUG"

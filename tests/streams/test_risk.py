@@ -40,7 +40,7 @@ def test_window_starts_are_aligned_and_contain_the_time() -> None:
 
 
 def test_a_negative_burst_fires_once_with_evidence() -> None:
-    engine = RiskEngine(RULE)
+    engine = RiskEngine([RULE])
     scores = burst(n=6)
     alerts = run(engine, scores)
     assert len(alerts) == 1
@@ -57,14 +57,14 @@ def test_a_surge_that_first_holds_with_twice_the_minimum_is_critical() -> None:
         make_score(score=-0.2, label="negative", published_at=T + timedelta(minutes=i))
         for i in range(7)
     ]
-    engine = RiskEngine(RULE)
+    engine = RiskEngine([RULE])
     assert run(engine, mild) == []  # all negative, but the mean is not below -0.25 yet
     (alert,) = run(engine, [make_score(score=-0.9, published_at=T + timedelta(minutes=8))])
     assert alert.severity == Severity.CRITICAL and alert.values["documents"] == 8
 
 
 def test_scattered_or_mild_negatives_do_not_fire() -> None:
-    engine = RiskEngine(RULE)
+    engine = RiskEngine([RULE])
     assert run(engine, burst(n=6, step=timedelta(hours=3))) == []
     assert run(engine, burst(ticker="MILD", n=6, score=-0.1)) == []
     mixed = burst(ticker="MIX", n=3) + burst(
@@ -74,7 +74,7 @@ def test_scattered_or_mild_negatives_do_not_fire() -> None:
 
 
 def test_redelivered_scores_change_nothing() -> None:
-    engine = RiskEngine(RULE)
+    engine = RiskEngine([RULE])
     scores = burst(n=5)
     first = run(engine, scores)
     updates = [engine.process(s) for s in scores]
@@ -83,7 +83,7 @@ def test_redelivered_scores_change_nothing() -> None:
 
 
 def test_tickers_have_their_own_windows() -> None:
-    engine = RiskEngine(RULE)
+    engine = RiskEngine([RULE])
     interleaved = [s for pair in zip(burst("AAA", 2), burst("BBB", 2), strict=True) for s in pair]
     assert run(engine, interleaved) == []
     assert {a.ticker for a in run(engine, burst("AAA", 3, start=T + timedelta(minutes=30)))} == {
@@ -92,7 +92,7 @@ def test_tickers_have_their_own_windows() -> None:
 
 
 def test_the_alert_resolves_when_a_calm_window_follows() -> None:
-    engine = RiskEngine(RULE)
+    engine = RiskEngine([RULE])
     (fired,) = run(engine, burst(n=5))
     calm = burst(n=3, score=0.5, start=T + timedelta(hours=5))
     (resolved,) = run(engine, calm)
@@ -108,17 +108,17 @@ def test_the_same_scores_in_any_arrival_order_alert_the_same_tickers() -> None:
         + burst("CCC", 6, score=0.4)
         + burst("DDD", 6, step=timedelta(hours=4))
     )
-    expected = {a.ticker for a in run(RiskEngine(RULE), scores) if a.state == AlertState.FIRING}
+    expected = {a.ticker for a in run(RiskEngine([RULE]), scores) if a.state == AlertState.FIRING}
     assert expected == {"AAA", "BBB"}
     for seed in range(5):
         shuffled = list(scores)
         random.Random(seed).shuffle(shuffled)
-        fired = {a.ticker for a in run(RiskEngine(RULE), shuffled) if a.state == AlertState.FIRING}
+        fired = {a.ticker for a in run(RiskEngine([RULE]), shuffled) if a.state == AlertState.FIRING}
         assert fired == expected
 
 
 def test_rows_carry_the_trailing_window_and_the_run_id() -> None:
-    engine = RiskEngine(RULE, run_id="replay-1")
+    engine = RiskEngine([RULE], run_id="replay-1")
     rows = [engine.process(s).row for s in burst(n=3, score=-0.3)]
     assert [r["window_documents"] for r in rows] == [1, 2, 3]
     assert rows[-1]["window_mean_score"] == -0.3 and rows[-1]["run_id"] == "replay-1"

@@ -1,0 +1,618 @@
+"""Replay and backfill jobs: a past period through the same pipeline functions, in event time.
+
+A job reads documents from the database (or an archive file), sorted by ``(published_at, id)``, and
+feeds them through ``score_documents`` (or the scores cached for the chosen model version), ``fan_out``
+and a ``RiskEngine`` built by the same factory as the live stream's. A replay writes its scores,
+rolling sentiment and alerts under its own run id, so it never touches live rows; a backfill imports
+an archive and writes under ``live``, with the same insert-if-absent writes the stream uses.
+
+Each page of documents is written in one transaction together with the job's checkpoint (a cursor and
+the engine's state), so a job that is interrupted resumes where its last page ended, and writes are
+idempotent if a page is ever repeated. Cancellation is a status in the database, so the CLI and the
+API can cancel each other's jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ingest.files import JsonlSource
+from models.ensemble import Ensemble
+from riskwire.exceptions import InvalidRecord, RiskwireError
+from riskwire.records import Alert, DeadLetter, Document, Kind, Score, TickerLink
+from riskwire.settings import Settings
+from storage import repository
+from storage.tables import DocumentRow, DocumentTickerRow, ReplayRunRow, ScoreRow
+from streams.pipeline import RiskEngine, normalise, score_documents
+from streams.pipeline.risk import NegativeSurgeRule, Scored
+from streams.pipeline.rules import build_risk_engine, configured_rules, parse_rules, rules_as_data
+
+log = logging.getLogger(__name__)
+
+PENDING, RUNNING, CANCELLING = "pending", "running", "cancelling"
+CANCELLED, DONE, FAILED = "cancelled", "done", "failed"
+ACTIVE = (PENDING, RUNNING, CANCELLING)
+FINISHED = (CANCELLED, DONE, FAILED)
+PAGE = 20000
+
+
+class ReplayError(RiskwireError):
+    """A replay that cannot run as asked, with the reason."""
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    """What to replay. ``source`` is ``db`` or the path of a JSONL archive of raw items."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    tickers: tuple[str, ...] = ()
+    model_version: str | None = None
+    rules: tuple[NegativeSurgeRule, ...] | None = None
+    source: str = "db"
+    baseline: str | None = "live"
+    rescore: bool = False
+    kind: str = "replay"
+
+    def check(self) -> None:
+        for name, t in (("from", self.start), ("to", self.end)):
+            if t is not None and t.tzinfo is None:
+                raise ReplayError(f"--{name} must carry a timezone (e.g. 2026-03-01T00:00Z)")
+        if self.start and self.end and self.start >= self.end:
+            raise ReplayError(f"--from {self.start.isoformat()} is not before --to {self.end}")
+        if self.source == "db":
+            if self.start is None or self.end is None:
+                raise ReplayError("a replay from the database needs both --from and --to")
+        elif not Path(self.source).is_file():
+            raise ReplayError(f"source {self.source!r} is neither 'db' nor a readable file")
+        if self.kind not in ("replay", "backfill"):
+            raise ReplayError(f"unknown job kind {self.kind!r}")
+        if self.kind == "backfill" and self.source == "db":
+            raise ReplayError("a backfill imports an archive file; it cannot read from 'db'")
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def create_job(sessions: sessionmaker[Session], settings: Settings, spec: ReplaySpec) -> str:
+    """Record a pending job and return its id; the parameters are checked first."""
+    spec.check()
+    rules = spec.rules if spec.rules is not None else configured_rules(settings)
+    job_id = f"{spec.kind}-{uuid.uuid4().hex[:12]}"
+    now = datetime.now(UTC)
+    source = spec.source if spec.source == "db" else str(Path(spec.source).resolve())
+    row = ReplayRunRow(
+        id=job_id, run_id=job_id if spec.kind == "replay" else "live", kind=spec.kind,
+        status=PENDING, source=source, period_start=spec.start, period_end=spec.end,
+        tickers=sorted({t.upper() for t in spec.tickers}), model_version=spec.model_version,
+        rules={**rules_as_data(rules), "rescore": spec.rescore},
+        baseline_run=spec.baseline if spec.kind == "replay" else None,
+        created_at=now, updated_at=now, total=0, processed=0, rescored=0, cached=0,
+        rejected=0, alerts=0,
+    )  # fmt: skip
+    with sessions.begin() as session:
+        session.add(row)
+    return job_id
+
+
+def request_cancel(sessions: sessionmaker[Session], job_id: str) -> str:
+    """Ask a job to stop after its current page; a job that has not started is cancelled at once."""
+    with sessions.begin() as session:
+        job = _job(session, job_id)
+        if job.status == PENDING:
+            job.status = CANCELLED
+        elif job.status == RUNNING:
+            job.status = CANCELLING
+        job.updated_at = datetime.now(UTC)
+        return job.status
+
+
+def describe_job(job: ReplayRunRow) -> dict[str, Any]:
+    """A job's parameters and progress, with an estimated time to finish while it runs."""
+    eta = None
+    if job.status == RUNNING and job.started_at and 0 < job.processed < job.total:
+        elapsed = (job.updated_at - job.started_at).total_seconds()
+        eta = elapsed / job.processed * (job.total - job.processed)
+    return {
+        "id": job.id, "run_id": job.run_id, "kind": job.kind, "status": job.status,
+        "source": job.source,
+        "period": [t.isoformat() if t else None for t in (job.period_start, job.period_end)],
+        "tickers": job.tickers, "model_version": job.model_version,
+        "baseline": job.baseline_run, "processed": job.processed, "total": job.total,
+        "rescored": job.rescored, "cached": job.cached, "rejected": job.rejected,
+        "alerts": job.alerts, "eta_s": eta, "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }  # fmt: skip
+
+
+def _job(session: Session, job_id: str) -> ReplayRunRow:
+    job = session.get(ReplayRunRow, job_id)
+    if job is None:
+        raise ReplayError(f"no replay job {job_id!r}")
+    return job
+
+
+@dataclass
+class Item:
+    """One document on its way through a replay: what the engine needs, the score cached for the
+    job's model version when there is one, and the full document when it has to be stored."""
+
+    id: str
+    published_at: datetime
+    kind: Kind
+    tickers: tuple[str, ...]
+    document: Document | None = None
+    cached: CachedScore | None = None
+
+
+@dataclass
+class PageResult:
+    """What one page produced, handed from the engine to the writer thread."""
+
+    page: list[Item]
+    rescored: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    new_scores: list[Score] = field(default_factory=list)
+    cached_ids: list[str] = field(default_factory=list)
+    engine_state: dict[str, Any] = field(default_factory=dict)
+
+
+def _prefetch(pages: Iterator[list[Item]], depth: int = 2) -> Iterator[list[Item]]:
+    """Iterate ``pages`` in a thread, ``depth`` pages ahead of the consumer."""
+    buffer: queue.Queue[Any] = queue.Queue(depth)
+    done = object()
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            for page in pages:
+                while not stop.is_set():
+                    try:
+                        buffer.put(page, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            buffer.put(exc)
+
+    thread = threading.Thread(target=fill, name="replay-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class CachedScore(NamedTuple):
+    """A stored score, as the risk engine reads it; the row itself is copied inside the database."""
+
+    document_id: str
+    published_at: datetime
+    score: float
+    label: str
+    ticker: str | None = None
+
+
+class ReplayRunner:
+    """Runs (or resumes) one job to its end, its cancellation or its failure."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        ensemble_factory: Callable[[], Ensemble] | None = None,
+        page_size: int = PAGE,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self._ensemble_factory = ensemble_factory
+        self._ensemble: Ensemble | None = None
+        self.page_size = page_size
+
+    def ensemble(self) -> Ensemble:
+        if self._ensemble is None:
+            if self._ensemble_factory is not None:
+                self._ensemble = self._ensemble_factory()
+            else:
+                from models.factory import build_ensemble
+
+                self._ensemble = build_ensemble(self.settings)
+            entries = self._ensemble.registry_entries()
+            now = datetime.now(UTC)
+            with self.sessions.begin() as session:
+                repository.register_model_versions(session, entries, now)
+        return self._ensemble
+
+    def run(
+        self, job_id: str, progress: ProgressCallback | None = None, resume: bool = False
+    ) -> str:
+        """Run the job from its checkpoint; returns its final status. Failures are recorded.
+
+        A cancelled or failed job continues from its checkpoint only when ``resume`` is set.
+        """
+        try:
+            return self._run(job_id, progress, resume)
+        except Exception as exc:
+            log.exception("replay %s failed", job_id)
+            reason = str(exc) if isinstance(exc, RiskwireError) else f"{type(exc).__name__}: {exc}"
+            with self.sessions.begin() as session:
+                job = _job(session, job_id)
+                job.status, job.error = FAILED, reason[:4000]
+                job.updated_at = job.finished_at = datetime.now(UTC)
+            return FAILED
+
+    def _run(self, job_id: str, progress: ProgressCallback | None, resume: bool) -> str:
+        with self.sessions() as session:
+            job = _job(session, job_id)
+            status, version = job.status, job.model_version
+        if status == DONE or (status in (CANCELLED, FAILED) and not resume):
+            return status
+        if version is None:  # the ensemble the configuration builds now
+            version = self.ensemble().version
+        with self.sessions.begin() as session:
+            job = _job(session, job_id)
+            if job.status == CANCELLING or (job.status == CANCELLED and not resume):
+                job.status = CANCELLED
+                return CANCELLED
+            job.status, job.error, job.model_version = RUNNING, None, version
+            job.started_at = job.started_at or datetime.now(UTC)
+            job.updated_at = datetime.now(UTC)
+            spec = _spec_of(job)
+            run_id, checkpoint, processed_before = job.run_id, job.checkpoint, job.processed
+        rules = spec.rules or ()
+        engine = build_risk_engine(self.settings, run_id, rules=rules, lateness=timedelta(0))
+        after: tuple[datetime, str] | None = None
+        if checkpoint:
+            engine.restore(checkpoint["engine"])
+            t, doc_id = checkpoint["after"]
+            after = (datetime.fromisoformat(t), doc_id)
+        warmup = max([engine.trailing, *(r.window for r in engine.rules)])
+        source = _source_for(spec, warmup, self.sessions, version)
+        total = source.count()
+        with self.sessions.begin() as session:
+            job = _job(session, job_id)
+            job.total = total
+            rejected = source.store_rejects(session)
+            if rejected is not None:
+                job.rejected = rejected
+            if spec.source == "db" and not spec.rescore and spec.start and spec.end:
+                # every cached score of the period in one statement inside the database, so
+                # the pages only feed the engine; idempotent if the job is resumed
+                repository.copy_scores(
+                    session, run_id, version, spec.start, spec.end, tickers=spec.tickers
+                )
+        # Three stages overlap: a thread reads the next page, this thread runs the engine, a
+        # writer thread stores the previous page with its checkpoint (one page in flight, so
+        # memory stays bounded and checkpoints land in order).
+        processed = processed_before
+        with ThreadPoolExecutor(1, "replay-write") as writer:
+            pending: Future[int] | None = None
+            for page in _prefetch(source.pages(after, self.page_size)):
+                if self._status(job_id) == CANCELLING:
+                    if pending is not None:
+                        pending.result()
+                    with self.sessions.begin() as session:
+                        job = _job(session, job_id)
+                        job.status, job.updated_at = CANCELLED, datetime.now(UTC)
+                    return CANCELLED
+                result = self._compute(spec, version, engine, page)
+                if pending is not None:
+                    processed += pending.result()
+                    if progress is not None:
+                        progress(processed, total)
+                pending = writer.submit(self._write, job_id, spec, version, engine.run_id, result)
+            if pending is not None:
+                processed += pending.result()
+                if progress is not None:
+                    progress(processed, total)
+        from riskwire.replay_report import finish_report
+
+        with self.sessions.begin() as session:
+            job = _job(session, job_id)
+            finish_report(session, job, self.settings.data_dir / "replays")
+            job.status = DONE
+            job.finished_at = job.updated_at = datetime.now(UTC)
+        return DONE
+
+    def _status(self, job_id: str) -> str:
+        with self.sessions() as session:
+            return _job(session, job_id).status
+
+    def _compute(
+        self, spec: ReplaySpec, version: str, engine: RiskEngine, page: list[Item]
+    ) -> PageResult:
+        """Scores (cached or fresh) through the engine, in event-time order; nothing is written."""
+        run_id = engine.run_id
+        if not spec.rescore and spec.source != "db":
+            self._find_cached(version, page)
+        missing = [i for i in page if i.cached is None]
+        fresh: dict[str, Score] = {}
+        if missing:
+            ensemble = self.ensemble()
+            if ensemble.version != version:
+                raise ReplayError(
+                    f"model version {version} cannot score here: {len(missing)} documents have no "
+                    f"cached scores for it, and the configured ensemble is {ensemble.version}"
+                )
+            docs = self._documents(missing)
+            fresh = {s.document_id: s for s in score_documents(ensemble, docs, run_id)}
+        result = PageResult(page=page, rescored=len(fresh))
+        wanted = set(spec.tickers)
+        rows, alerts = result.rows, result.alerts
+        for item in page:
+            score: Scored = item.cached or fresh[item.id]
+            keep = spec.start is None or item.published_at >= spec.start
+            for ticker in item.tickers:
+                if wanted and ticker not in wanted:
+                    continue
+                update_ = engine.process(score, ticker)
+                if keep:  # before the period, the engine only warms up
+                    if update_.row is not None:
+                        rows.append(update_.row)
+                    alerts.extend(update_.alerts)
+        result.new_scores = [
+            s for s in fresh.values() if spec.start is None or s.published_at >= spec.start
+        ]
+        result.cached_ids = [
+            i.id for i in page if i.cached and (spec.start is None or i.published_at >= spec.start)
+        ]
+        result.engine_state = engine.state()
+        return result
+
+    def _write(
+        self, job_id: str, spec: ReplaySpec, version: str, run_id: str, result: PageResult
+    ) -> int:
+        """One transaction: the page's results and the checkpoint after it. Returns its size."""
+        page = result.page
+        last = page[-1]
+        documents = [i.document for i in page if i.document is not None and spec.source != "db"]
+        with self.sessions.begin() as session:
+            if documents:
+                repository.upsert_documents(session, documents)
+            if spec.source != "db":  # a database replay copied its cached scores when it began
+                end = last.published_at + timedelta(microseconds=1)
+                repository.copy_scores(
+                    session, run_id, version, page[0].published_at, end, result.cached_ids
+                )
+            repository.upsert_scores(session, result.new_scores)
+            repository.upsert_ticker_sentiment(session, result.rows)
+            repository.upsert_alerts(session, result.alerts)
+            session.execute(
+                update(ReplayRunRow)
+                .where(ReplayRunRow.id == job_id)
+                .values(
+                    processed=ReplayRunRow.processed + len(page),
+                    rescored=ReplayRunRow.rescored + result.rescored,
+                    cached=ReplayRunRow.cached + len(page) - result.rescored,
+                    alerts=ReplayRunRow.alerts + sum(a.state == "firing" for a in result.alerts),
+                    checkpoint={
+                        "after": [last.published_at.isoformat(), last.id],
+                        "engine": result.engine_state,
+                    },
+                    updated_at=datetime.now(UTC),
+                )
+            )
+        return len(page)
+
+    def _find_cached(self, version: str, page: list[Item]) -> None:
+        """Attach stored scores of ``version`` to the page's items (found by event-time range)."""
+        by_id = {i.id: i for i in page}
+        query = select(ScoreRow.document_id, ScoreRow.score, ScoreRow.label).where(
+            ScoreRow.model_version == version,
+            ScoreRow.published_at >= page[0].published_at,
+            ScoreRow.published_at <= page[-1].published_at,
+        )
+        with self.sessions() as session:
+            for doc_id, score, label in session.execute(query):
+                item = by_id.get(doc_id)
+                if item is not None and item.cached is None:
+                    item.cached = CachedScore(doc_id, item.published_at, score, label)
+
+    def _documents(self, items: list[Item]) -> list[Document]:
+        if all(i.document is not None for i in items):
+            return [i.document for i in items if i.document is not None]
+        with self.sessions() as session:
+            return load_documents(session, [i.id for i in items])
+
+
+def load_documents(session: Session, ids: Sequence[str]) -> list[Document]:
+    """Full documents with their ticker links, in the order of ``ids``."""
+    rows: dict[str, DocumentRow] = {}
+    links: dict[str, list[TickerLink]] = {}
+    for start in range(0, len(ids), 900):
+        chunk = list(ids[start : start + 900])
+        rows.update(
+            {r.id: r for r in session.scalars(select(DocumentRow).where(DocumentRow.id.in_(chunk)))}
+        )
+        for link in session.scalars(
+            select(DocumentTickerRow).where(DocumentTickerRow.document_id.in_(chunk))
+        ):
+            links.setdefault(link.document_id, []).append(
+                TickerLink(ticker=link.ticker, relevance=link.relevance)
+            )
+    return [
+        Document(
+            id=r.id, source=r.source, kind=Kind(r.kind), title=r.title, text=r.text, url=r.url,
+            lang=r.lang, published_at=r.published_at, fetched_at=r.fetched_at,
+            tickers=tuple(sorted(links.get(r.id, []), key=lambda t: t.ticker)),
+        )
+        for r in (rows[i] for i in ids)
+    ]  # fmt: skip
+
+
+def _spec_of(job: ReplayRunRow) -> ReplaySpec:
+    return ReplaySpec(
+        start=job.period_start, end=job.period_end, tickers=tuple(job.tickers),
+        model_version=job.model_version, rules=parse_rules(job.rules, f"job {job.id}"),
+        source=job.source, baseline=job.baseline_run, rescore=bool(job.rules.get("rescore")),
+        kind=job.kind,
+    )  # fmt: skip
+
+
+def _after(cursor: tuple[datetime, str] | None, t: datetime, doc_id: str) -> bool:
+    return cursor is None or (t, doc_id) > cursor
+
+
+class DatabaseSource:
+    """Stored documents in ``[start - warmup, end)``, optionally of some tickers, by event time."""
+
+    def __init__(
+        self,
+        spec: ReplaySpec,
+        warmup: timedelta,
+        sessions: sessionmaker[Session],
+        version: str,
+    ) -> None:
+        assert spec.start is not None and spec.end is not None
+        self.spec = spec
+        self.sessions = sessions
+        self.version = None if spec.rescore else version
+        period = [DocumentRow.published_at >= spec.start - warmup]
+        period.append(DocumentRow.published_at < spec.end)
+        if spec.tickers:
+            mentions = select(DocumentTickerRow.document_id).where(
+                DocumentTickerRow.ticker.in_(spec.tickers)
+            )
+            period.append(DocumentRow.id.in_(mentions))
+        self.where = period
+
+    def count(self) -> int:
+        with self.sessions() as session:
+            query = select(func.count()).select_from(DocumentRow).where(*self.where)
+            return int(session.scalar(query) or 0)
+
+    def store_rejects(self, session: Session) -> int | None:
+        return None
+
+    def pages(self, after: tuple[datetime, str] | None, size: int) -> Iterator[list[Item]]:
+        cursor = after
+        while True:
+            if self.version is None:
+                query = select(DocumentRow.id, DocumentRow.published_at, DocumentRow.kind)
+            else:  # with the cached score, from whichever run holds one (duplicates skipped)
+                query = select(
+                    DocumentRow.id, DocumentRow.published_at, DocumentRow.kind,
+                    ScoreRow.score, ScoreRow.label,
+                ).outerjoin(
+                    ScoreRow,
+                    and_(ScoreRow.document_id == DocumentRow.id,
+                         ScoreRow.model_version == self.version),
+                )  # fmt: skip
+            query = query.where(*self.where)
+            if cursor is not None:
+                t, doc_id = cursor
+                query = query.where(
+                    or_(
+                        DocumentRow.published_at > t,
+                        and_(DocumentRow.published_at == t, DocumentRow.id > doc_id),
+                    )
+                )
+            query = query.order_by(DocumentRow.published_at, DocumentRow.id).limit(size)
+            with self.sessions() as session:
+                rows = session.execute(query).all()
+                tickers: dict[str, list[str]] = {}
+                ids = list(dict.fromkeys(r[0] for r in rows))
+                for start in range(0, len(ids), 900):
+                    links = select(DocumentTickerRow.document_id, DocumentTickerRow.ticker).where(
+                        DocumentTickerRow.document_id.in_(ids[start : start + 900])
+                    )
+                    for doc_id, ticker in session.execute(links):
+                        tickers.setdefault(doc_id, []).append(ticker)
+            if not rows:
+                return
+            page: list[Item] = []
+            for row in rows:
+                doc_id, t, kind = row[0], row[1], row[2]
+                if page and page[-1].id == doc_id:
+                    continue
+                item = Item(doc_id, t, Kind(kind), tuple(sorted(tickers.get(doc_id, ()))))
+                if len(row) > 3 and row[4] is not None:
+                    item.cached = CachedScore(doc_id, t, row[3], row[4])
+                page.append(item)
+            yield page
+            cursor = (rows[-1][1], rows[-1][0])
+
+
+class FileSource:
+    """A JSONL archive of raw items, normalised and sorted by event time in memory.
+
+    Lines that are not records, and records that do not normalise, become dead letters (stored
+    once, with the reason) and are counted as rejected.
+    """
+
+    def __init__(self, spec: ReplaySpec, warmup: timedelta) -> None:
+        self.spec = spec
+        self.rejects: list[DeadLetter] = []
+        now = datetime.now(UTC)
+        documents: dict[str, Document] = {}
+        wanted = set(spec.tickers)
+        lower = spec.start - warmup if spec.start is not None else None
+        for entry in JsonlSource(Path(spec.source)).read():
+            if isinstance(entry, DeadLetter):
+                self.rejects.append(entry.model_copy(update={"stage": spec.kind}))
+                continue
+            try:
+                doc = normalise(entry)
+            except InvalidRecord as exc:
+                self.rejects.append(
+                    DeadLetter.of(spec.kind, str(exc), entry.to_json(), occurred_at=now)
+                )
+                continue
+            if lower is not None and doc.published_at < lower:
+                continue
+            if spec.end is not None and doc.published_at >= spec.end:
+                continue
+            if wanted and not wanted & {t.ticker for t in doc.tickers}:
+                continue
+            documents.setdefault(doc.id, doc)
+        self.items = sorted(
+            (
+                Item(d.id, d.published_at, d.kind, tuple(sorted(t.ticker for t in d.tickers)), d)
+                for d in documents.values()
+            ),
+            key=lambda i: (i.published_at, i.id),
+        )
+
+    def count(self) -> int:
+        return len(self.items)
+
+    def store_rejects(self, session: Session) -> int:
+        repository.insert_dead_letters(session, self.rejects)
+        return len(self.rejects)
+
+    def pages(self, after: tuple[datetime, str] | None, size: int) -> Iterator[list[Item]]:
+        remaining = [i for i in self.items if _after(after, i.published_at, i.id)]
+        for start in range(0, len(remaining), size):
+            yield remaining[start : start + size]
+
+
+def _source_for(
+    spec: ReplaySpec, warmup: timedelta, sessions: sessionmaker[Session], version: str
+) -> DatabaseSource | FileSource:
+    if spec.source == "db":
+        return DatabaseSource(spec, warmup, sessions, version)
+    return FileSource(spec, warmup)
