@@ -337,6 +337,22 @@ def replay_compare(
 
 
 @app.command()
+def api(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+) -> None:
+    """Serve the HTTP API (replay jobs; OpenAPI docs at /docs) until stopped."""
+    import uvicorn
+
+    from riskwire.api import create_api
+    from storage.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.resolved_database_url)
+    uvicorn.run(create_api(settings), host=host, port=port, log_level=settings.log_level)
+
+
+@app.command()
 def backfill(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL of raw items")],
     start: FromOption = None,

@@ -14,6 +14,7 @@ API can cancel each other's jobs.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -72,15 +73,15 @@ class ReplaySpec:
                 raise ReplayError(f"--{name} must carry a timezone (e.g. 2026-03-01T00:00Z)")
         if self.start and self.end and self.start >= self.end:
             raise ReplayError(f"--from {self.start.isoformat()} is not before --to {self.end}")
+        if self.kind not in ("replay", "backfill"):
+            raise ReplayError(f"unknown job kind {self.kind!r}")
+        if self.kind == "backfill" and self.source == "db":
+            raise ReplayError("a backfill imports an archive file; it cannot read from 'db'")
         if self.source == "db":
             if self.start is None or self.end is None:
                 raise ReplayError("a replay from the database needs both --from and --to")
         elif not Path(self.source).is_file():
             raise ReplayError(f"source {self.source!r} is neither 'db' nor a readable file")
-        if self.kind not in ("replay", "backfill"):
-            raise ReplayError(f"unknown job kind {self.kind!r}")
-        if self.kind == "backfill" and self.source == "db":
-            raise ReplayError("a backfill imports an archive file; it cannot read from 'db'")
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -578,8 +579,10 @@ class FileSource:
             try:
                 doc = normalise(entry)
             except InvalidRecord as exc:
+                # the item as archived (not its fetch time), so a re-import repeats the same letter
+                original = json.dumps(entry.payload, sort_keys=True, ensure_ascii=False)
                 self.rejects.append(
-                    DeadLetter.of(spec.kind, str(exc), entry.to_json(), occurred_at=now)
+                    DeadLetter.of(spec.kind, str(exc), original, occurred_at=now, topic=spec.source)
                 )
                 continue
             if lower is not None and doc.published_at < lower:

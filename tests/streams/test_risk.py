@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from riskwire.records import AlertState, Severity
 from streams.pipeline import NegativeSurgeRule, RiskEngine
@@ -113,7 +116,9 @@ def test_the_same_scores_in_any_arrival_order_alert_the_same_tickers() -> None:
     for seed in range(5):
         shuffled = list(scores)
         random.Random(seed).shuffle(shuffled)
-        fired = {a.ticker for a in run(RiskEngine([RULE]), shuffled) if a.state == AlertState.FIRING}
+        fired = {
+            a.ticker for a in run(RiskEngine([RULE]), shuffled) if a.state == AlertState.FIRING
+        }
         assert fired == expected
 
 
@@ -123,3 +128,41 @@ def test_rows_carry_the_trailing_window_and_the_run_id() -> None:
     assert [r["window_documents"] for r in rows] == [1, 2, 3]
     assert rows[-1]["window_mean_score"] == -0.3 and rows[-1]["run_id"] == "replay-1"
     assert engine.process(make_score(ticker=None)).row is None
+
+
+def test_an_engine_restored_from_a_checkpoint_continues_exactly_as_one_never_stopped() -> None:
+    rng = random.Random(7)
+    scores = []
+    for i in range(400):
+        ticker = rng.choice(["ACME", "BOLT", "CRUX"])
+        bad = ticker == "ACME" and 100 <= i < 160
+        scores.append(
+            make_score(ticker=ticker, score=-0.8 if bad else rng.uniform(-0.5, 0.8),
+                       published_at=T + timedelta(minutes=3 * i))
+        )  # fmt: skip
+    whole = RiskEngine([RULE], run_id="r", lateness=timedelta(0))
+    expected = [whole.process(s) for s in scores]
+    assert any(u.alerts for u in expected)
+    for cut in (1, 120, 140, 399):
+        first = RiskEngine([RULE], run_id="r", lateness=timedelta(0))
+        before = [first.process(s) for s in scores[:cut]]
+        state = json.loads(json.dumps(first.state()))  # what a checkpoint stores
+        second = RiskEngine([RULE], run_id="r", lateness=timedelta(0))
+        second.restore(state)
+        after = [second.process(s) for s in scores[cut:]]
+        assert before + after == expected, cut
+
+
+def test_each_rule_keeps_its_own_state_and_alert_identity() -> None:
+    quick = NegativeSurgeRule(name="quick", min_documents=3)
+    slow = NegativeSurgeRule(name="slow", min_documents=5)
+    engine = RiskEngine([quick, slow])
+    alerts = run(engine, burst(n=6))
+    assert [a.rule for a in alerts] == ["quick", "slow"]
+    assert alerts[0].id != alerts[1].id
+    assert alerts[0].thresholds["min_documents"] == 3.0
+
+
+def test_rule_names_must_be_unique_in_one_engine() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        RiskEngine([RULE, RULE])

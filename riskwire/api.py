@@ -1,0 +1,220 @@
+"""``riskwire api``: the HTTP API (FastAPI; OpenAPI docs at ``/docs``).
+
+For now it serves replay jobs: create, list, status (with progress and ETA), cancel, resume, results
+and the report's plot. Jobs run in a worker thread of the API process, one at a time, through the same
+``ReplayRunner`` as the CLI; their state lives in the database, so the CLI sees and can cancel them.
+
+Authentication: when ``RISKWIRE_API_TOKEN`` is set every request must carry
+``Authorization: Bearer <token>``; unset, the API is open (local use only). A job can only read
+documents from the database: an archive file is a server path, so backfills stay on the CLI.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response, status
+from fastapi.responses import FileResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from models.ensemble import Ensemble
+from riskwire.exceptions import RiskwireError
+from riskwire.replay import (
+    ACTIVE,
+    DONE,
+    ReplayRunner,
+    ReplaySpec,
+    create_job,
+    describe_job,
+    request_cancel,
+)
+from riskwire.settings import Settings
+from storage import make_engine, session_factory
+from storage.tables import ReplayRunRow
+from streams.pipeline.rules import parse_rules
+
+log = logging.getLogger(__name__)
+
+
+class ReplayRequest(BaseModel):
+    """A replay of stored documents; ``rules`` has the shape of a rules file (default: live's)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    start: AwareDatetime = Field(alias="from")
+    end: AwareDatetime = Field(alias="to")
+    tickers: list[str] = Field(default_factory=list, max_length=1000)
+    model_version: str | None = None
+    rules: dict[str, Any] | None = None
+    source: Literal["db"] = "db"
+    baseline: str | None = "live"
+    rescore: bool = False
+
+
+class Job(BaseModel):
+    id: str
+    run_id: str
+    kind: str
+    status: str
+    source: str
+    period: list[str | None]
+    tickers: list[str]
+    model_version: str | None
+    baseline: str | None
+    processed: int
+    total: int
+    rescored: int
+    cached: int
+    rejected: int
+    alerts: int
+    eta_s: float | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def create_api(
+    settings: Settings, ensemble_factory: Callable[[], Ensemble] | None = None
+) -> FastAPI:
+    engine = make_engine(settings.resolved_database_url)
+    sessions = session_factory(engine)
+    runner = ReplayRunner(settings, sessions, ensemble_factory)
+    executor = ThreadPoolExecutor(1, "replay-job")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        executor.shutdown(wait=False, cancel_futures=True)
+        engine.dispose()
+
+    app = FastAPI(
+        title="riskwire",
+        summary="Financial sentiment streams, risk alerts and historical replays.",
+        lifespan=lifespan,
+    )
+    app.state.executor = executor
+
+    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
+        if settings.api_token is None:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.encode(), settings.api_token.encode()
+        ):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def job_row(job_id: str) -> ReplayRunRow:
+        with sessions() as session:
+            job = session.get(ReplayRunRow, job_id)
+            if job is None:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, f"no replay job {job_id!r}")
+            session.expunge(job)
+            return job
+
+    def start(job_id: str, resume: bool = False) -> None:
+        executor.submit(runner.run, job_id, None, resume)
+
+    auth = [Depends(authorised)]
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post(
+        "/replays", status_code=status.HTTP_202_ACCEPTED, response_model=Job, dependencies=auth,
+        tags=["replays"],
+    )  # fmt: skip
+    def create_replay(request: ReplayRequest, response: Response) -> dict[str, Any]:
+        """Queue a replay of stored documents; poll ``GET /replays/{id}`` for progress."""
+        try:
+            rules = parse_rules(request.rules, "rules") if request.rules is not None else None
+            spec = ReplaySpec(
+                start=request.start, end=request.end,
+                tickers=tuple(t.strip().upper() for t in request.tickers if t.strip()),
+                model_version=request.model_version, rules=rules, source="db",
+                baseline=request.baseline, rescore=request.rescore,
+            )  # fmt: skip
+            job_id = create_job(sessions, settings, spec)
+        except RiskwireError as exc:
+            raise HTTPException(422, str(exc)) from None
+        start(job_id)
+        response.headers["Location"] = f"/replays/{job_id}"
+        return describe_job(job_row(job_id))
+
+    @app.get("/replays", response_model=list[Job], dependencies=auth, tags=["replays"])
+    def list_replays(
+        state: Annotated[str | None, Query(alias="status")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> list[dict[str, Any]]:
+        """Jobs, newest first."""
+        query = select(ReplayRunRow).order_by(ReplayRunRow.created_at.desc(), ReplayRunRow.id)
+        if state:
+            query = query.where(ReplayRunRow.status == state)
+        with sessions() as session:
+            return [describe_job(j) for j in session.scalars(query.limit(limit).offset(offset))]
+
+    @app.get("/replays/{job_id}", response_model=Job, dependencies=auth, tags=["replays"])
+    def get_replay(job_id: str) -> dict[str, Any]:
+        """A job's parameters, progress and estimated time left."""
+        return describe_job(job_row(job_id))
+
+    @app.post(
+        "/replays/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Job,
+        dependencies=auth, tags=["replays"],
+    )  # fmt: skip
+    def cancel_replay(job_id: str) -> dict[str, Any]:
+        """Stop a job after its current page; it keeps its checkpoint and can be resumed."""
+        job_row(job_id)
+        request_cancel(sessions, job_id)
+        return describe_job(job_row(job_id))
+
+    @app.post(
+        "/replays/{job_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=Job,
+        dependencies=auth, tags=["replays"],
+    )  # fmt: skip
+    def resume_replay(job_id: str) -> dict[str, Any]:
+        """Continue a cancelled or failed job from its last checkpoint."""
+        job = job_row(job_id)
+        if job.status == DONE:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is already done")
+        if job.status in ACTIVE:  # a job orphaned by a crash is resumed from the CLI
+            raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {job.status}")
+        start(job_id, resume=True)
+        return describe_job(job_row(job_id))
+
+    @app.get("/replays/{job_id}/results", dependencies=auth, tags=["replays"])
+    def replay_results(job_id: str) -> dict[str, Any]:
+        """The report: alerts against the baseline, label agreement, per-ticker timeline."""
+        job = job_row(job_id)
+        if job.status != DONE or job.report is None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"job {job_id} is {job.status}; results come when done"
+            )
+        return job.report
+
+    @app.get(
+        "/replays/{job_id}/report.png", response_class=FileResponse, dependencies=auth,
+        tags=["replays"],
+    )  # fmt: skip
+    def replay_plot(job_id: str) -> FileResponse:
+        job = job_row(job_id)
+        plot = Path((job.report or {}).get("plot") or "")
+        if job.status != DONE or not plot.is_file():
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no plot")
+        return FileResponse(plot, media_type="image/png")
+
+    return app
