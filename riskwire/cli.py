@@ -266,8 +266,11 @@ def replay_status(
             query = select(ReplayRunRow).order_by(ReplayRunRow.created_at.desc()).limit(20)
             jobs = list(session.scalars(query))
         table = Table(title="replay jobs")
-        for column in ("job", "kind", "status", "progress", "eta", "period", "model", "alerts"):
-            table.add_column(column)
+        table.add_column("job", no_wrap=True, min_width=21)  # ids stay whole, even in a pipe
+        for column in ("kind", "status", "progress", "eta"):
+            table.add_column(column, no_wrap=True)
+        for column in ("period", "model", "alerts"):
+            table.add_column(column, overflow="fold")
         for job in jobs:
             info = describe_job(job)  # type: ignore[arg-type]
             period = " → ".join((t or "…")[:16] for t in info["period"])

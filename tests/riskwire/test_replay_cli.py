@@ -1,0 +1,82 @@
+"""``riskwire replay`` / ``backfill`` / ``bench replay`` as a user runs them: real processes, a real
+SQLite database seeded by the live pipeline functions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from riskwire.settings import load_settings
+from storage import make_engine, session_factory, upgrade
+from tests.replay_helpers import lexicon_ensemble, run_live, world
+from tests.riskwire.test_cli import riskwire
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    data = tmp_path / "data"
+    url = f"sqlite:///{data / 'riskwire.db'}"
+    upgrade(url)
+    settings = load_settings(database_url=url, data_dir=data)
+    run_live(session_factory(make_engine(url)), settings, lexicon_ensemble(), world())
+    return {"RISKWIRE_DATA_DIR": str(data), "RISKWIRE_LOG_LEVEL": "warning"}
+
+
+def test_replay_runs_a_period_and_the_job_can_be_listed_and_reported(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    version = lexicon_ensemble().version
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: negative_surge\n    min_documents: 4\n")
+    result = riskwire(
+        "replay", "--from", "2026-03-02", "--to", "2026-03-04T00:00:00Z",
+        "--model-version", version, "--rules", str(rules), env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "matched" in result.stdout and "label agreement" in result.stdout
+    assert ": done" in result.stdout
+    job = next(w for w in result.stdout.split() if w.startswith("replay-"))
+
+    status = riskwire("replay", "status", env=env, cwd=tmp_path)
+    assert status.returncode == 0 and job in status.stdout and "432/432" in status.stdout
+
+    report = riskwire("replay", "report", job, "--json", env=env, cwd=tmp_path)
+    data = json.loads(report.stdout)
+    assert data["alert_counts"] == {"run": 3, "baseline": 3, "matched": 3, "gained": 0, "lost": 0}
+    assert Path(data["plot"]).is_file()
+
+    compare = riskwire("replay", "compare", "live", job, env=env, cwd=tmp_path)
+    assert compare.returncode == 0 and "matched" in compare.stdout
+
+
+def test_replay_errors_are_one_clear_line_and_exit_code_2(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    backwards = riskwire("replay", "--from", "2026-03-04", "--to", "2026-03-02", env=env)
+    assert backwards.returncode == 2 and "is not before" in backwards.stdout
+    bad_time = riskwire("replay", "--from", "last tuesday", "--to", "2026-03-02", env=env)
+    assert bad_time.returncode == 2 and "not an ISO-8601 time" in bad_time.stdout
+    archive = tmp_path / "archive.jsonl"
+    archive.write_text(
+        json.dumps({"kind": "news", "source": "a", "title": "Acme beats estimates",
+                    "published_at": "2025-01-02T09:00:00Z", "tickers": ["ACME"]}) + "\n"
+    )  # fmt: skip
+    unknown = riskwire("backfill", str(archive), "--model-version", "no-such-model", env=env)
+    assert unknown.returncode == 2
+    assert "no-such-model cannot score here" in unknown.stdout
+    missing = riskwire("replay", "cancel", "replay-nope", env=env)
+    assert missing.returncode == 2 and "no replay job 'replay-nope'" in missing.stdout
+
+
+def test_bench_replay_prints_one_json_object(tmp_path: Path) -> None:
+    result = riskwire(
+        "bench", "replay", "--documents", "2000", "--rescore-documents", "0", "--json",
+        env={"RISKWIRE_DATA_DIR": str(tmp_path), "RISKWIRE_LOG_LEVEL": "warning"}, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["documents"] == 2000 and figures["cached_docs_per_s"] > 0
