@@ -154,7 +154,6 @@ class Item:
 
     id: str
     published_at: datetime
-    kind: Kind
     tickers: tuple[str, ...]
     document: Document | None = None
     cached: CachedScore | None = None
@@ -510,52 +509,71 @@ class DatabaseSource:
         return None
 
     def pages(self, after: tuple[datetime, str] | None, size: int) -> Iterator[list[Item]]:
-        cursor = after
+        """Pages of about ``size`` documents, each with its tickers and cached score. One query per
+        page, one row per (document, ticker), read on the connection (no ORM on the hot path)."""
+        columns = [DocumentRow.id, DocumentRow.published_at, DocumentTickerRow.ticker]
+        query = select(*columns).outerjoin(
+            DocumentTickerRow, DocumentTickerRow.document_id == DocumentRow.id
+        )
+        if self.version is not None:  # the cached score, from whichever run holds one
+            query = query.add_columns(ScoreRow.score, ScoreRow.label).outerjoin(
+                ScoreRow,
+                and_(
+                    ScoreRow.document_id == DocumentRow.id, ScoreRow.model_version == self.version
+                ),
+            )
+        query = query.where(*self.where).order_by(
+            DocumentRow.published_at, DocumentRow.id, DocumentTickerRow.ticker
+        )
+        cursor, limit = after, size
         while True:
-            if self.version is None:
-                query = select(DocumentRow.id, DocumentRow.published_at, DocumentRow.kind)
-            else:  # with the cached score, from whichever run holds one (duplicates skipped)
-                query = select(
-                    DocumentRow.id, DocumentRow.published_at, DocumentRow.kind,
-                    ScoreRow.score, ScoreRow.label,
-                ).outerjoin(
-                    ScoreRow,
-                    and_(ScoreRow.document_id == DocumentRow.id,
-                         ScoreRow.model_version == self.version),
-                )  # fmt: skip
-            query = query.where(*self.where)
+            paged = query
             if cursor is not None:
                 t, doc_id = cursor
-                query = query.where(
+                paged = paged.where(
                     or_(
                         DocumentRow.published_at > t,
                         and_(DocumentRow.published_at == t, DocumentRow.id > doc_id),
                     )
                 )
-            query = query.order_by(DocumentRow.published_at, DocumentRow.id).limit(size)
             with self.sessions() as session:
-                rows = session.execute(query).all()
-                tickers: dict[str, list[str]] = {}
-                ids = list(dict.fromkeys(r[0] for r in rows))
-                for start in range(0, len(ids), 900):
-                    links = select(DocumentTickerRow.document_id, DocumentTickerRow.ticker).where(
-                        DocumentTickerRow.document_id.in_(ids[start : start + 900])
-                    )
-                    for doc_id, ticker in session.execute(links):
-                        tickers.setdefault(doc_id, []).append(ticker)
+                rows = session.connection().execute(paged.limit(limit)).all()
             if not rows:
                 return
-            page: list[Item] = []
-            for row in rows:
-                doc_id, t, kind = row[0], row[1], row[2]
-                if page and page[-1].id == doc_id:
+            complete = len(rows) < limit
+            if not complete:  # the last document's rows may go on past the limit: next page
+                last_id = rows[-1][0]
+                rows = [r for r in rows if r[0] != last_id]
+                if not rows:  # one document with more mentions than a page: read wider
+                    limit *= 2
                     continue
-                item = Item(doc_id, t, Kind(kind), tuple(sorted(tickers.get(doc_id, ()))))
-                if len(row) > 3 and row[4] is not None:
-                    item.cached = CachedScore(doc_id, t, row[3], row[4])
-                page.append(item)
-            yield page
-            cursor = (rows[-1][1], rows[-1][0])
+            yield _items(rows)
+            if complete:
+                return
+            cursor, limit = (rows[-1][1], rows[-1][0]), size
+
+
+def _items(rows: Sequence[Any]) -> list[Item]:
+    """Group (id, published_at, ticker[, score, label]) rows, ordered by document, into items."""
+    page: list[Item] = []
+    item: Item | None = None
+    tickers: list[str] = []
+    for row in rows:
+        doc_id = row[0]
+        if item is None or item.id != doc_id:
+            if item is not None:
+                item.tickers = tuple(tickers)
+            item = Item(doc_id, row[1], ())
+            tickers = []
+            if len(row) > 3 and row[4] is not None:
+                item.cached = CachedScore(doc_id, row[1], row[3], row[4])
+            page.append(item)
+        ticker = row[2]
+        if ticker is not None and (not tickers or tickers[-1] != ticker):
+            tickers.append(ticker)
+    if item is not None:
+        item.tickers = tuple(tickers)
+    return page
 
 
 class FileSource:
@@ -594,7 +612,7 @@ class FileSource:
             documents.setdefault(doc.id, doc)
         self.items = sorted(
             (
-                Item(d.id, d.published_at, d.kind, tuple(sorted(t.ticker for t in d.tickers)), d)
+                Item(d.id, d.published_at, tuple(sorted(t.ticker for t in d.tickers)), d)
                 for d in documents.values()
             ),
             key=lambda i: (i.published_at, i.id),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from riskwire.exceptions import RiskwireError
 from riskwire.settings import Settings
 
 
@@ -18,6 +19,13 @@ def run_worker(settings: Settings) -> None:
     from streams.app import create_app
 
     app, context = create_app(settings)
+    # Load the models before joining the consumer group: a member that spends its first seconds
+    # loading weights misses heartbeats and sets off rebalances; this one is ready when it joins.
+    try:
+        context.load_ensemble()
+    except Exception as exc:
+        context.close()
+        raise RiskwireError(f"cannot load the models: {type(exc).__name__}: {exc}") from exc
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()

@@ -79,6 +79,16 @@ class WorkerContext:
     def ensemble_loaded(self) -> bool:
         return self._ensemble is not None
 
+    def load_ensemble(self) -> Ensemble:
+        """Build the ensemble now (before the worker starts), instead of at the first batch."""
+        if self._ensemble is None:
+            started = time.perf_counter()
+            self._ensemble = self._build_ensemble()
+            log.info(
+                "ensemble %s ready in %.1fs", self._ensemble.version, time.perf_counter() - started
+            )
+        return self._ensemble
+
     async def ensemble(self) -> Ensemble:
         async with self._ensemble_lock:
             if self._ensemble is None:

@@ -68,7 +68,13 @@ def test_shipped_head_matches_its_training_set_and_scores_held_out_text(fixtures
     data = LabelledSet.read(DEFAULT_TRAIN_SET)
     assert head.meta["train_sha256"] == data.sha256, "retrain: riskwire models train"
     encoder = SentenceEncoder()
-    assert train_head(encoder, data).version == head.version  # same data and seed, same model
+    retrained = train_head(encoder, data)
+    # same data and seed: the same model, bit for bit in one environment (the version hashes the
+    # weights) and to float noise across library versions (the encoder's sums may be ordered
+    # differently by another torch or BLAS build)
+    assert train_head(encoder, data).version == retrained.version
+    assert np.allclose(retrained.weight, head.weight, atol=2e-3)
+    assert np.allclose(retrained.bias, head.bias, atol=2e-3)
     held_out = LabelledSet.read(fixtures_dir / "labelled.jsonl")
     member = EmbeddingHeadMember(encoder, head)
     scores = evaluate(member.predict_proba(held_out.texts), held_out.labels)

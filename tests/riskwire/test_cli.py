@@ -11,14 +11,16 @@ import pytest
 from riskwire.broker import port_open
 
 
-def riskwire(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+def riskwire(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+):
     return subprocess.run(
         [sys.executable, "-m", "riskwire", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
         cwd=cwd,
-        timeout=120,
+        timeout=timeout,
     )
 
 
@@ -70,6 +72,7 @@ def test_demo_runs_end_to_end_and_leaves_no_process_behind(
         "120",
         env={"RISKWIRE_DATA_DIR": str(tmp_path / "data")},
         cwd=tmp_path,
+        timeout=180,  # longer than the demo's own, so the demo stops its worker and broker itself
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
