@@ -124,7 +124,9 @@ def copy_scores(
     columns = [c.name for c in ScoreRow.__table__.columns]
     source = select(
         *(
-            literal(run_id, String()).label("run_id") if name == "run_id" else getattr(ScoreRow, name)
+            literal(run_id, String()).label("run_id")
+            if name == "run_id"
+            else getattr(ScoreRow, name)
             for name in columns
         )
     ).where(
@@ -143,7 +145,9 @@ def copy_scores(
     dialect = session.get_bind().dialect.name
     table = ScoreRow.__table__
     insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    result = session.connection().execute(insert.from_select(columns, source).on_conflict_do_nothing())
+    result = session.connection().execute(
+        insert.from_select(columns, source).on_conflict_do_nothing()
+    )
     return int(result.rowcount or 0)
 
 
