@@ -16,23 +16,25 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.files import JsonlSource
 from models.ensemble import Ensemble
 from riskwire.exceptions import InvalidRecord, RiskwireError
-from riskwire.records import Alert, DeadLetter, Document, Kind, Score, TickerLink
+from riskwire.records import DeadLetter, Document, Kind, Score, TickerLink
+from riskwire.replay_writer import PageWrite, write_page
 from riskwire.settings import Settings
 from storage import repository
 from storage.tables import DocumentRow, DocumentTickerRow, ReplayRunRow, ScoreRow
@@ -159,17 +161,11 @@ class Item:
     cached: CachedScore | None = None
 
 
-@dataclass
-class PageResult:
-    """What one page produced, handed from the engine to the writer thread."""
-
-    page: list[Item]
-    rescored: int = 0
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    alerts: list[Alert] = field(default_factory=list)
-    new_scores: list[Score] = field(default_factory=list)
-    cached_ids: list[str] = field(default_factory=list)
-    engine_state: dict[str, Any] = field(default_factory=dict)
+def _writer(in_process: bool) -> Executor:
+    """One writer, so pages are stored (and checkpoints advance) in order."""
+    if in_process:
+        return ThreadPoolExecutor(1, "replay-write")
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _prefetch(pages: Iterator[list[Item]], depth: int = 2) -> Iterator[list[Item]]:
@@ -226,12 +222,16 @@ class ReplayRunner:
         sessions: sessionmaker[Session],
         ensemble_factory: Callable[[], Ensemble] | None = None,
         page_size: int = PAGE,
+        process_writer_from: int = 20_000,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self._ensemble_factory = ensemble_factory
         self._ensemble: Ensemble | None = None
         self.page_size = page_size
+        # jobs with this many documents to go write from a child process (a second core); the
+        # process costs about a second to start, so small jobs write from a thread
+        self.process_writer_from = process_writer_from
 
     def ensemble(self) -> Ensemble:
         if self._ensemble is None:
@@ -309,7 +309,11 @@ class ReplayRunner:
         # writer thread stores the previous page with its checkpoint (one page in flight, so
         # memory stays bounded and checkpoints land in order).
         processed = processed_before
-        with ThreadPoolExecutor(1, "replay-write") as writer:
+        in_process = total - processed < self.process_writer_from
+        target: str | sessionmaker[Session] = (
+            self.sessions if in_process else self.settings.resolved_database_url
+        )
+        with _writer(in_process) as writer:
             pending: Future[int] | None = None
             for page in _prefetch(source.pages(after, self.page_size)):
                 if self._status(job_id) == CANCELLING:
@@ -319,12 +323,12 @@ class ReplayRunner:
                         job = _job(session, job_id)
                         job.status, job.updated_at = CANCELLED, datetime.now(UTC)
                     return CANCELLED
-                result = self._compute(spec, version, engine, page)
+                result = self._compute(job_id, spec, version, engine, page)
                 if pending is not None:
                     processed += pending.result()
                     if progress is not None:
                         progress(processed, total)
-                pending = writer.submit(self._write, job_id, spec, version, engine.run_id, result)
+                pending = writer.submit(write_page, target, result)
             if pending is not None:
                 processed += pending.result()
                 if progress is not None:
@@ -343,8 +347,8 @@ class ReplayRunner:
             return _job(session, job_id).status
 
     def _compute(
-        self, spec: ReplaySpec, version: str, engine: RiskEngine, page: list[Item]
-    ) -> PageResult:
+        self, job_id: str, spec: ReplaySpec, version: str, engine: RiskEngine, page: list[Item]
+    ) -> PageWrite:
         """Scores (cached or fresh) through the engine, in event-time order; nothing is written."""
         run_id = engine.run_id
         if not spec.rescore and spec.source != "db":
@@ -360,12 +364,17 @@ class ReplayRunner:
                 )
             docs = self._documents(missing)
             fresh = {s.document_id: s for s in score_documents(ensemble, docs, run_id)}
-        result = PageResult(page=page, rescored=len(fresh))
+        last = page[-1]
+        out = PageWrite(
+            job_id=job_id, run_id=run_id, model_version=version, documents=len(page),
+            rescored=len(fresh), after=(last.published_at, last.id), engine_state={},
+        )  # fmt: skip
         wanted = set(spec.tickers)
-        rows, alerts = result.rows, result.alerts
+        rows, alerts = out.rows, out.alerts
+        start = spec.start
         for item in page:
             score: Scored = item.cached or fresh[item.id]
-            keep = spec.start is None or item.published_at >= spec.start
+            keep = start is None or item.published_at >= start
             for ticker in item.tickers:
                 if wanted and ticker not in wanted:
                     continue
@@ -374,49 +383,15 @@ class ReplayRunner:
                     if update_.row is not None:
                         rows.append(update_.row)
                     alerts.extend(update_.alerts)
-        result.new_scores = [
-            s for s in fresh.values() if spec.start is None or s.published_at >= spec.start
-        ]
-        result.cached_ids = [
-            i.id for i in page if i.cached and (spec.start is None or i.published_at >= spec.start)
-        ]
-        result.engine_state = engine.state()
-        return result
-
-    def _write(
-        self, job_id: str, spec: ReplaySpec, version: str, run_id: str, result: PageResult
-    ) -> int:
-        """One transaction: the page's results and the checkpoint after it. Returns its size."""
-        page = result.page
-        last = page[-1]
-        documents = [i.document for i in page if i.document is not None and spec.source != "db"]
-        with self.sessions.begin() as session:
-            if documents:
-                repository.upsert_documents(session, documents)
-            if spec.source != "db":  # a database replay copied its cached scores when it began
-                end = last.published_at + timedelta(microseconds=1)
-                repository.copy_scores(
-                    session, run_id, version, page[0].published_at, end, result.cached_ids
-                )
-            repository.upsert_scores(session, result.new_scores)
-            repository.upsert_ticker_sentiment(session, result.rows)
-            repository.upsert_alerts(session, result.alerts)
-            session.execute(
-                update(ReplayRunRow)
-                .where(ReplayRunRow.id == job_id)
-                .values(
-                    processed=ReplayRunRow.processed + len(page),
-                    rescored=ReplayRunRow.rescored + result.rescored,
-                    cached=ReplayRunRow.cached + len(page) - result.rescored,
-                    alerts=ReplayRunRow.alerts + sum(a.state == "firing" for a in result.alerts),
-                    checkpoint={
-                        "after": [last.published_at.isoformat(), last.id],
-                        "engine": result.engine_state,
-                    },
-                    updated_at=datetime.now(UTC),
-                )
-            )
-        return len(page)
+        out.new_scores = [s for s in fresh.values() if start is None or s.published_at >= start]
+        if spec.source != "db":  # a database replay copied its cached scores when it began
+            out.new_documents = [i.document for i in page if i.document is not None]
+            out.copy_ids = [
+                i.id for i in page if i.cached and (start is None or i.published_at >= start)
+            ]
+            out.copy_from = page[0].published_at
+        out.engine_state = engine.state()
+        return out
 
     def _find_cached(self, version: str, page: list[Item]) -> None:
         """Attach stored scores of ``version`` to the page's items (found by event-time range)."""

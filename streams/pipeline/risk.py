@@ -60,12 +60,17 @@ class TickerWindow:
     window anything looks back over plus the allowed lateness.
     """
 
-    def __init__(self, ticker: str, horizon: timedelta) -> None:
+    def __init__(self, ticker: str, horizon: timedelta, hops: Sequence[timedelta] = ()) -> None:
         self.ticker = ticker
         self.horizon = horizon
         self.events: list[Event] = []
         self._ids: set[str] = set()
         self.high_water: datetime | None = None
+        # per rule hop: [documents, score sum, negatives] per aligned bucket, so an aligned window
+        # costs a few additions instead of a scan; updated on add, so arrival order does not matter
+        # (keyed by the bucket's number since the epoch: integers hash far faster than datetimes)
+        self.buckets: dict[timedelta, dict[int, list[float]]] = {h: {} for h in hops}
+        self._adds = 0
 
     def add(self, event: Event) -> bool:
         if event.document_id in self._ids:
@@ -75,6 +80,24 @@ class TickerWindow:
         if self.high_water is None or event.published_at > self.high_water:
             self.high_water = event.published_at
         self._evict()
+        if event.published_at >= self.high_water - self.horizon:  # not evicted at once
+            t = event.published_at
+            for hop, buckets in self.buckets.items():
+                key = (t - EPOCH) // hop
+                bucket = buckets.get(key)
+                if bucket is None:
+                    buckets[key] = [1, event.score, float(event.negative)]
+                else:
+                    bucket[0] += 1
+                    bucket[1] += event.score
+                    bucket[2] += event.negative
+        self._adds += 1
+        if self._adds % 512 == 0:  # buckets no window can reach again
+            oldest = self.high_water - 2 * self.horizon
+            for hop, buckets in self.buckets.items():
+                first = (oldest - EPOCH) // hop
+                for key in [k for k in buckets if k < first]:
+                    del buckets[key]
         return True
 
     def _evict(self) -> None:
@@ -87,9 +110,11 @@ class TickerWindow:
 
     def stats_at(self, end: datetime, length: timedelta) -> WindowStats:
         """Statistics over the events in ``(end - length, end]``."""
-        lo = bisect.bisect_right(self.events, Event(end - length, "\uffff"))
-        hi = bisect.bisect_right(self.events, Event(end, "\uffff"))
-        return self._stats(self.events[lo:hi], end - length, end)
+        events = self.events
+        start = end - length
+        lo = bisect.bisect_right(events, (start, "\uffff"))
+        hi = bisect.bisect_right(events, (end, "\uffff"), lo)
+        return self._stats(events[lo:hi], start, end)
 
     def count_between(self, start: datetime, end: datetime) -> int:
         """How many events lie in ``[start, end)``."""
@@ -99,6 +124,33 @@ class TickerWindow:
     def stats_between(self, start: datetime, end: datetime) -> WindowStats:
         """Statistics over the events in ``[start, end)``."""
         return self._stats(self._between(start, end), start, end)
+
+    def aligned_windows(self, t: datetime, length: timedelta, hop: timedelta) -> list[WindowStats]:
+        """Statistics of every window ``[s, s + length)`` aligned to ``hop`` that holds ``t``,
+        oldest first (as ``window_starts``), summed from the hop buckets when length is a whole
+        number of hops, else scanned."""
+        buckets = self.buckets.get(hop)
+        if buckets is None or length % hop:
+            return [self.stats_between(s, s + length) for s in window_starts(t, length, hop)]
+        k = length // hop
+        newest = (t - EPOCH) // hop
+        first = newest - k + 1
+        cells = [buckets.get(i) for i in range(first, newest + k)]
+        out = []
+        for j in range(k):
+            count = total = negative = 0.0
+            for cell in cells[j : j + k]:
+                if cell is not None:
+                    count += cell[0]
+                    total += cell[1]
+                    negative += cell[2]
+            n = int(count)
+            start = EPOCH + (first + j) * hop
+            out.append(
+                WindowStats(self.ticker, start, start + length, n,
+                            total / n if n else 0.0, negative / n if n else 0.0)
+            )  # fmt: skip
+        return out
 
     def evidence(self, start: datetime, end: datetime, limit: int = 5) -> tuple[str, ...]:
         """The most negative documents in ``[start, end)``, worst first."""
@@ -188,7 +240,7 @@ class NegativeSurgeRule:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class RiskUpdate:
     """What one score produced: its rolling-sentiment row (None for a duplicate) and any alerts."""
 
@@ -220,6 +272,7 @@ class RiskEngine:
         self.lateness = lateness
         self.trailing = trailing
         self.horizon = max([trailing, *(r.window for r in self.rules)]) + lateness
+        self.hops = tuple(dict.fromkeys(r.hop for r in self.rules))
         self.windows: dict[str, TickerWindow] = {}
         self.firing: dict[tuple[str, str], Alert] = {}
         self.last_fired: dict[tuple[str, str], datetime] = {}
@@ -231,7 +284,7 @@ class RiskEngine:
             return RiskUpdate()
         window = self.windows.get(ticker)
         if window is None:
-            window = TickerWindow(ticker, self.horizon)
+            window = TickerWindow(ticker, self.horizon, self.hops)
             self.windows[ticker] = window
         event = Event(score.published_at, score.document_id, score.score, score.label == "negative")
         if not window.add(event):
@@ -250,13 +303,14 @@ class RiskEngine:
 
     def _evaluate(self, rule: NegativeSurgeRule, window: TickerWindow, t: datetime) -> list[Alert]:
         """Rule state after a document at ``t``: resolve, then fire, per aligned window."""
-        starts = window_starts(t, rule.window, rule.hop)
         key = (rule.name, window.ticker)
-        if key not in self.firing and (
-            window.count_between(starts[0], starts[-1] + rule.window) < rule.min_documents
-        ):
-            return []  # too few documents for any of the windows to hold: nothing can change
-        windows = [window.stats_between(s, s + rule.window) for s in starts]
+        if key not in self.firing:
+            # every aligned window holding t lies in [t - window, floor(t, hop) + window): with
+            # too few documents there, none can hold and nothing can change
+            newest = EPOCH + ((t - EPOCH) // rule.hop) * rule.hop
+            if window.count_between(t - rule.window, newest + rule.window) < rule.min_documents:
+                return []
+        windows = window.aligned_windows(t, rule.window, rule.hop)
         alerts = self._resolve(rule, key, windows, window, t)
         for stats in windows:
             if rule.holds(stats) and self._may_fire(rule, key, stats.start):
@@ -342,7 +396,7 @@ class RiskEngine:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint taken with ``state()`` by an engine with the same rules."""
         for ticker, events in state["windows"].items():
-            window = TickerWindow(ticker, self.horizon)
+            window = TickerWindow(ticker, self.horizon, self.hops)
             window.restore(events)
             self.windows[ticker] = window
         for data in state["firing"]:

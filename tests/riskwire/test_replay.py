@@ -311,3 +311,20 @@ def test_backfill_imports_an_archive_once_and_computes_everything_as_live_histor
         assert any("not valid JSON" in d.reason for d in letters)
     row = job_row(sessions, job)
     assert (row.run_id, row.processed, row.rejected, row.cached) == ("live", 5, 2, 5)
+
+
+def test_a_large_job_writes_from_a_child_process_with_the_same_result(setup) -> None:
+    """Jobs past a size write from a child process (another core); the rows are the same."""
+    settings, sessions, ensemble = setup
+    job = create_job(
+        sessions, settings, ReplaySpec(start=DAY0, end=END, model_version=ensemble.version)
+    )
+    runner = ReplayRunner(
+        settings, sessions, lambda: ensemble, page_size=100, process_writer_from=0
+    )
+    assert runner.run(job) == "done"
+    with sessions() as session:
+        assert scores_of(session, job) == scores_of(session, "live")
+        assert sentiment_of(session, job) == sentiment_of(session, "live")
+        assert alerts_of(session, job) == alerts_of(session, "live")
+    assert job_row(sessions, job).processed == 432

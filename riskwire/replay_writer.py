@@ -1,0 +1,80 @@
+"""A replay's writes: one page's results with the job's checkpoint, in one transaction.
+
+``ReplayRunner`` hands each page to a writer while its engine works on the next one. For small jobs
+the writer is a thread; for large ones it is a child process, so the database work (parameter
+processing, the driver, SQLite itself) runs on another core instead of competing for the GIL. This
+module imports only storage and the record types, so the child starts quickly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from riskwire.records import Alert, Document, Score
+from storage import make_engine, repository, session_factory
+from storage.tables import ReplayRunRow
+
+
+@dataclass
+class PageWrite:
+    """Everything one page stores; plain data, so it crosses to a child process by pickling."""
+
+    job_id: str
+    run_id: str
+    model_version: str
+    documents: int
+    rescored: int
+    after: tuple[datetime, str]
+    engine_state: dict[str, Any]
+    new_documents: list[Document] = field(default_factory=list)
+    copy_ids: list[str] = field(default_factory=list)
+    copy_from: datetime | None = None
+    new_scores: list[Score] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+
+
+_SESSIONS: dict[str, sessionmaker[Session]] = {}
+
+
+def _sessions(url: str) -> sessionmaker[Session]:
+    if url not in _SESSIONS:
+        _SESSIONS[url] = session_factory(make_engine(url))
+    return _SESSIONS[url]
+
+
+def write_page(target: str | sessionmaker[Session], page: PageWrite) -> int:
+    """Store the page and move the checkpoint past it; returns the number of documents."""
+    sessions = _sessions(target) if isinstance(target, str) else target
+    with sessions.begin() as session:
+        if page.new_documents:
+            repository.upsert_documents(session, page.new_documents)
+        if page.copy_ids and page.copy_from is not None:
+            end = page.after[0] + timedelta(microseconds=1)
+            repository.copy_scores(
+                session, page.run_id, page.model_version, page.copy_from, end, page.copy_ids
+            )
+        repository.upsert_scores(session, page.new_scores)
+        repository.upsert_ticker_sentiment(session, page.rows)
+        repository.upsert_alerts(session, page.alerts)
+        session.execute(
+            update(ReplayRunRow)
+            .where(ReplayRunRow.id == page.job_id)
+            .values(
+                processed=ReplayRunRow.processed + page.documents,
+                rescored=ReplayRunRow.rescored + page.rescored,
+                cached=ReplayRunRow.cached + page.documents - page.rescored,
+                alerts=ReplayRunRow.alerts + sum(a.state == "firing" for a in page.alerts),
+                checkpoint={
+                    "after": [page.after[0].isoformat(), page.after[1]],
+                    "engine": page.engine_state,
+                },
+                updated_at=datetime.now(UTC),
+            )
+        )
+    return page.documents
