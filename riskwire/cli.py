@@ -397,7 +397,9 @@ def bench_replay(
         return
     console.print(
         f"cached replay: {result['cached_docs_per_s']:,.0f} docs/s "
-        f"({result['documents']:,} documents in {result['cached_seconds']:.1f}s, {result['database']})"
+        f"({result['documents']:,} documents in {result['cached_seconds']:.1f}s, {result['database']}); "
+        f"{result['cached_pages_docs_per_s']:,.0f} docs/s before the report "
+        f"({result['report_seconds']:.1f}s)"
     )
     if "rescored_docs_per_s" in result:
         console.print(
