@@ -32,6 +32,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.scoring
+	$(BIN)/riskwire bench replay
 
 clean:
 	rm -rf $(VENV) riskwire-data .pytest_cache

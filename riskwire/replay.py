@@ -34,7 +34,7 @@ from ingest.files import JsonlSource
 from models.ensemble import Ensemble
 from riskwire.exceptions import InvalidRecord, RiskwireError
 from riskwire.records import DeadLetter, Document, Kind, Score, TickerLink
-from riskwire.replay_writer import PageWrite, write_page
+from riskwire.replay_writer import PageWrite, copy_cached, write_page
 from riskwire.settings import Settings
 from storage import repository
 from storage.tables import DocumentRow, DocumentTickerRow, ReplayRunRow, ScoreRow
@@ -299,15 +299,9 @@ class ReplayRunner:
             rejected = source.store_rejects(session)
             if rejected is not None:
                 job.rejected = rejected
-            if spec.source == "db" and not spec.rescore and spec.start and spec.end:
-                # every cached score of the period in one statement inside the database, so
-                # the pages only feed the engine; idempotent if the job is resumed
-                repository.copy_scores(
-                    session, run_id, version, spec.start, spec.end, tickers=spec.tickers
-                )
         # Three stages overlap: a thread reads the next page, this thread runs the engine, a
-        # writer thread stores the previous page with its checkpoint (one page in flight, so
-        # memory stays bounded and checkpoints land in order).
+        # writer (thread or child process) stores the previous page with its checkpoint (one page
+        # in flight, so memory stays bounded and checkpoints land in order).
         processed = processed_before
         in_process = total - processed < self.process_writer_from
         target: str | sessionmaker[Session] = (
@@ -315,6 +309,13 @@ class ReplayRunner:
         )
         with _writer(in_process) as writer:
             pending: Future[int] | None = None
+            if spec.source == "db" and not spec.rescore and spec.start and spec.end:
+                # the writer's first task, while the engine starts on the first page: every
+                # cached score of the period, copied in one statement inside the database
+                # (idempotent if the job is resumed)
+                pending = writer.submit(
+                    copy_cached, target, run_id, version, spec.start, spec.end, spec.tickers
+                )
             for page in _prefetch(source.pages(after, self.page_size)):
                 if self._status(job_id) == CANCELLING:
                     if pending is not None:

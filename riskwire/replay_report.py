@@ -262,9 +262,10 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0, color="black", lw=0.5)
         ax.set_ylabel(ticker, rotation=0, labelpad=25)
-        locator = mdates.AutoDateLocator(maxticks=8)
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        if len(times) > 1 and times[-1] > times[0]:  # one point has no range to label
+            locator = mdates.AutoDateLocator(maxticks=8)
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     if not tickers:
         axes[0, 0].text(0.5, 0.5, "no documents in the period", ha="center", va="center")
     axes[0, 0].set_title(

@@ -48,6 +48,21 @@ def _sessions(url: str) -> sessionmaker[Session]:
     return _SESSIONS[url]
 
 
+def copy_cached(
+    target: str | sessionmaker[Session],
+    run_id: str,
+    model_version: str,
+    start: datetime,
+    end: datetime,
+    tickers: tuple[str, ...],
+) -> int:
+    """Copy the period's stored scores of ``model_version`` to the run; counts no documents."""
+    sessions = _sessions(target) if isinstance(target, str) else target
+    with sessions.begin() as session:
+        repository.copy_scores(session, run_id, model_version, start, end, tickers=tickers)
+    return 0
+
+
 def write_page(target: str | sessionmaker[Session], page: PageWrite) -> int:
     """Store the page and move the checkpoint past it; returns the number of documents."""
     sessions = _sessions(target) if isinstance(target, str) else target
