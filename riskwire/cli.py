@@ -202,7 +202,7 @@ def replay(
 def _run_job(settings: Settings, spec: Any, job_id: str | None = None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from riskwire.replay import ReplayRunner, create_job
+    from riskwire.replay import ReplayRunner, create_job, mark_interrupted
     from riskwire.replay_report import render_report
     from storage import make_engine, session_factory, upgrade
 
@@ -219,6 +219,7 @@ def _run_job(settings: Settings, spec: Any, job_id: str | None = None) -> None:
                 job_id, lambda done, total: bar.update(task, completed=done, total=total), resume
             )
         except KeyboardInterrupt:
+            mark_interrupted(sessions, job_id)
             console.print(f"interrupted; continue with: riskwire replay resume {job_id}")
             raise SystemExit(130) from None
     job = _load_job(sessions, job_id)
@@ -295,9 +296,23 @@ def replay_cancel(job_id: str) -> None:
 
 
 @replay_app.command("resume")
-def replay_resume(job_id: str) -> None:
+def replay_resume(
+    job_id: str,
+    force: Annotated[
+        bool, typer.Option(help="resume a job marked running whose process has died")
+    ] = False,
+) -> None:
     """Continue an interrupted, cancelled or failed job from its last checkpoint."""
-    _run_job(_settings(), None, job_id)
+    from riskwire.replay import seems_alive
+
+    settings = _settings()
+    job = _load_job(_sessions(settings), job_id)
+    if job.status == "running" and seems_alive(job) and not force:
+        raise RiskwireError(
+            f"job {job_id} is running (progress {seems_alive(job):.0f}s ago); if its process has "
+            f"died, resume it with --force"
+        )
+    _run_job(settings, None, job_id)
 
 
 @replay_app.command("report")

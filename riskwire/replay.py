@@ -142,6 +142,25 @@ def describe_job(job: ReplayRunRow) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def mark_interrupted(sessions: sessionmaker[Session], job_id: str) -> None:
+    """A job stopped by its user (Ctrl-C) is cancelled: its checkpoint is its last stored page."""
+    with sessions.begin() as session:
+        job = _job(session, job_id)
+        if job.status in ACTIVE:
+            job.status, job.updated_at = CANCELLED, datetime.now(UTC)
+
+
+STALE = timedelta(minutes=2)
+
+
+def seems_alive(job: ReplayRunRow) -> float | None:
+    """Seconds since a running job last stored a page, if recent enough to think it still runs."""
+    if job.status != RUNNING:
+        return None
+    age = (datetime.now(UTC) - job.updated_at).total_seconds()
+    return max(age, 0.001) if age < STALE.total_seconds() else None
+
+
 def _job(session: Session, job_id: str) -> ReplayRunRow:
     job = session.get(ReplayRunRow, job_id)
     if job is None:

@@ -12,7 +12,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.ensemble import Ensemble
-from riskwire.replay import ReplayError, ReplayRunner, ReplaySpec, create_job, request_cancel
+from riskwire.replay import (
+    ReplayError,
+    ReplayRunner,
+    ReplaySpec,
+    create_job,
+    mark_interrupted,
+    request_cancel,
+)
 from riskwire.settings import Settings, load_settings
 from storage import make_engine, session_factory, upgrade
 from storage.tables import (
@@ -328,3 +335,43 @@ def test_a_large_job_writes_from_a_child_process_with_the_same_result(setup) -> 
         assert sentiment_of(session, job) == sentiment_of(session, "live")
         assert alerts_of(session, job) == alerts_of(session, "live")
     assert job_row(sessions, job).processed == 432
+
+
+def test_a_job_stopped_by_its_user_is_cancelled_and_resumable(setup) -> None:
+    settings, sessions, ensemble = setup
+    job = create_job(
+        sessions, settings, ReplaySpec(start=DAY0, end=END, model_version=ensemble.version)
+    )
+    with sessions.begin() as session:
+        row = session.get(ReplayRunRow, job)
+        assert row is not None
+        row.status = "running"
+    mark_interrupted(sessions, job)
+    assert job_row(sessions, job).status == "cancelled"
+    assert ReplayRunner(settings, sessions, lambda: ensemble).run(job, resume=True) == "done"
+
+
+def test_a_replay_from_an_archive_file_writes_beside_live(
+    database_url: str, tmp_path: Path
+) -> None:
+    upgrade(database_url)
+    settings = load_settings(database_url=database_url, data_dir=tmp_path)
+    sessions = session_factory(make_engine(database_url))
+    archive = tmp_path / "archive.jsonl"
+    archive.write_text("\n".join(json.dumps(x) for x in ARCHIVE_LINES) + "\n")
+    ensemble = lexicon_ensemble()
+    backfill = create_job(sessions, settings, ReplaySpec(source=str(archive), kind="backfill"))
+    assert ReplayRunner(settings, sessions, lambda: ensemble).run(backfill) == "done"
+    spec = ReplaySpec(
+        source=str(archive),
+        start=DAY0.replace(year=2025, month=6),
+        end=DAY0.replace(year=2025, month=7),
+    )
+    job = create_job(sessions, settings, spec)
+    assert ReplayRunner(settings, sessions, lambda: ensemble).run(job) == "done"
+    with sessions() as session:
+        assert scores_of(session, job) == scores_of(session, "live")  # cached from the backfill
+        assert alerts_of(session, job) == alerts_of(session, "live")
+        assert session.scalar(select(func.count()).select_from(DocumentRow)) == 5
+    row = job_row(sessions, job)
+    assert (row.run_id, row.processed, row.cached, row.alerts_matched) == (job, 5, 5, 1)

@@ -80,3 +80,29 @@ def test_bench_replay_prints_one_json_object(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert figures["documents"] == 2000 and figures["cached_docs_per_s"] > 0
+
+
+def test_resume_refuses_a_job_that_seems_to_be_running_unless_forced(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from riskwire.replay import ReplaySpec, create_job
+    from storage.tables import ReplayRunRow
+    from tests.replay_helpers import DAY0
+
+    url = f"sqlite:///{Path(env['RISKWIRE_DATA_DIR']) / 'riskwire.db'}"
+    settings = load_settings(database_url=url, data_dir=Path(env["RISKWIRE_DATA_DIR"]))
+    sessions = session_factory(make_engine(url))
+    spec = ReplaySpec(start=DAY0, end=DAY0.replace(day=4), model_version=lexicon_ensemble().version)
+    job = create_job(sessions, settings, spec)
+    with sessions.begin() as session:  # as if a process were running it right now
+        row = session.get(ReplayRunRow, job)
+        assert row is not None
+        row.status, row.updated_at = "running", datetime.now(UTC)
+
+    refused = riskwire("replay", "resume", job, env=env, cwd=tmp_path)
+    assert refused.returncode == 2 and "--force" in refused.stdout
+    forced = riskwire("replay", "resume", job, "--force", env=env, cwd=tmp_path)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert f"job {job}: done" in forced.stdout
