@@ -86,28 +86,57 @@ def _alerts(session: Session, run: str, scope: Scope) -> dict[tuple[str, str, st
 
 
 def compare_alerts(session: Session, run: str, baseline: str | None, scope: Scope) -> list[dict]:
-    """Every alert of either run in the period, marked matched, gained (run only) or lost."""
+    """Every alert of either run in the period, marked against the baseline:
+
+    - ``matched``: the same rule, ticker and window;
+    - ``shifted``: the same rule and ticker, an overlapping window that starts elsewhere (the same
+      episode, caught on another aligned window: live saw the documents in another order);
+    - ``gained`` (this run only) or ``lost`` (the baseline only).
+    """
     ours = _alerts(session, run, scope)
     theirs = _alerts(session, baseline, scope) if baseline else {}
+    partner: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+    for key in ours:
+        if key in theirs:
+            partner[key] = key
+    taken = set(partner.values())
+    for key, row in sorted(ours.items(), key=lambda kv: kv[1].window_start):
+        if key in partner:
+            continue
+        for other, base in sorted(theirs.items(), key=lambda kv: kv[1].window_start):
+            if (
+                other not in taken
+                and (base.rule, base.ticker) == (row.rule, row.ticker)
+                and base.window_start < row.window_end
+                and row.window_start < base.window_end
+            ):
+                partner[key] = other
+                taken.add(other)
+                break
     out = []
-    for key in sorted(set(ours) | set(theirs), key=lambda k: (k[2], k[1], k[0])):
-        row = ours.get(key) or theirs[key]
+    for key, row in ours.items():
+        other = partner.get(key)
         if baseline is None:
             status = "fired"
-        elif key in ours and key in theirs:
-            status = "matched"
+        elif other is None:
+            status = "gained"
         else:
-            status = "gained" if key in ours else "lost"
-        out.append(
-            {
-                "rule": row.rule, "ticker": row.ticker, "severity": row.severity,
-                "state": row.state, "window_start": row.window_start.isoformat(),
-                "window_end": row.window_end.isoformat(), "status": status,
-                "baseline_severity": theirs[key].severity if key in theirs else None,
-                "explanation": row.explanation, "evidence": list(row.evidence),
-            }
-        )  # fmt: skip
-    return out
+            status = "matched" if other == key else "shifted"
+        base = theirs.get(other) if other else None
+        out.append(_alert_entry(row, status, base))
+    out += [_alert_entry(row, "lost", None) for key, row in theirs.items() if key not in taken]
+    return sorted(out, key=lambda a: (a["window_start"], a["ticker"], a["rule"], a["status"]))
+
+
+def _alert_entry(row: AlertRow, status: str, base: AlertRow | None) -> dict[str, Any]:
+    return {
+        "rule": row.rule, "ticker": row.ticker, "severity": row.severity, "state": row.state,
+        "window_start": row.window_start.isoformat(), "window_end": row.window_end.isoformat(),
+        "status": status,
+        "baseline_window_start": base.window_start.isoformat() if base else None,
+        "baseline_severity": base.severity if base else None,
+        "explanation": row.explanation, "evidence": list(row.evidence),
+    }  # fmt: skip
 
 
 def _bucket(scope: Scope, first: datetime, last: datetime) -> timedelta:
@@ -177,7 +206,9 @@ def build_report(
     firing = [a for a in alerts if a["status"] != "lost"]
     tickers = _timeline_tickers(session, run, scope, firing)
     step, line = timeline(session, run, scope, tickers)
-    counts = {s: sum(a["status"] == s for a in alerts) for s in ("matched", "gained", "lost")}
+    counts = {
+        s: sum(a["status"] == s for a in alerts) for s in ("matched", "shifted", "gained", "lost")
+    }
     return {
         **meta,
         "run_id": run,
@@ -190,7 +221,9 @@ def build_report(
         "alerts": alerts,
         "alert_counts": {
             "run": len(firing),
-            "baseline": counts["matched"] + counts["lost"] if baseline else None,
+            "baseline": counts["matched"] + counts["shifted"] + counts["lost"]
+            if baseline
+            else None,
             **(counts if baseline else {}),
         },
         "scores": compare_scores(session, run, baseline, scope) if baseline else None,
@@ -215,6 +248,7 @@ def finish_report(session: Session, job: ReplayRunRow, out_dir: Path) -> dict[st
     counts, scores = report["alert_counts"], report["scores"] or {}
     job.baseline_alerts = counts.get("baseline")
     job.alerts_matched = counts.get("matched")
+    job.alerts_shifted = counts.get("shifted")
     job.alerts_gained = counts.get("gained")
     job.alerts_lost = counts.get("lost")
     job.documents_compared = scores.get("compared")
@@ -274,12 +308,12 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     )
     ax = axes[-1, 0]
     counts = report["alert_counts"]
-    labels = ["run", "baseline", "matched", "gained", "lost"]
+    labels = ["run", "baseline", "matched", "shifted", "gained", "lost"]
     values = [counts.get(k) or 0 for k in labels]
     if flips:
         labels += list(flips)
         values += list(flips.values())
-    ax.barh(labels, values, color=["#1f4e79"] * 5 + ["#ff7f0e"] * len(flips))
+    ax.barh(labels, values, color=["#1f4e79"] * 6 + ["#ff7f0e"] * len(flips))
     ax.set_title("alerts against the baseline, and label flips (baseline -> run)")
     for i, v in enumerate(values):
         ax.text(v, i, f" {v}", va="center")
@@ -295,12 +329,16 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     for column in ("status", "ticker", "rule", "severity", "window", "explanation"):
         table.add_column(column)
     for a in report["alerts"]:
-        style = {"gained": "green", "lost": "red"}.get(a["status"])
+        style = {"gained": "green", "lost": "red", "shifted": "yellow"}.get(a["status"])
         window = f"{a['window_start'][:16]} → {a['window_end'][11:16]}"
+        if a.get("baseline_window_start") and a["status"] == "shifted":
+            window += f" (baseline from {a['baseline_window_start'][11:16]})"
+        severity = a["severity"]
+        if a.get("baseline_severity") and a["baseline_severity"] != severity:
+            severity += f" (baseline {a['baseline_severity']})"
         table.add_row(
-            a["status"], a["ticker"], a["rule"], a["severity"], window, a["explanation"],
-            style=style,
-        )  # fmt: skip
+            a["status"], a["ticker"], a["rule"], severity, window, a["explanation"], style=style
+        )
     console.print(table)
     scores = report.get("scores")
     if scores and scores["compared"]:

@@ -170,6 +170,7 @@ class ReplayRunRow(Base):
     report: Mapped[dict[str, Any] | None]
     baseline_alerts: Mapped[int | None] = mapped_column(Integer)
     alerts_matched: Mapped[int | None] = mapped_column(Integer)
+    alerts_shifted: Mapped[int | None] = mapped_column(Integer)
     alerts_gained: Mapped[int | None] = mapped_column(Integer)
     alerts_lost: Mapped[int | None] = mapped_column(Integer)
     documents_compared: Mapped[int | None] = mapped_column(Integer)

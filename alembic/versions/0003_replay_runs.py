@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("report", sa.JSON(), nullable=True),
         sa.Column("baseline_alerts", sa.Integer(), nullable=True),
         sa.Column("alerts_matched", sa.Integer(), nullable=True),
+        sa.Column("alerts_shifted", sa.Integer(), nullable=True),
         sa.Column("alerts_gained", sa.Integer(), nullable=True),
         sa.Column("alerts_lost", sa.Integer(), nullable=True),
         sa.Column("documents_compared", sa.Integer(), nullable=True),

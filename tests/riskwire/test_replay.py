@@ -375,3 +375,41 @@ def test_a_replay_from_an_archive_file_writes_beside_live(
         assert session.scalar(select(func.count()).select_from(DocumentRow)) == 5
     row = job_row(sessions, job)
     assert (row.run_id, row.processed, row.cached, row.alerts_matched) == (job, 5, 5, 1)
+
+
+def test_alerts_are_compared_as_matched_shifted_gained_or_lost(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The same episode caught on another aligned window is 'shifted', not one gained and one lost."""
+    from riskwire.records import Alert, AlertState, Severity, stable_id
+    from riskwire.replay_report import Scope, compare_alerts
+    from storage.repository import upsert_alerts
+
+    upgrade(sqlite_url)
+    sessions = session_factory(make_engine(sqlite_url))
+
+    def alert(run: str, ticker: str, start_h: float) -> Alert:
+        start = DAY0 + timedelta(hours=start_h)
+        return Alert(
+            id=stable_id(run, ticker, str(start_h)), run_id=run, rule="surge", ticker=ticker,
+            severity=Severity.WARNING, state=AlertState.FIRING, window_start=start,
+            window_end=start + timedelta(hours=2), event_time=start + timedelta(hours=2),
+            values={}, thresholds={}, evidence=(), explanation="",
+        )  # fmt: skip
+
+    with sessions.begin() as session:
+        upsert_alerts(session, [
+            alert("new", "SAME", 1), alert("old", "SAME", 1),      # matched
+            alert("new", "MOVE", 10.5), alert("old", "MOVE", 10),  # shifted
+            alert("new", "GAIN", 3),                               # gained
+            alert("old", "LOSS", 5), alert("old", "MOVE", 20),     # lost (twice)
+        ])  # fmt: skip
+    with sessions() as session:
+        found = compare_alerts(session, "new", "old", Scope(DAY0, END))
+    status = {(a["ticker"], a["window_start"][11:16]): a["status"] for a in found}
+    assert status == {
+        ("SAME", "01:00"): "matched", ("MOVE", "10:30"): "shifted", ("GAIN", "03:00"): "gained",
+        ("LOSS", "05:00"): "lost", ("MOVE", "20:00"): "lost",
+    }  # fmt: skip
+    shifted = next(a for a in found if a["status"] == "shifted")
+    assert shifted["baseline_window_start"] == (DAY0 + timedelta(hours=10)).isoformat()

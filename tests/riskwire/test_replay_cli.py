@@ -46,7 +46,14 @@ def test_replay_runs_a_period_and_the_job_can_be_listed_and_reported(
 
     report = riskwire("replay", "report", job, "--json", env=env, cwd=tmp_path)
     data = json.loads(report.stdout)
-    assert data["alert_counts"] == {"run": 3, "baseline": 3, "matched": 3, "gained": 0, "lost": 0}
+    assert data["alert_counts"] == {
+        "run": 3,
+        "baseline": 3,
+        "matched": 3,
+        "shifted": 0,
+        "gained": 0,
+        "lost": 0,
+    }
     assert Path(data["plot"]).is_file()
 
     compare = riskwire("replay", "compare", "live", job, env=env, cwd=tmp_path)
