@@ -46,10 +46,19 @@ END = DAY0 + timedelta(days=2)
 
 
 @pytest.fixture
-def setup(database_url: str, tmp_path: Path) -> tuple[Settings, sessionmaker[Session], Ensemble]:
+def empty(database_url: str, tmp_path: Path) -> tuple[Settings, sessionmaker[Session]]:
+    """A migrated database of this test's own, and settings pointing at it."""
     upgrade(database_url)
     settings = load_settings(database_url=database_url, data_dir=tmp_path)
-    sessions = session_factory(make_engine(database_url))
+    return settings, session_factory(make_engine(database_url))
+
+
+@pytest.fixture
+def setup(
+    empty: tuple[Settings, sessionmaker[Session]],
+) -> tuple[Settings, sessionmaker[Session], Ensemble]:
+    """The two-day world, processed 'live'."""
+    settings, sessions = empty
     ensemble = lexicon_ensemble()
     run_live(sessions, settings, ensemble, world())
     return settings, sessions, ensemble
@@ -291,11 +300,9 @@ ARCHIVE_LINES = [
 
 
 def test_backfill_imports_an_archive_once_and_computes_everything_as_live_history(
-    database_url: str, tmp_path: Path
+    empty: tuple[Settings, sessionmaker[Session]], tmp_path: Path
 ) -> None:
-    upgrade(database_url)
-    settings = load_settings(database_url=database_url, data_dir=tmp_path)
-    sessions = session_factory(make_engine(database_url))
+    settings, sessions = empty
     archive = tmp_path / "archive.jsonl"
     lines = [json.dumps(x) for x in ARCHIVE_LINES] + ["{not json"]
     archive.write_text("\n".join(lines) + "\n")
@@ -352,11 +359,9 @@ def test_a_job_stopped_by_its_user_is_cancelled_and_resumable(setup) -> None:
 
 
 def test_a_replay_from_an_archive_file_writes_beside_live(
-    database_url: str, tmp_path: Path
+    empty: tuple[Settings, sessionmaker[Session]], tmp_path: Path
 ) -> None:
-    upgrade(database_url)
-    settings = load_settings(database_url=database_url, data_dir=tmp_path)
-    sessions = session_factory(make_engine(database_url))
+    settings, sessions = empty
     archive = tmp_path / "archive.jsonl"
     archive.write_text("\n".join(json.dumps(x) for x in ARCHIVE_LINES) + "\n")
     ensemble = lexicon_ensemble()
