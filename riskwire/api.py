@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -28,8 +28,9 @@ from sqlalchemy import select
 from models.ensemble import Ensemble
 from riskwire.exceptions import RiskwireError
 from riskwire.replay import (
-    ACTIVE,
+    CANCELLING,
     DONE,
+    RUNNING,
     ReplayRunner,
     ReplaySpec,
     create_job,
@@ -90,10 +91,18 @@ def create_api(
     runner = ReplayRunner(settings, sessions, ensemble_factory)
     executor = ThreadPoolExecutor(1, "replay-job")
 
+    submitted: dict[str, Future[str]] = {}
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        # shutting down: queued jobs are dropped (still pending, resumable), a running one stops
+        # after its current page as cancelled, with its checkpoint
         executor.shutdown(wait=False, cancel_futures=True)
+        for job_id, future in submitted.items():
+            if not future.done():
+                request_cancel(sessions, job_id)
+        executor.shutdown(wait=True)
         engine.dispose()
 
     app = FastAPI(
@@ -125,7 +134,7 @@ def create_api(
             return job
 
     def start(job_id: str, resume: bool = False) -> None:
-        executor.submit(runner.run, job_id, None, resume)
+        submitted[job_id] = executor.submit(runner.run, job_id, None, resume)
 
     auth = [Depends(authorised)]
 
@@ -187,11 +196,13 @@ def create_api(
         dependencies=auth, tags=["replays"],
     )  # fmt: skip
     def resume_replay(job_id: str) -> dict[str, Any]:
-        """Continue a cancelled or failed job from its last checkpoint."""
+        """Continue a cancelled or failed job, or one left pending by a restart, from its last
+        checkpoint."""
         job = job_row(job_id)
         if job.status == DONE:
             raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is already done")
-        if job.status in ACTIVE:  # a job orphaned by a crash is resumed from the CLI
+        queued = job_id in submitted and not submitted[job_id].done()
+        if job.status in (RUNNING, CANCELLING) or queued:  # after a crash: the CLI's --force
             raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {job.status}")
         start(job_id, resume=True)
         return describe_job(job_row(job_id))

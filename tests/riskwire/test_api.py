@@ -113,3 +113,21 @@ def test_the_openapi_document_describes_the_replay_endpoints(client: TestClient)
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/replays", "/replays/{job_id}", "/replays/{job_id}/cancel",
             "/replays/{job_id}/resume", "/replays/{job_id}/results"} <= set(paths)  # fmt: skip
+
+
+def test_jobs_left_by_a_shutdown_can_be_resumed_after_a_restart(
+    database_url: str, tmp_path: Path
+) -> None:
+    upgrade(database_url)
+    settings = load_settings(database_url=database_url, data_dir=tmp_path, api_token=TOKEN)
+    ensemble = lexicon_ensemble()
+    run_live(session_factory(make_engine(database_url)), settings, ensemble, world())
+    with TestClient(create_api(settings, lambda: ensemble)) as first:
+        executor = first.app.state.executor  # type: ignore[attr-defined]
+        executor.submit(time.sleep, 0.5)  # the job stays queued until the shutdown
+        job = first.post("/replays", json=body(), headers=AUTH).json()
+    with TestClient(create_api(settings, lambda: ensemble)) as second:
+        left = second.get(f"/replays/{job['id']}", headers=AUTH).json()
+        assert left["status"] in {"pending", "cancelled"} and left["processed"] == 0
+        assert second.post(f"/replays/{job['id']}/resume", headers=AUTH).status_code == 202
+        assert wait_for(second, job["id"], {"done", "failed"})["status"] == "done"
