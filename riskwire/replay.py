@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 PENDING, RUNNING, CANCELLING = "pending", "running", "cancelling"
 CANCELLED, DONE, FAILED = "cancelled", "done", "failed"
 ACTIVE = (PENDING, RUNNING, CANCELLING)
-FINISHED = (CANCELLED, DONE, FAILED)
 PAGE = 20000
 
 
