@@ -30,8 +30,13 @@ def record_key(record: RawRecord) -> bytes:
 
 
 class RawProducer:
-    def __init__(self, bootstrap: str, topics: Topics, **config: object) -> None:
+    def __init__(
+        self, bootstrap: str, topics: Topics, partitions: int = 4, **config: object
+    ) -> None:
+        from riskwire.broker import ensure_topics
+
         self.topics = topics
+        ensure_topics(bootstrap, topics.all(), partitions)  # never by auto-creation (see there)
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5, **config
         )

@@ -146,3 +146,31 @@ def broker_for(bootstrap: str | None, log_file: Path | None = None) -> Iterator[
         return
     with EmbeddedBroker(log_file=log_file) as broker:
         yield broker.bootstrap
+
+
+def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones this call created.
+
+    Both the worker and the producer call this before using the topics, so no topic is created by
+    the broker's auto-creation racing a client's CreateTopics (on Tansu that race can leave a
+    topic whose metadata clients keep re-requesting, and a consumer that never commits).
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="riskwire-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        created = []
+        for name in missing:
+            try:
+                admin.create_topics(
+                    [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        admin.close()

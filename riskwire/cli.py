@@ -95,7 +95,9 @@ def ingest(
     settings = _settings()
     if settings.kafka_bootstrap is None:
         raise RiskwireError("RISKWIRE_KAFKA_BOOTSTRAP is not set: start 'riskwire broker' first")
-    with RawProducer(settings.kafka_bootstrap, settings.topics) as producer:
+    with RawProducer(
+        settings.kafka_bootstrap, settings.topics, settings.topic_partitions
+    ) as producer:
         counts = producer.publish(source_for(path, kind).read())
     console.print(f"produced {counts.raw} records, {counts.dead} unreadable lines dead-lettered")
 
