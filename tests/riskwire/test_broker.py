@@ -37,3 +37,22 @@ def test_a_taken_port_is_reported_not_trusted(broker: EmbeddedBroker) -> None:
 def test_bootstrap_before_start_is_an_error() -> None:
     with pytest.raises(BrokerError, match="not been started"):
         _ = EmbeddedBroker().bootstrap
+
+
+@pytest.mark.integration
+def test_ensure_topics_creates_the_missing_ones_with_their_partitions(
+    broker: EmbeddedBroker,
+) -> None:
+    import uuid
+
+    from riskwire.broker import ensure_topics
+
+    prefix = uuid.uuid4().hex[:8]
+    names = [f"{prefix}.a", f"{prefix}.b"]
+    assert ensure_topics(broker.bootstrap, names[:1], partitions=3) == names[:1]
+    assert ensure_topics(broker.bootstrap, names, partitions=2) == names[1:]
+    assert ensure_topics(broker.bootstrap, names, partitions=2) == []
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+    partitions = {n: len(consumer.partitions_for_topic(n) or ()) for n in names}
+    consumer.close()
+    assert partitions == {names[0]: 3, names[1]: 2}
