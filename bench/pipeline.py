@@ -22,7 +22,7 @@ T0 = datetime(2026, 11, 2, tzinfo=UTC)
 TICKERS = [f"T{i:03d}" for i in range(200)]
 
 
-def timed(label: str, n: int, fn: Callable[[], None]) -> float:
+def timed(label: str, n: int, fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
     per_second = n / (time.perf_counter() - started)

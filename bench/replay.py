@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from riskwire.records import Document, Kind, Score, TickerLink
+from riskwire.records import Document, Kind, Label, Score, TickerLink
 from riskwire.replay import ReplayRunner, ReplaySpec, create_job
 from riskwire.settings import load_settings
 from storage import make_engine, repository, session_factory, upgrade
@@ -69,7 +69,7 @@ def cached_score(doc: Document, rng: random.Random) -> Score:
     s = -rng.uniform(0.4, 0.9) if negative else rng.uniform(-0.3, 0.8)
     neg = max(0.0, -s) + (1 - abs(s)) / 3
     pos = max(0.0, s) + (1 - abs(s)) / 3
-    label = "negative" if s < -0.2 else "positive" if s > 0.2 else "neutral"
+    label: Label = "negative" if s < -0.2 else "positive" if s > 0.2 else "neutral"
     return Score(
         document_id=doc.id, ticker=None, kind=doc.kind, published_at=doc.published_at,
         model_version=CACHED_VERSION, label=label, probabilities=(neg, 1 - neg - pos, pos),

@@ -39,6 +39,11 @@ def build_member(name: str, settings: Settings) -> Member:
     return factory(settings)
 
 
+def make_ensemble(settings: Settings, factory: Callable[[], Ensemble] | None = None) -> Ensemble:
+    """The ensemble a worker or a replay runs: the given factory's, else the default one."""
+    return factory() if factory is not None else build_ensemble(settings)
+
+
 def build_ensemble(
     settings: Settings,
     members: tuple[tuple[str, float], ...] = DEFAULT_MEMBERS,

@@ -206,10 +206,8 @@ def _run_job(settings: Settings, spec: Any, job_id: str | None = None) -> None:
 
     from riskwire.replay import ReplayRunner, create_job, mark_interrupted
     from riskwire.replay_report import render_report
-    from storage import make_engine, session_factory, upgrade
 
-    upgrade(settings.resolved_database_url)
-    sessions = session_factory(make_engine(settings.resolved_database_url))
+    sessions = _sessions(settings)
     resume = job_id is not None
     job_id = job_id or create_job(sessions, settings, spec)
     console.print(f"job {job_id}")

@@ -253,12 +253,9 @@ class ReplayRunner:
 
     def ensemble(self) -> Ensemble:
         if self._ensemble is None:
-            if self._ensemble_factory is not None:
-                self._ensemble = self._ensemble_factory()
-            else:
-                from models.factory import build_ensemble
+            from models.factory import make_ensemble
 
-                self._ensemble = build_ensemble(self.settings)
+            self._ensemble = make_ensemble(self.settings, self._ensemble_factory)
             entries = self._ensemble.registry_entries()
             now = datetime.now(UTC)
             with self.sessions.begin() as session:
@@ -544,7 +541,7 @@ class DatabaseSource:
             yield _items(rows)
             if complete:
                 return
-            cursor, limit = (rows[-1][1], rows[-1][0]), size
+            cursor, limit = (rows[-1].published_at, rows[-1].id), size
 
 
 def _items(rows: Sequence[Any]) -> list[Item]:

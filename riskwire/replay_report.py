@@ -114,17 +114,16 @@ def compare_alerts(session: Session, run: str, baseline: str | None, scope: Scop
                 taken.add(other)
                 break
     out = []
-    for key, row in ours.items():
-        other = partner.get(key)
+    for key, ours_row in ours.items():
+        pair = partner.get(key)
         if baseline is None:
             status = "fired"
-        elif other is None:
+        elif pair is None:
             status = "gained"
         else:
-            status = "matched" if other == key else "shifted"
-        base = theirs.get(other) if other else None
-        out.append(_alert_entry(row, status, base))
-    out += [_alert_entry(row, "lost", None) for key, row in theirs.items() if key not in taken]
+            status = "matched" if pair == key else "shifted"
+        out.append(_alert_entry(ours_row, status, theirs[pair] if pair else None))
+    out += [_alert_entry(lost, "lost", None) for key, lost in theirs.items() if key not in taken]
     return sorted(out, key=lambda a: (a["window_start"], a["ticker"], a["rule"], a["status"]))
 
 

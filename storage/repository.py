@@ -31,6 +31,7 @@ CHUNK = 500
 
 
 def _insert(session: Session, table: type[Base]) -> Insert:
+    """The dialect's INSERT, which has ON CONFLICT."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
@@ -44,10 +45,7 @@ def _insert_ignore(session: Session, table: type[Base], rows: Sequence[dict[str,
     bulk path costs several times more per row and adds nothing here)."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    core = table.__table__
-    insert = postgresql.insert(core) if dialect == "postgresql" else sqlite.insert(core)
-    stmt = insert.on_conflict_do_nothing()
+    stmt = _insert(session, table).on_conflict_do_nothing()  # type: ignore[attr-defined]
     connection = session.connection()
     for start in range(0, len(rows), CHUNK):
         connection.execute(stmt, list(rows[start : start + CHUNK]))
@@ -142,12 +140,8 @@ def copy_scores(
             DocumentTickerRow.ticker.in_(list(tickers))
         )
         source = source.where(ScoreRow.document_id.in_(mentions))
-    dialect = session.get_bind().dialect.name
-    table = ScoreRow.__table__
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    result = session.connection().execute(
-        insert.from_select(columns, source).on_conflict_do_nothing()
-    )
+    insert = _insert(session, ScoreRow).from_select(columns, source)
+    result = session.connection().execute(insert.on_conflict_do_nothing())  # type: ignore[attr-defined]
     return int(result.rowcount or 0)
 
 

@@ -91,23 +91,12 @@ class WorkerContext:
 
     async def ensemble(self) -> Ensemble:
         async with self._ensemble_lock:
-            if self._ensemble is None:
-                started = time.perf_counter()
-                self._ensemble = await asyncio.to_thread(self._build_ensemble)
-                log.info(
-                    "ensemble %s ready in %.1fs",
-                    self._ensemble.version,
-                    time.perf_counter() - started,
-                )
-            return self._ensemble
+            return await asyncio.to_thread(self.load_ensemble)
 
     def _build_ensemble(self) -> Ensemble:
-        if self._ensemble_factory is not None:
-            ensemble = self._ensemble_factory()
-        else:
-            from models.factory import build_ensemble
+        from models.factory import make_ensemble
 
-            ensemble = build_ensemble(self.settings)
+        ensemble = make_ensemble(self.settings, self._ensemble_factory)
         entries = ensemble.registry_entries()
         now = datetime.now(UTC)
         self._transact(entries, lambda session, items: register_model_versions(session, items, now))

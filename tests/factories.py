@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
 
-from riskwire.records import Document, Kind, Score, TickerLink, Vote
+from riskwire.records import Document, Kind, Label, Score, TickerLink, Vote
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 _ids = count()
@@ -38,7 +38,7 @@ def make_score(
     neg = max(0.0, -score) + (1 - abs(score)) / 3
     pos = max(0.0, score) + (1 - abs(score)) / 3
     probabilities = (neg, 1.0 - neg - pos, pos)
-    label = "negative" if score < -0.2 else "positive" if score > 0.2 else "neutral"
+    label: Label = "negative" if score < -0.2 else "positive" if score > 0.2 else "neutral"
     fields: dict[str, Any] = {
         "document_id": document_id or f"{next(_ids):032x}",
         "ticker": ticker,
