@@ -18,8 +18,10 @@ import json
 import logging
 import multiprocessing
 import queue
+import sys
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,14 +29,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, select, tuple_, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import NullType
 
 from ingest.files import JsonlSource
 from models.ensemble import Ensemble
 from riskwire.exceptions import InvalidRecord, RiskwireError
 from riskwire.records import DeadLetter, Document, Kind, Score, TickerLink
-from riskwire.replay_writer import PageWrite, copy_cached, write_page
+from riskwire.replay_plot import plot_report
+from riskwire.replay_writer import PageWrite, copy_cached, forget_inherited, warm_up, write_page
 from riskwire.settings import Settings
 from storage import repository
 from storage.tables import DocumentRow, DocumentTickerRow, ReplayRunRow, ScoreRow
@@ -48,6 +52,7 @@ PENDING, RUNNING, CANCELLING = "pending", "running", "cancelling"
 CANCELLED, DONE, FAILED = "cancelled", "done", "failed"
 ACTIVE = (PENDING, RUNNING, CANCELLING)
 PAGE = 20000
+WRITES_IN_FLIGHT = 2
 
 
 class ReplayError(RiskwireError):
@@ -179,11 +184,20 @@ class Item:
     cached: CachedScore | None = None
 
 
-def _writer(in_process: bool) -> Executor:
-    """One writer, so pages are stored (and checkpoints advance) in order."""
+def _writer(in_process: bool, start: str | None = None) -> Executor:
+    """One writer, so pages are stored (and checkpoints advance) in order.
+
+    A child process is forked when that is safe (``start`` None), which starts it in milliseconds
+    instead of the second a fresh interpreter takes to import riskwire: this process runs no other
+    thread (a fork copies a lock some thread holds, held forever) and has not loaded torch (whose
+    thread pools do not survive a fork). The API's jobs and re-scoring replays therefore spawn."""
     if in_process:
         return ThreadPoolExecutor(1, "replay-write")
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    if start is None:
+        safe = threading.active_count() == 1 and "torch" not in sys.modules
+        start = "fork" if safe and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(start)
+    return ProcessPoolExecutor(1, mp_context=context, initializer=forget_inherited)
 
 
 def _prefetch(pages: Iterator[list[Item]], depth: int = 2) -> Iterator[list[Item]]:
@@ -241,6 +255,7 @@ class ReplayRunner:
         ensemble_factory: Callable[[], Ensemble] | None = None,
         page_size: int = PAGE,
         process_writer_from: int = 20_000,
+        process_start: str | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -250,6 +265,7 @@ class ReplayRunner:
         # jobs with this many documents to go write from a child process (a second core); the
         # process costs about a second to start, so small jobs write from a thread
         self.process_writer_from = process_writer_from
+        self.process_start = process_start  # "fork" or "spawn"; None: fork when that is safe
 
     def ensemble(self) -> Ensemble:
         if self._ensemble is None:
@@ -315,47 +331,66 @@ class ReplayRunner:
             if rejected is not None:
                 job.rejected = rejected
         # Three stages overlap: a thread reads the next page, this thread runs the engine, a
-        # writer (thread or child process) stores the previous page with its checkpoint (one page
-        # in flight, so memory stays bounded and checkpoints land in order).
+        # writer (thread or child process) stores earlier pages with their checkpoints, in order
+        # and at most WRITES_IN_FLIGHT pages behind, so memory stays bounded.
         processed = processed_before
         in_process = total - processed < self.process_writer_from
         target: str | sessionmaker[Session] = (
             self.sessions if in_process else self.settings.resolved_database_url
         )
-        with _writer(in_process) as writer:
-            pending: Future[int] | None = None
-            if spec.source == "db" and not spec.rescore and spec.start and spec.end:
-                # the writer's first task, while the engine starts on the first page: every
-                # cached score of the period, copied in one statement inside the database
-                # (idempotent if the job is resumed)
-                pending = writer.submit(
-                    copy_cached, target, run_id, version, spec.start, spec.end, spec.tickers
-                )
-            for page in _prefetch(source.pages(after, self.page_size)):
-                if self._status(job_id) == CANCELLING:
-                    if pending is not None:
-                        pending.result()
-                    with self.sessions.begin() as session:
-                        job = _job(session, job_id)
-                        job.status, job.updated_at = CANCELLED, datetime.now(UTC)
-                    return CANCELLED
-                result = self._compute(job_id, spec, version, engine, page)
-                if pending is not None:
-                    processed += pending.result()
-                    if progress is not None:
-                        progress(processed, total)
-                pending = writer.submit(write_page, target, result)
-            if pending is not None:
-                processed += pending.result()
-                if progress is not None:
-                    progress(processed, total)
-        from riskwire.replay_report import finish_report
+        writer = _writer(in_process, self.process_start)
+        try:
+            with ThreadPoolExecutor(1, "replay-copy") as copier:
+                if not in_process:  # the child starts (imports, connects) while this one reads
+                    writer.submit(warm_up, target)
+                copying: Future[int] | None = None
+                if isinstance(source, DatabaseSource) and source.cache_run is not None:
+                    # every cached score of the period, copied in one statement inside the database
+                    # while the pages are read (the database works; this process hardly waits on
+                    # it); idempotent if the job is resumed
+                    assert spec.start is not None and spec.end is not None
+                    copying = copier.submit(
+                        copy_cached, self.sessions, run_id, version, spec.start, spec.end,
+                        spec.tickers, source.cache_run,
+                    )  # fmt: skip
+                pending: deque[Future[int]] = deque()
 
-        with self.sessions.begin() as session:
-            job = _job(session, job_id)
-            finish_report(session, job, self.settings.data_dir / "replays")
-            job.status = DONE
-            job.finished_at = job.updated_at = datetime.now(UTC)
+                def settle(keep: int) -> None:
+                    nonlocal processed
+                    while len(pending) > keep:
+                        processed += pending.popleft().result()
+                        if progress is not None:
+                            progress(processed, total)
+
+                for page in _prefetch(source.pages(after, self.page_size)):
+                    if self._status(job_id) == CANCELLING:
+                        settle(0)
+                        if copying is not None:
+                            copying.result()
+                        with self.sessions.begin() as session:
+                            job = _job(session, job_id)
+                            job.status, job.updated_at = CANCELLED, datetime.now(UTC)
+                        return CANCELLED
+                    result = self._compute(job_id, spec, version, engine, page)
+                    settle(WRITES_IN_FLIGHT - 1)
+                    pending.append(writer.submit(write_page, target, result))
+                if copying is not None:
+                    copying.result()
+                settle(0)
+                from riskwire.replay_report import finish_report
+
+                def draw(report: dict[str, Any], path: Path) -> Path:
+                    """The plot, drawn by the writer process (matplotlib is loaded there)."""
+                    return writer.submit(plot_report, report, path).result()
+
+                with self.sessions.begin() as session:
+                    job = _job(session, job_id)
+                    out = self.settings.data_dir / "replays"
+                    finish_report(session, job, out, plot_report if in_process else draw)
+                    job.status = DONE
+                    job.finished_at = job.updated_at = datetime.now(UTC)
+        finally:  # pages in flight are still stored; a child process exits once they are
+            writer.shutdown(wait=False)
         return DONE
 
     def _status(self, job_id: str) -> str:
@@ -367,8 +402,14 @@ class ReplayRunner:
     ) -> PageWrite:
         """Scores (cached or fresh) through the engine, in event-time order; nothing is written."""
         run_id = engine.run_id
-        if not spec.rescore and spec.source != "db":
-            self._find_cached(version, page)
+        found: list[Item] = []  # cached scores found here, copied to the run with the page
+        if not spec.rescore:
+            # a database page comes with the scores of its source's cache run; an archive's
+            # documents, and those that run lacks, are looked up in any run
+            lacking = [i for i in page if i.cached is None]
+            if lacking:
+                self._find_cached(version, lacking)
+                found = [i for i in lacking if i.cached is not None]
         missing = [i for i in page if i.cached is None]
         fresh: dict[str, Score] = {}
         if missing:
@@ -400,17 +441,16 @@ class ReplayRunner:
                         rows.append(update_.row)
                     alerts.extend(update_.alerts)
         out.new_scores = [s for s in fresh.values() if start is None or s.published_at >= start]
-        if spec.source != "db":  # a database replay copied its cached scores when it began
-            out.new_documents = [i.document for i in page if i.document is not None]
-            out.copy_ids = [
-                i.id for i in page if i.cached and (start is None or i.published_at >= start)
-            ]
-            out.copy_from = page[0].published_at
+        # a database replay copies its cache run's scores when it begins, the rest here
+        out.new_documents = [i.document for i in page if i.document is not None]
+        out.copy_ids = [i.id for i in found if start is None or i.published_at >= start]
+        out.copy_from = page[0].published_at
         out.engine_state = engine.state()
         return out
 
     def _find_cached(self, version: str, page: list[Item]) -> None:
-        """Attach stored scores of ``version`` to the page's items (found by event-time range)."""
+        """Attach stored scores of ``version``, from any run, to items (in event-time order) that
+        have none (found by event-time range)."""
         by_id = {i.id: i for i in page}
         query = select(ScoreRow.document_id, ScoreRow.score, ScoreRow.label).where(
             ScoreRow.model_version == version,
@@ -469,7 +509,12 @@ def _after(cursor: tuple[datetime, str] | None, t: datetime, doc_id: str) -> boo
 
 
 class DatabaseSource:
-    """Stored documents in ``[start - warmup, end)``, optionally of some tickers, by event time."""
+    """Stored documents in ``[start - warmup, end)``, optionally of some tickers, by event time.
+
+    Cached scores are read from one run, ``cache_run``: the run holding most scores of the model
+    version over the period (``live`` on a tie), so a version replayed many times is not read many
+    times over. Documents it lacks are looked up in any other run, page by page.
+    """
 
     def __init__(
         self,
@@ -482,14 +527,21 @@ class DatabaseSource:
         self.spec = spec
         self.sessions = sessions
         self.version = None if spec.rescore else version
-        period = [DocumentRow.published_at >= spec.start - warmup]
-        period.append(DocumentRow.published_at < spec.end)
+        lower, upper = spec.start - warmup, spec.end
+        period = [DocumentRow.published_at >= lower, DocumentRow.published_at < upper]
         if spec.tickers:
             mentions = select(DocumentTickerRow.document_id).where(
                 DocumentTickerRow.ticker.in_(spec.tickers)
             )
             period.append(DocumentRow.id.in_(mentions))
         self.where = period
+        with sessions.begin() as session:
+            repository.refresh_statistics(session)
+            self.cache_run = (
+                None
+                if self.version is None
+                else repository.cache_run(session, self.version, lower, upper)
+            )
 
     def count(self) -> int:
         with self.sessions() as session:
@@ -501,31 +553,32 @@ class DatabaseSource:
 
     def pages(self, after: tuple[datetime, str] | None, size: int) -> Iterator[list[Item]]:
         """Pages of about ``size`` documents, each with its tickers and cached score. One query per
-        page, one row per (document, ticker), read on the connection (no ORM on the hot path)."""
-        columns = [DocumentRow.id, DocumentRow.published_at, DocumentTickerRow.ticker]
+        page, one row per (document, ticker), read off the (published_at, id) index with a keyset
+        cursor, and on the connection (no ORM, and event times parsed here: the hot path)."""
+        columns = [
+            DocumentRow.id,
+            type_coerce(DocumentRow.published_at, NullType()),
+            DocumentTickerRow.ticker,
+        ]
         query = select(*columns).outerjoin(
             DocumentTickerRow, DocumentTickerRow.document_id == DocumentRow.id
         )
-        if self.version is not None:  # the cached score, from whichever run holds one
+        if self.cache_run is not None:
             query = query.add_columns(ScoreRow.score, ScoreRow.label).outerjoin(
                 ScoreRow,
                 and_(
-                    ScoreRow.document_id == DocumentRow.id, ScoreRow.model_version == self.version
+                    ScoreRow.run_id == self.cache_run,
+                    ScoreRow.document_id == DocumentRow.id,
+                    ScoreRow.model_version == self.version,
                 ),
             )
-        query = query.where(*self.where).order_by(
-            DocumentRow.published_at, DocumentRow.id, DocumentTickerRow.ticker
-        )
+        query = query.where(*self.where).order_by(DocumentRow.published_at, DocumentRow.id)
         cursor, limit = after, size
         while True:
             paged = query
             if cursor is not None:
-                t, doc_id = cursor
                 paged = paged.where(
-                    or_(
-                        DocumentRow.published_at > t,
-                        and_(DocumentRow.published_at == t, DocumentRow.id > doc_id),
-                    )
+                    tuple_(DocumentRow.published_at, DocumentRow.id) > tuple_(*cursor)
                 )
             with self.sessions() as session:
                 rows = session.connection().execute(paged.limit(limit)).all()
@@ -538,10 +591,18 @@ class DatabaseSource:
                 if not rows:  # one document with more mentions than a page: read wider
                     limit *= 2
                     continue
-            yield _items(rows)
+            page = _items(rows)
+            yield page
             if complete:
                 return
-            cursor, limit = (rows[-1].published_at, rows[-1].id), size
+            cursor, limit = (page[-1].published_at, page[-1].id), size
+
+
+def _utc(value: datetime | str) -> datetime:
+    """An event time as the driver returns it untyped: text from SQLite, a datetime from PostgreSQL."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _items(rows: Sequence[Any]) -> list[Item]:
@@ -553,17 +614,17 @@ def _items(rows: Sequence[Any]) -> list[Item]:
         doc_id = row[0]
         if item is None or item.id != doc_id:
             if item is not None:
-                item.tickers = tuple(tickers)
-            item = Item(doc_id, row[1], ())
+                item.tickers = tuple(sorted(set(tickers)))
+            published_at = _utc(row[1])
+            item = Item(doc_id, published_at, ())
             tickers = []
             if len(row) > 3 and row[4] is not None:
-                item.cached = CachedScore(doc_id, row[1], row[3], row[4])
+                item.cached = CachedScore(doc_id, published_at, row[3], row[4])
             page.append(item)
-        ticker = row[2]
-        if ticker is not None and (not tickers or tickers[-1] != ticker):
-            tickers.append(ticker)
+        if row[2] is not None:
+            tickers.append(row[2])
     if item is not None:
-        item.tickers = tuple(tickers)
+        item.tickers = tuple(sorted(set(tickers)))
     return page
 
 

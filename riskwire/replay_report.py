@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.table import Table
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, aliased
 
+from riskwire.replay_plot import plot_report
 from storage.tables import AlertRow, DocumentTickerRow, ReplayRunRow, ScoreRow, TickerSentimentRow
 
 log = logging.getLogger(__name__)
@@ -230,8 +232,14 @@ def build_report(
     }
 
 
-def finish_report(session: Session, job: ReplayRunRow, out_dir: Path) -> dict[str, Any]:
-    """Build a job's report, store it and its summary columns, and draw its plot."""
+def finish_report(
+    session: Session,
+    job: ReplayRunRow,
+    out_dir: Path,
+    draw: Callable[[dict[str, Any], Path], Path] = plot_report,
+) -> dict[str, Any]:
+    """Build a job's report, store it and its summary columns, and draw its plot with ``draw``
+    (``plot_report``, or the same run somewhere else: a replay's writer process)."""
     scope = Scope(job.period_start, job.period_end, tuple(job.tickers))
     baseline = job.baseline_run if job.baseline_run != job.run_id else None
     report = build_report(
@@ -241,7 +249,7 @@ def finish_report(session: Session, job: ReplayRunRow, out_dir: Path) -> dict[st
     )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     plot = out_dir / f"{job.id}.png"
-    plot_report(report, plot)
+    draw(report, plot)
     report["plot"] = str(plot)
     job.report = report
     counts, scores = report["alert_counts"], report["scores"] or {}
@@ -254,72 +262,6 @@ def finish_report(session: Session, job: ReplayRunRow, out_dir: Path) -> dict[st
     job.label_agreement = scores.get("agreement")
     job.label_flips = scores.get("flipped")
     return report
-
-
-def plot_report(report: dict[str, Any], path: Path) -> Path:
-    """Timeline of mean sentiment per ticker with the alert windows shaded (red: fired in this run,
-    grey: lost against the baseline), and the label flips against the baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
-
-    tickers = report["timeline"]["tickers"]
-    flips = (report.get("scores") or {}).get("flips") or {}
-    rows = max(1, len(tickers))
-    fig, axes = plt.subplots(
-        rows + 1, 1, figsize=(11, 1.9 * rows + 3), squeeze=False,
-        gridspec_kw={"height_ratios": [1.0] * rows + [1.2]},
-    )  # fmt: skip
-    for ax, (ticker, points) in zip(axes[:, 0], tickers.items(), strict=False):
-        times = [datetime.fromisoformat(p[0]) for p in points]
-        # one artist per kind (a volume band, a line, one span collection per status): fast to draw
-        # however many buckets and alerts there are
-        ax.fill_between(times, [p[1] / 20 for p in points], step="post", color="#9ecae1", alpha=0.6)
-        ax.plot(times, [p[2] for p in points], marker=".", lw=1, color="#1f4e79")
-        for lost, colour in ((True, "#888888"), (False, "#d62728")):
-            spans = [
-                (mdates.date2num(start), (end - start).total_seconds() / 86400)
-                for start, end in (
-                    (
-                        datetime.fromisoformat(a["window_start"]),
-                        datetime.fromisoformat(a["window_end"]),
-                    )
-                    for a in report["alerts"]
-                    if a["ticker"] == ticker and (a["status"] == "lost") == lost
-                )
-            ]
-            if spans:
-                ax.broken_barh(spans, (-1.05, 2.1), color=colour, alpha=0.25)
-        ax.set_ylim(-1.05, 1.05)
-        ax.axhline(0, color="black", lw=0.5)
-        ax.set_ylabel(ticker, rotation=0, labelpad=25)
-        if len(times) > 1 and times[-1] > times[0]:  # one point has no range to label
-            locator = mdates.AutoDateLocator(maxticks=8)
-            ax.xaxis.set_major_locator(locator)
-            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    if not tickers:
-        axes[0, 0].text(0.5, 0.5, "no documents in the period", ha="center", va="center")
-    axes[0, 0].set_title(
-        f"{report['run_id']}: mean score per {report['timeline']['bucket_minutes']} min "
-        f"(band: documents / 20; red: alerts, grey: baseline alerts lost)"
-    )
-    ax = axes[-1, 0]
-    counts = report["alert_counts"]
-    labels = ["run", "baseline", "matched", "shifted", "gained", "lost"]
-    values = [counts.get(k) or 0 for k in labels]
-    if flips:
-        labels += list(flips)
-        values += list(flips.values())
-    ax.barh(labels, values, color=["#1f4e79"] * 6 + ["#ff7f0e"] * len(flips))
-    ax.set_title("alerts against the baseline, and label flips (baseline -> run)")
-    for i, v in enumerate(values):
-        ax.text(v, i, f" {v}", va="center")
-    fig.subplots_adjust(left=0.1, right=0.97, top=0.96, bottom=0.05, hspace=0.45)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
 
 
 def render_report(report: dict[str, Any], console: Console) -> None:

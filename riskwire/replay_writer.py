@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from riskwire import replay_plot
 from riskwire.records import Alert, Document, Score
 from storage import make_engine, repository, session_factory
 from storage.tables import ReplayRunRow
@@ -48,6 +49,26 @@ def _sessions(url: str) -> sessionmaker[Session]:
     return _SESSIONS[url]
 
 
+def forget_inherited() -> None:
+    """In a forked writer: drop the parent's engines without touching their connections (they
+    belong to the parent), so this process opens its own."""
+    for sessions in _SESSIONS.values():
+        bind = sessions.kw.get("bind")
+        if bind is not None:
+            bind.dispose(close=False)
+    _SESSIONS.clear()
+
+
+def warm_up(target: str | sessionmaker[Session]) -> int:
+    """Connect once, so a child writer's imports and connection are ready before its first page,
+    then load matplotlib for the report's plot, which the child draws when the job ends."""
+    sessions = _sessions(target) if isinstance(target, str) else target
+    with sessions() as session:
+        session.connection()
+    replay_plot.prepare()
+    return 0
+
+
 def copy_cached(
     target: str | sessionmaker[Session],
     run_id: str,
@@ -55,11 +76,15 @@ def copy_cached(
     start: datetime,
     end: datetime,
     tickers: tuple[str, ...],
+    from_run: str | None = None,
 ) -> int:
-    """Copy the period's stored scores of ``model_version`` to the run; counts no documents."""
+    """Copy the period's stored scores of ``model_version`` (held by ``from_run``, when given) to
+    the run; counts no documents."""
     sessions = _sessions(target) if isinstance(target, str) else target
     with sessions.begin() as session:
-        repository.copy_scores(session, run_id, model_version, start, end, tickers=tickers)
+        repository.copy_scores(
+            session, run_id, model_version, start, end, tickers=tickers, from_run=from_run
+        )
     return 0
 
 

@@ -5,17 +5,19 @@ They take a ``Session`` and never commit: the caller owns the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Insert, String, func, literal, select
+import psycopg
+from sqlalchemy import JSON, Connection, Insert, String, Table, func, literal, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from riskwire.records import Alert, AlertState, DeadLetter, Document, Score
-from storage.base import Base
+from storage.base import Base, UtcDateTime
 from storage.tables import (
     AlertRow,
     DeadLetterRow,
@@ -27,7 +29,7 @@ from storage.tables import (
     VoteRow,
 )
 
-CHUNK = 500
+CHUNK = 500  # rows per executemany
 
 
 def _insert(session: Session, table: type[Base]) -> Insert:
@@ -42,13 +44,65 @@ def _insert(session: Session, table: type[Base]) -> Insert:
 
 def _insert_ignore(session: Session, table: type[Base], rows: Sequence[dict[str, Any]]) -> None:
     """INSERT … ON CONFLICT DO NOTHING, executed on the session's connection as Core (the ORM's
-    bulk path costs several times more per row and adds nothing here)."""
+    bulk path costs several times more per row and adds nothing here); large batches on PostgreSQL
+    go through COPY."""
     if not rows:
         return
-    stmt = _insert(session, table).on_conflict_do_nothing()  # type: ignore[attr-defined]
     connection = session.connection()
+    if connection.dialect.name == "postgresql" and len(rows) >= COPY_FROM:
+        _copy_ignore(connection, table, rows)
+        return
+    stmt = _insert(session, table).on_conflict_do_nothing()  # type: ignore[attr-defined]
     for start in range(0, len(rows), CHUNK):
         connection.execute(stmt, list(rows[start : start + CHUNK]))
+
+
+COPY_FROM = 1000  # rows
+
+
+def _copy_ignore(connection: Connection, table: type[Base], rows: Sequence[dict[str, Any]]) -> None:
+    """PostgreSQL: COPY the rows into a temporary table shaped like ``table`` (without its
+    constraints), then one INSERT … SELECT … ON CONFLICT DO NOTHING. psycopg 3 runs an executemany
+    as one statement per row, and SQLAlchemy does not batch an INSERT that has ON CONFLICT into
+    multi-row VALUES: this costs a fraction of either, in the client and in the server."""
+    target = cast(Table, table.__table__)
+    columns = list(rows[0])
+    convert = [_copy_converter(target.c[name].type) for name in columns]
+    names = ", ".join(f'"{name}"' for name in columns)
+    stage = f"stage_{target.name}"
+    dbapi = cast(psycopg.Connection[Any], connection.connection.dbapi_connection)
+    with dbapi.cursor() as cursor:
+        cursor.execute(
+            f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" AS SELECT * FROM "{target.name}" WITH NO DATA'
+        )
+        with cursor.copy(f'COPY "{stage}" ({names}) FROM STDIN') as copy:
+            for row in rows:
+                if len(row) != len(columns):
+                    raise ValueError(f"{target.name}: rows of one batch must have the same columns")
+                copy.write_row([f(row[name]) for f, name in zip(convert, columns, strict=True)])
+        cursor.execute(
+            f'INSERT INTO "{target.name}" ({names}) SELECT {names} FROM "{stage}" '
+            "ON CONFLICT DO NOTHING"
+        )
+        cursor.execute(f'TRUNCATE "{stage}"')
+
+
+def _copy_converter(kind: Any) -> Callable[[Any], Any]:
+    """What a column's bind processing would do to a value, for COPY: UTC datetimes (naive ones
+    refused, as ``UtcDateTime`` refuses them) and JSON text."""
+    if isinstance(kind, UtcDateTime):
+        return _utc_value
+    if isinstance(kind, JSON):
+        return lambda value: None if value is None else json.dumps(value)
+    return lambda value: value
+
+
+def _utc_value(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r} refused: riskwire stores UTC only")
+    return value
 
 
 def _dedupe(rows: Iterable[dict[str, Any]], *key: str) -> list[dict[str, Any]]:
@@ -113,10 +167,12 @@ def copy_scores(
     end: datetime,
     document_ids: Sequence[str] | None = None,
     tickers: Sequence[str] = (),
+    from_run: str | None = None,
 ) -> int:
-    """Copy stored scores of ``model_version`` published in ``[start, end)`` (of ``document_ids``
-    and ``tickers`` when given) to ``run_id``, inside the database: a replay reusing cached scores.
-    Scores held by several runs are copied once (the conflict is ignored). Returns rows inserted."""
+    """Copy stored scores of ``model_version`` published in ``[start, end)`` (of ``document_ids``,
+    ``tickers`` and ``from_run`` when given) to ``run_id``, inside the database: a replay reusing
+    cached scores. Scores held by several runs are copied once (the conflict is ignored). Returns
+    rows inserted."""
     if document_ids is not None and not document_ids:
         return 0
     columns = [c.name for c in ScoreRow.__table__.columns]
@@ -133,6 +189,8 @@ def copy_scores(
         ScoreRow.published_at < end,
         ScoreRow.run_id != run_id,
     )
+    if from_run is not None:
+        source = source.where(ScoreRow.run_id == from_run)
     if document_ids is not None:
         source = source.where(ScoreRow.document_id.in_(list(document_ids)))
     if tickers:
@@ -143,6 +201,58 @@ def copy_scores(
     insert = _insert(session, ScoreRow).from_select(columns, source)
     result = session.connection().execute(insert.on_conflict_do_nothing())  # type: ignore[attr-defined]
     return int(result.rowcount or 0)
+
+
+def cache_run(
+    session: Session, model_version: str, start: datetime, end: datetime, sample: int = 5000
+) -> str | None:
+    """The run holding most of the first ``sample`` scores of ``model_version`` published in
+    ``[start, end)`` (``live`` on a tie), or None when no run holds any: where a replay reads its
+    cached scores from. A sample, because counting a long period costs a scan of it."""
+    first = (
+        select(ScoreRow.run_id)
+        .where(
+            ScoreRow.model_version == model_version,
+            ScoreRow.published_at >= start,
+            ScoreRow.published_at < end,
+        )
+        .order_by(ScoreRow.published_at)
+        .limit(sample)
+        .subquery()
+    )
+    counts = session.execute(select(first.c.run_id, func.count()).group_by(first.c.run_id)).all()
+    if not counts:
+        return None
+    return min(counts, key=lambda rc: (-rc[1], rc[0] != "live", rc[0]))[0]
+
+
+READ_TABLES = ("documents", "document_tickers", "scores")
+
+
+def refresh_statistics(session: Session, tables: Sequence[str] = READ_TABLES) -> list[str]:
+    """On PostgreSQL, ANALYZE the tables whose planner statistics are missing or stale by
+    autovacuum's own measure (more than 50 + 10% of their rows changed since), and return them.
+
+    After a bulk load with autovacuum off or behind, the planner takes a table of a million rows for
+    an empty one, and a replay's join turns quadratic. SQLite plans well enough without."""
+    if session.get_bind().dialect.name != "postgresql":
+        return []
+    stale = (
+        session.execute(
+            text(
+                "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema() "
+                "AND relname = ANY(:names) AND "
+                "((last_analyze IS NULL AND last_autoanalyze IS NULL) "
+                " OR n_mod_since_analyze > 50 + 0.1 * n_live_tup)"
+            ),
+            {"names": list(tables)},
+        )
+        .scalars()
+        .all()
+    )
+    for name in stale:
+        session.execute(text(f'ANALYZE "{name}"'))
+    return list(stale)
 
 
 def upsert_ticker_sentiment(session: Session, rows: Sequence[dict[str, Any]]) -> None:

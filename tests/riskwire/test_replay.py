@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.ensemble import Ensemble
@@ -21,7 +21,7 @@ from riskwire.replay import (
     request_cancel,
 )
 from riskwire.settings import Settings, load_settings
-from storage import make_engine, session_factory, upgrade
+from storage import make_engine, repository, session_factory, upgrade
 from storage.tables import (
     AlertRow,
     DeadLetterRow,
@@ -327,21 +327,67 @@ def test_backfill_imports_an_archive_once_and_computes_everything_as_live_histor
     assert (row.run_id, row.processed, row.rejected, row.cached) == ("live", 5, 2, 5)
 
 
-def test_a_large_job_writes_from_a_child_process_with_the_same_result(setup) -> None:
-    """Jobs past a size write from a child process (another core); the rows are the same."""
+def test_cached_scores_come_from_one_run_and_those_it_lacks_from_another(setup) -> None:
+    """A version replayed before is read from one run, not once per run holding it; documents that
+    run lacks take their cached score from another run instead of being scored again."""
+    settings, sessions, ensemble = setup
+    first, _ = replay(settings, sessions, ensemble)
+    with sessions.begin() as session:
+        expected = scores_of(session, first)
+        ids = sorted(expected)
+        # each run loses other documents' scores; `first`, still holding more, is read from, and
+        # what it lost is found in live
+        for run, gone in (("live", ids[:40]), (first, ids[40:70])):
+            session.execute(
+                delete(ScoreRow).where(ScoreRow.run_id == run, ScoreRow.document_id.in_(gone))
+            )
+        assert repository.cache_run(session, ensemble.version, DAY0, END) == first
+
+    def no_models() -> Ensemble:
+        raise AssertionError("nothing should be scored again")
+
+    job = create_job(
+        sessions, settings, ReplaySpec(start=DAY0, end=END, model_version=ensemble.version)
+    )
+    assert ReplayRunner(settings, sessions, no_models, page_size=50).run(job) == "done"
+    row = job_row(sessions, job)
+    assert (row.rescored, row.cached) == (0, row.processed)
+    with sessions() as session:
+        assert scores_of(session, job) == expected
+        assert sentiment_of(session, job) == sentiment_of(session, first)
+        assert alerts_of(session, job) == alerts_of(session, first)
+
+
+def test_the_cache_run_is_the_one_holding_most_scores_live_on_a_tie(setup) -> None:
+    settings, sessions, ensemble = setup
+    with sessions() as session:
+        assert repository.cache_run(session, ensemble.version, DAY0, END) == "live"
+        assert repository.cache_run(session, "no-such-version", DAY0, END) is None
+    replay(settings, sessions, ensemble)  # a second run holding every score: a tie
+    with sessions() as session:
+        assert repository.cache_run(session, ensemble.version, DAY0, END) == "live"
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_large_job_writes_from_a_child_process_with_the_same_result(setup, start: str) -> None:
+    """Jobs past a size write (and draw their plot) from a child process, forked or spawned; the
+    rows are the same."""
     settings, sessions, ensemble = setup
     job = create_job(
         sessions, settings, ReplaySpec(start=DAY0, end=END, model_version=ensemble.version)
     )
     runner = ReplayRunner(
-        settings, sessions, lambda: ensemble, page_size=100, process_writer_from=0
-    )
+        settings, sessions, lambda: ensemble, page_size=100, process_writer_from=0,
+        process_start=start,
+    )  # fmt: skip
     assert runner.run(job) == "done"
     with sessions() as session:
         assert scores_of(session, job) == scores_of(session, "live")
         assert sentiment_of(session, job) == sentiment_of(session, "live")
         assert alerts_of(session, job) == alerts_of(session, "live")
-    assert job_row(sessions, job).processed == 432
+    row = job_row(sessions, job)
+    assert row.processed == 432
+    assert Path(row.report["plot"]).read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_job_stopped_by_its_user_is_cancelled_and_resumable(setup) -> None:

@@ -11,10 +11,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from riskwire.records import Alert, AlertState, DeadLetter, Severity
 from storage import make_engine, session_factory
+from storage.base import Base
 from storage.migrate import downgrade, upgrade
 from storage.repository import (
+    COPY_FROM,
     count_rows,
     insert_dead_letters,
+    refresh_statistics,
     register_model_versions,
     ticker_summary,
     upsert_alerts,
@@ -73,6 +76,21 @@ def test_migration_creates_every_table_and_downgrades_cleanly(database_url: str)
     assert "ix_document_tickers_ticker_published_at" in indexes
     downgrade(database_url)
     assert not TABLES & set(inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_migrations_build_the_indexes_the_models_declare(database_url: str) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        migrated = {
+            i["name"]: tuple(i["column_names"])
+            for i in inspector.get_indexes(table.name)
+            if not i.get("unique")
+        }
+        declared = {i.name: tuple(c.name for c in i.columns) for i in table.indexes if not i.unique}
+        assert migrated == declared, table.name
     engine.dispose()
 
 
@@ -194,6 +212,67 @@ def test_naive_datetimes_are_refused(sessions: sessionmaker[Session]) -> None:
     }
     with pytest.raises(Exception, match="naive datetime"), sessions.begin() as session:
         session.execute(DeadLetterRow.__table__.insert(), [row])
+
+
+def _sentiment_rows(n: int, **overrides: object) -> list[dict[str, object]]:
+    return [
+        {
+            "run_id": "live", "ticker": f"T{i % 7}", "document_id": f"{i:032x}",
+            "published_at": T0 + timedelta(seconds=i), "score": i / n, "window_documents": i,
+            "window_mean_score": -i / n, "window_negative_share": 0.5, **overrides,
+        }
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_large_batches_are_stored_once_with_their_values(sessions: sessionmaker[Session]) -> None:
+    """Past COPY_FROM rows PostgreSQL writes through COPY and a staging table: same contract."""
+    rows = _sentiment_rows(COPY_FROM + 500)
+    with sessions.begin() as session:
+        upsert_ticker_sentiment(session, rows)
+        upsert_ticker_sentiment(session, rows[:COPY_FROM])  # again, in the same transaction
+    with sessions.begin() as session:
+        upsert_ticker_sentiment(session, rows)  # redelivered
+    alerts = [make_alert(id=f"a{i}", values={"documents": float(i)}) for i in range(COPY_FROM)]
+    with sessions.begin() as session:
+        upsert_alerts(session, alerts)
+        upsert_alerts(session, alerts)
+    with sessions() as session:
+        assert count_rows(session, TickerSentimentRow) == len(rows)
+        key = ("live", rows[-1]["ticker"], rows[-1]["document_id"])
+        last = session.get(TickerSentimentRow, key)
+        assert last is not None and last.published_at == rows[-1]["published_at"]
+        assert last.published_at.tzinfo is not None
+        assert last.window_mean_score == pytest.approx(-(len(rows) - 1) / len(rows))
+        assert count_rows(session, AlertRow) == COPY_FROM
+        stored = session.get(AlertRow, "a7")
+        assert stored is not None and stored.measured == {"documents": 7.0}
+        assert stored.evidence == ["d1", "d2"]
+
+
+def test_large_batches_refuse_naive_datetimes_too(sessions: sessionmaker[Session]) -> None:
+    rows = _sentiment_rows(COPY_FROM, published_at=datetime(2026, 1, 1))  # noqa: DTZ001
+    with pytest.raises(Exception, match="naive datetime"), sessions.begin() as session:
+        upsert_ticker_sentiment(session, rows)
+    with sessions() as session:
+        assert count_rows(session, TickerSentimentRow) == 0
+
+
+def test_stale_planner_statistics_are_refreshed_on_postgresql(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A bulk load leaves PostgreSQL planning for empty tables unless they are analysed."""
+    docs = [make_document() for _ in range(200)]
+    with sessions.begin() as session:
+        upsert_documents(session, docs)
+    with sessions.begin() as session:
+        refreshed = refresh_statistics(session)
+    with sessions.begin() as session:
+        again = refresh_statistics(session)
+    if session.get_bind().dialect.name == "postgresql":
+        assert "documents" in refreshed and "documents" not in again
+    else:
+        assert refreshed == again == []
 
 
 def test_model_versions_are_registered_once(sessions: sessionmaker[Session]) -> None:
