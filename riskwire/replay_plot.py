@@ -54,7 +54,8 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
         ax.axhline(0, color="black", lw=0.5)
         ax.set_ylabel(ticker, rotation=0, labelpad=25)
         if len(times) > 1 and times[-1] > times[0]:  # one point has no range to label
-            locator = mdates.AutoDateLocator(maxticks=8)
+            # 10: the fewest that every span fits (just under 5 h, 5 days) without a warning
+            locator = mdates.AutoDateLocator(maxticks=10)
             ax.xaxis.set_major_locator(locator)
             ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     if not tickers:

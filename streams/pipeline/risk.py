@@ -102,7 +102,10 @@ class TickerWindow:
 
     def _evict(self) -> None:
         assert self.high_water is not None
-        cut = bisect.bisect_left(self.events, Event(self.high_water - self.horizon, ""))
+        oldest = self.high_water - self.horizon
+        if self.events[0].published_at >= oldest:  # the common case: nothing to evict
+            return
+        cut = bisect.bisect_left(self.events, (oldest,))
         if cut:
             for old in self.events[:cut]:
                 self._ids.discard(old.document_id)
@@ -125,31 +128,37 @@ class TickerWindow:
         """Statistics over the events in ``[start, end)``."""
         return self._stats(self._between(start, end), start, end)
 
-    def aligned_windows(self, t: datetime, length: timedelta, hop: timedelta) -> list[WindowStats]:
-        """Statistics of every window ``[s, s + length)`` aligned to ``hop`` that holds ``t``,
-        oldest first (as ``window_starts``), summed from the hop buckets when length is a whole
-        number of hops, else scanned."""
+    def aligned_windows(
+        self, t: datetime, length: timedelta, hop: timedelta, at_least: int = 0
+    ) -> list[WindowStats]:
+        """Statistics of every window ``[s, s + length)`` aligned to ``hop`` that holds ``t`` and at
+        least ``at_least`` documents, oldest first (as ``window_starts``), summed from the hop
+        buckets when length is a whole number of hops, else scanned."""
         buckets = self.buckets.get(hop)
         if buckets is None or length % hop:
-            return [self.stats_between(s, s + length) for s in window_starts(t, length, hop)]
+            windows = [self.stats_between(s, s + length) for s in window_starts(t, length, hop)]
+            return [w for w in windows if w.documents >= at_least]
         k = length // hop
         newest = (t - EPOCH) // hop
         first = newest - k + 1
-        cells = [buckets.get(i) for i in range(first, newest + k)]
+        get = buckets.get
+        cells = [get(i, _EMPTY) for i in range(first, newest + k)]
+        ticker = self.ticker
+        start = EPOCH + first * hop
         out = []
         for j in range(k):
             count = total = negative = 0.0
             for cell in cells[j : j + k]:
-                if cell is not None:
-                    count += cell[0]
-                    total += cell[1]
-                    negative += cell[2]
+                count += cell[0]
+                total += cell[1]
+                negative += cell[2]
             n = int(count)
-            start = EPOCH + (first + j) * hop
-            out.append(
-                WindowStats(self.ticker, start, start + length, n,
-                            total / n if n else 0.0, negative / n if n else 0.0)
-            )  # fmt: skip
+            if n >= at_least:
+                out.append(
+                    WindowStats(ticker, start, start + length, n, total / n if n else 0.0,
+                                negative / n if n else 0.0)
+                )  # fmt: skip
+            start += hop
         return out
 
     def evidence(self, start: datetime, end: datetime, limit: int = 5) -> tuple[str, ...]:
@@ -189,6 +198,7 @@ class TickerWindow:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EMPTY = (0, 0.0, 0.0)  # a bucket no document fell in
 
 
 def window_starts(t: datetime, length: timedelta, hop: timedelta) -> list[datetime]:
@@ -310,7 +320,8 @@ class RiskEngine:
             newest = EPOCH + ((t - EPOCH) // rule.hop) * rule.hop
             if window.count_between(t - rule.window, newest + rule.window) < rule.min_documents:
                 return []
-        windows = window.aligned_windows(t, rule.window, rule.hop)
+        # only windows with enough documents can hold, which is all firing and resolving look at
+        windows = window.aligned_windows(t, rule.window, rule.hop, rule.min_documents)
         alerts = self._resolve(rule, key, windows, window, t)
         for stats in windows:
             if rule.holds(stats) and self._may_fire(rule, key, stats.start):
