@@ -1,17 +1,21 @@
 """``riskwire api``: the HTTP API (FastAPI; OpenAPI docs at ``/docs``).
 
-For now it serves replay jobs: create, list, status (with progress and ETA), cancel, resume, results
-and the report's plot. Jobs run in a worker thread of the API process, one at a time, through the same
-``ReplayRunner`` as the CLI; their state lives in the database, so the CLI sees and can cancel them.
+It serves
+- replay jobs: create, list, status (with progress and ETA), cancel, resume, results and the report's
+  plot. Jobs run in a worker thread of the API process, one at a time, through the same
+  ``ReplayRunner`` as the CLI; their state lives in the database, so the CLI sees and can cancel
+  them. A job only reads documents from the database (an archive is a server path: backfills stay
+  on the CLI);
+- alerts (``riskwire.delivery.api``): subscriptions, server-sent events, delivery state, history;
+  and the outbox dispatcher runs in this process unless ``RISKWIRE_DELIVER_IN_API=false``.
 
-Authentication: when ``RISKWIRE_API_TOKEN`` is set every request must carry
-``Authorization: Bearer <token>``; unset, the API is open (local use only). A job can only read
-documents from the database: an archive file is a server path, so backfills stay on the CLI.
+Authentication: API keys (``riskwire keys create``) with scopes, sent as ``Authorization: Bearer``;
+``RISKWIRE_API_TOKEN`` is an admin token. With no token set, requests without a key may read
+alerts and run replays (local use only).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,12 +24,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from models.ensemble import Ensemble
+from riskwire.delivery.api import delivery_router, make_auth
+from riskwire.delivery.dispatcher import Dispatcher, start_in_thread
 from riskwire.exceptions import RiskwireError
 from riskwire.replay import (
     CANCELLING,
@@ -95,7 +101,15 @@ def create_api(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        dispatcher = None
+        if settings.deliver_in_api:
+            dispatcher = Dispatcher(settings, sessions)
+            thread, stop = start_in_thread(dispatcher)
         yield
+        if dispatcher is not None:
+            stop.set()
+            thread.join(timeout=30)
+            dispatcher.close()
         # shutting down: queued jobs are dropped (still pending, resumable), a running one stops
         # after its current page as cancelled, with its checkpoint
         executor.shutdown(wait=False, cancel_futures=True)
@@ -112,19 +126,6 @@ def create_api(
     )
     app.state.executor = executor
 
-    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
-        if settings.api_token is None:
-            return
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.encode(), settings.api_token.encode()
-        ):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "missing or wrong bearer token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
     def job_row(job_id: str) -> ReplayRunRow:
         with sessions() as session:
             job = session.get(ReplayRunRow, job_id)
@@ -136,7 +137,9 @@ def create_api(
     def start(job_id: str, resume: bool = False) -> None:
         submitted[job_id] = executor.submit(runner.run, job_id, None, resume)
 
-    auth = [Depends(authorised)]
+    require = make_auth(settings, sessions)
+    auth = [Depends(require("replays"))]
+    app.include_router(delivery_router(settings, sessions, require))
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

@@ -28,10 +28,14 @@ replay_app = typer.Typer(
     help="Re-score and re-alert a past period in event time, beside live results."
 )
 bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys for the HTTP API (scoped; stored hashed).", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(replay_app, name="replay")
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
 console = Console(soft_wrap=True)  # paths and URLs stay whole for copy and paste
 
 
@@ -422,6 +426,104 @@ def bench_replay(
             f"{result['ensemble_docs_per_s']:,.0f} docs/s; replay runs at "
             f"{result['rescored_vs_ensemble']:.0%} of the ensemble's speed"
         )
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str,
+    scope: Annotated[
+        list[str],
+        typer.Option(help="alerts:read, subscriptions:write, replays or admin (repeatable)"),
+    ],
+) -> None:
+    """Create a key and print it once: only its hash is kept."""
+    from storage import delivery
+
+    settings = _settings()
+    sessions = _sessions(settings)
+    try:
+        with sessions.begin() as session:
+            token = delivery.create_api_key(session, name, scope, datetime.now(UTC))
+    except ValueError as exc:
+        raise RiskwireError(str(exc)) from None
+    console.print(f"key for {name!r} ({', '.join(sorted(set(scope)))}); it is not shown again:")
+    console.print(token, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Keys with their scopes and last use (never their secrets)."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from storage.tables import ApiKeyRow
+
+    sessions = _sessions(_settings())
+    table = Table("id", "name", "scopes", "created", "last used", "revoked")
+    with sessions() as session:
+        for k in session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)):
+            table.add_row(
+                k.id, k.name, ", ".join(k.scopes), k.created_at.isoformat(timespec="seconds"),
+                k.last_used_at.isoformat(timespec="seconds") if k.last_used_at else "-",
+                k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-",
+            )  # fmt: skip
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key at once; its subscriptions stay, and stop being manageable."""
+    from storage import delivery
+
+    sessions = _sessions(_settings())
+    with sessions.begin() as session:
+        if not delivery.revoke_api_key(session, key_id, datetime.now(UTC)):
+            raise RiskwireError(f"no active key {key_id!r}")
+    console.print(f"key {key_id} revoked")
+
+
+@app.command()
+def deliver() -> None:
+    """Run the delivery dispatcher (webhooks, Grafana, Alertmanager) until Ctrl-C; use it when the
+    API runs with RISKWIRE_DELIVER_IN_API=false, or to add dispatchers on PostgreSQL."""
+    from riskwire.delivery.dispatcher import Dispatcher
+
+    settings = _settings()
+    dispatcher = Dispatcher(settings, _sessions(settings))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"delivering to: {', '.join(sorted(dispatcher.senders))}")
+    try:
+        dispatcher.run(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dispatcher.close()
+
+
+@app.command()
+def deliveries(
+    state: Annotated[str | None, typer.Option("--status", help="pending, delivered, dead")] = None,
+    limit: int = 50,
+) -> None:
+    """The newest deliveries: destination, status, attempts and the last error."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from storage.tables import DeliveryRow
+
+    sessions = _sessions(_settings())
+    query = select(DeliveryRow).order_by(DeliveryRow.created_at.desc(), DeliveryRow.id).limit(limit)
+    if state:
+        query = query.where(DeliveryRow.status == state)
+    table = Table("id", "target", "subscription", "status", "attempts", "last error")
+    with sessions() as session:
+        for d in session.scalars(query):
+            table.add_row(
+                d.id[:12], d.target, d.subscription_id or "-", d.status, str(d.attempts),
+                (d.last_error or "")[:80],
+            )  # fmt: skip
+    console.print(table)
 
 
 def main() -> None:

@@ -92,6 +92,34 @@ class Settings(BaseSettings):
         None, description="bearer token the API requires; unset = no authentication (local use)"
     )
 
+    public_url: str = Field(
+        "http://127.0.0.1:8000", description="where the API is reached; links in alerts point here"
+    )
+    grafana_url: str | None = Field(
+        None, description="Grafana base URL; set = every live alert becomes an annotation"
+    )
+    grafana_token: str | None = Field(None, description="Grafana service-account token")
+    alertmanager_url: str | None = Field(
+        None, description="Alertmanager base URL; set = live alerts are posted to /api/v2/alerts"
+    )
+    alertmanager_resend_s: float = Field(
+        60.0, gt=0, description="how often firing alerts are re-asserted to Alertmanager"
+    )
+    webhook_allow_private: bool = Field(
+        False, description="allow webhooks to private, loopback and link-local addresses"
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120)
+    delivery_max_attempts: int = Field(12, ge=1, le=100)
+    delivery_backoff_s: float = Field(2.0, gt=0)
+    delivery_backoff_cap_s: float = Field(600.0, gt=0)
+    delivery_poll_s: float = Field(0.5, gt=0, le=60)
+    deliver_in_api: bool = Field(
+        True, description="the API process also runs the delivery dispatcher"
+    )
+    sectors_file: Path | None = Field(
+        None, description="CSV of ticker,sector that sector filters match against"
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("kafka_bootstrap")

@@ -179,3 +179,77 @@ class ReplayRunRow(Base):
     documents_compared: Mapped[int | None] = mapped_column(Integer)
     label_agreement: Mapped[float | None] = mapped_column(Float)
     label_flips: Mapped[int | None] = mapped_column(Integer)
+
+
+class ApiKeyRow(Base):
+    """An API key: its public id, the SHA-256 of its secret (never the secret), and its scopes."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]]
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class SubscriptionRow(Base):
+    """What one API key wants to hear about (filters) and how (a webhook URL, or server-sent
+    events it reads itself). A webhook's signing secret is kept to sign with."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str | None] = mapped_column(Text)
+    secret: Mapped[str | None] = mapped_column(String(128))
+    tickers: Mapped[list[str]]
+    sectors: Mapped[list[str]]
+    rules: Mapped[list[str]]
+    min_severity: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class AlertEventRow(Base):
+    """Every live alert firing and resolving, in the order stored: the feed that server-sent events
+    stream (``seq`` is the event id a client resumes from) and that deliveries are made from."""
+
+    __tablename__ = "alert_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(ID, unique=True)  # alert id + state: stored once
+    alert_id: Mapped[str] = mapped_column(ID, index=True)
+    rule: Mapped[str] = mapped_column(String(100))
+    ticker: Mapped[str] = mapped_column(String(24))
+    severity: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    event_time: Mapped[datetime]
+    created_at: Mapped[datetime]
+    alert: Mapped[dict[str, Any]]
+
+
+class DeliveryRow(Base):
+    """The outbox: one row per event and destination (a webhook subscription, Grafana,
+    Alertmanager), written in the transaction that stores the alert, then sent with retries."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)  # event + target + subscription
+    event_id: Mapped[str] = mapped_column(ForeignKey("alert_events.id"), index=True)
+    target: Mapped[str] = mapped_column(String(16))
+    subscription_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    response: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]

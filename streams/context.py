@@ -14,9 +14,11 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from models.ensemble import Ensemble
+from riskwire.delivery.model import load_sectors
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Record
 from riskwire.settings import Settings
+from storage.delivery import Targets
 from storage.engine import make_engine, session_factory
 from storage.repository import register_model_versions
 from streams.pipeline import Deduplicator
@@ -71,6 +73,11 @@ class WorkerContext:
         self.sessions = session_factory(self.engine)
         self.dedupe = Deduplicator(settings.dedupe_cache_size)
         self.risk = build_risk_engine(settings)
+        self.targets = Targets(
+            grafana=settings.grafana_url is not None,
+            alertmanager=settings.alertmanager_url is not None,
+            sector_of=load_sectors(settings.sectors_file),
+        )
         self._ensemble_factory = ensemble_factory
         self._ensemble: Ensemble | None = None
         self._ensemble_lock = asyncio.Lock()

@@ -13,7 +13,7 @@ import faust
 from sqlalchemy.orm import Session
 
 from riskwire.records import DeadLetter, Score
-from storage import repository
+from storage import delivery, repository
 from streams.context import (
     WorkerContext,
     decode_events,
@@ -45,10 +45,21 @@ def apply_scores(
     return updates, dead
 
 
-def persist_risk(session: Session, updates: Sequence[tuple[Score, RiskUpdate]]) -> None:
+def persist_risk(
+    session: Session,
+    updates: Sequence[tuple[Score, RiskUpdate]],
+    targets: delivery.Targets | None = None,
+) -> None:
+    """Rolling rows and alerts, and (in the same transaction: the outbox) the alerts' events and
+    their deliveries."""
     rows = [u.row for _, u in updates if u.row is not None]
+    alerts = [a for _, u in updates for a in u.alerts]
     repository.upsert_ticker_sentiment(session, rows)
-    repository.upsert_alerts(session, [a for _, u in updates for a in u.alerts])
+    repository.upsert_alerts(session, alerts)
+    if alerts:
+        delivery.record_alert_events(
+            session, alerts, targets or delivery.Targets(), datetime.now(UTC)
+        )
 
 
 def register(app: faust.App, ctx: WorkerContext) -> None:
@@ -63,7 +74,9 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             scores, bad = decode_events(events, Score, STAGE, now)
             await send_dead(dead, bad)
             updates, failed = apply_scores(ctx.risk, scores, now)
-            refused = await ctx.write(updates, persist_risk)
+            refused = await ctx.write(
+                updates, lambda session, batch: persist_risk(session, batch, ctx.targets)
+            )
             failed += [storage_refused(e, s.to_json(), s.ticker, now) for (s, _), e in refused]
             await send_dead(dead, failed)
             lost = {(s.ticker, s.document_id) for (s, _), _ in refused}

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
 
-from riskwire.records import Document, Kind, Label, Score, TickerLink, Vote
+from riskwire.records import Alert, Document, Kind, Label, Score, TickerLink, Vote
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 _ids = count()
@@ -56,3 +56,18 @@ def make_score(
     }
     fields.update(overrides)
     return Score(**fields)
+
+
+def make_alert(state: str = "firing", **overrides: Any) -> Alert:
+    n = next(_ids)
+    start = T0 + timedelta(hours=n)
+    fields: dict[str, Any] = {
+        "id": f"{n:032x}", "rule": "negative_surge", "ticker": "ACME", "severity": "warning",
+        "state": state, "window_start": start, "window_end": start + timedelta(hours=2),
+        "event_time": start + timedelta(hours=2 if state == "firing" else 3),
+        "values": {"documents": 5.0, "negative_share": 0.8},
+        "thresholds": {"min_documents": 4.0, "negative_share": 0.6},
+        "evidence": ("d1", "d2"), "explanation": "ACME: 5 documents in 120 min, 80% negative",
+    }  # fmt: skip
+    fields.update(overrides)
+    return Alert(**fields)

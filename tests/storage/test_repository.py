@@ -46,6 +46,11 @@ TABLES = {
     "ticker_sentiment",
     "alerts",
     "dead_letters",
+    "replay_runs",
+    "api_keys",
+    "subscriptions",
+    "alert_events",
+    "deliveries",
 }
 
 

@@ -1,0 +1,1 @@
+"""Alert delivery: subscriptions, the outbox and its dispatcher, webhooks, Grafana, Alertmanager."""
