@@ -141,7 +141,7 @@ def test_a_receiver_that_is_down_gets_everything_once_it_is_back(
     receiver.down()
     alerts = [make_alert() for _ in range(5)]
     record(sessions, alerts)
-    patient = settings.model_copy(update={"delivery_max_attempts": 1000})
+    patient = settings.model_copy(update={"delivery_max_attempts": 100})
     dispatcher = webhook_dispatcher(patient, sessions)
     deadline = time.monotonic() + 1.0  # down for a while: attempts fail and are retried later
     while time.monotonic() < deadline:
