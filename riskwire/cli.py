@@ -371,7 +371,11 @@ def api(
 
     settings = _settings()
     upgrade(settings.resolved_database_url)
-    uvicorn.run(create_api(settings), host=host, port=port, log_level=settings.log_level)
+    # server-sent event streams never end by themselves: give them 5 s to close on shutdown
+    uvicorn.run(
+        create_api(settings), host=host, port=port, log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )  # fmt: skip
 
 
 @app.command()

@@ -14,10 +14,11 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,6 +37,7 @@ from storage.tables import (
 )
 
 Severity = Literal["info", "warning", "critical"]
+LIVE_PAGE = Path(__file__).resolve().parent / "static" / "live.html"
 
 
 @dataclass(frozen=True)
@@ -434,6 +436,9 @@ def delivery_router(
         rules: Annotated[list[str] | None, Query()] = None,
         min_severity: Severity = "info",
         since: Annotated[int | None, Query(ge=0, description="stream events after this id")] = None,
+        recent: Annotated[
+            int | None, Query(ge=1, le=1000, description="begin with the last N events")
+        ] = None,
         limit: Annotated[int | None, Query(ge=1, description="close after this many")] = None,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:
@@ -443,6 +448,8 @@ def delivery_router(
             tuple(_upper(tickers or [])), tuple(sectors or []), tuple(rules or []), min_severity
         )
         after = start_after(last_event_id, since)
+        if recent is not None and last_event_id is None and since is None:
+            after = max(0, after - recent)
         return StreamingResponse(
             event_stream(request, after, wanted, limit), media_type="text/event-stream",
             headers=sse_headers,
@@ -510,6 +517,12 @@ def delivery_router(
             "items": [_alert_out(r) for r in rows],
             "next_cursor": _cursor(rows[-1].fired_at, rows[-1].id) if more else None,
         }
+
+    @router.get("/alerts/live", response_class=HTMLResponse, tags=["alerts"])
+    def live_page() -> HTMLResponse:
+        """A page of live alerts with filters, updated over SSE (pass ``?access_token=KEY`` when the
+        API needs a key)."""
+        return HTMLResponse(LIVE_PAGE.read_text(encoding="utf-8"))
 
     @router.get("/alerts/{alert_id}", tags=["alerts"])
     def get_alert(alert_id: str, principal: Principal = reader) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from ingest import JsonlSource, RawProducer
@@ -33,7 +32,7 @@ from riskwire.worker import spawn_worker, stop_worker
 from storage import delivery as store
 from storage import make_engine, session_factory, upgrade
 from storage.tables import AlertEventRow, AlertRow
-from tests.delivery.servers import Alertmanager, Receiver, free_port
+from tests.delivery.servers import Alertmanager, Receiver, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DOWN_FOR = 60.0  # seconds
@@ -48,17 +47,8 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
 
 @pytest.fixture
 def api_server(settings_e2e: Settings) -> Iterator[str]:
-    port = free_port()
-    config = uvicorn.Config(
-        create_api(settings_e2e), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until("the API", lambda: server.started, 30)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(30)
+    with serve(create_api(settings_e2e)) as url:
+        yield url
 
 
 @pytest.fixture
