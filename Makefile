@@ -6,7 +6,25 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.riskwire-installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench clean services
+
+# Debian packages some integration tests run (a real Alertmanager; Chromium for the live page);
+# installed when missing and this is a Debian machine we may install on, else those tests skip
+services:
+	@missing=""; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "installing$$missing"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
+				|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+				|| echo "could not install$$missing: the tests that need them will skip"; \
+		else \
+			echo "missing$$missing (apt-get install -y$$missing): the tests that need them will skip"; \
+		fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +37,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/riskwire demo
 
-test: $(STAMP)
+test: $(STAMP) services
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -14,6 +14,7 @@ from models.ensemble import Ensemble
 from models.lexicon import LexiconMember
 from riskwire.records import Document, Kind, TickerLink
 from riskwire.settings import Settings
+from storage.delivery import Targets
 from storage.tables import AlertRow, ScoreRow, TickerSentimentRow
 from streams.pipeline import fan_out, score_documents
 from streams.pipeline.rules import build_risk_engine
@@ -63,7 +64,11 @@ def world(days: int = 2) -> list[Document]:
 
 
 def run_live(
-    sessions: sessionmaker[Session], settings: Settings, ensemble: Ensemble, docs: list[Document]
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    ensemble: Ensemble,
+    docs: list[Document],
+    targets: Targets | None = None,
 ) -> None:
     """What the live stream does, in event-time order, through the same functions and writes."""
     ordered = sorted(docs, key=lambda d: (d.published_at, d.id))
@@ -79,7 +84,7 @@ def run_live(
         updates, dead = apply_scores(engine, mentions, now)
         assert not dead
         with sessions.begin() as session:
-            persist_risk(session, updates)
+            persist_risk(session, updates, targets)
 
 
 def scores_of(session: Session, run: str) -> dict[str, tuple[Any, ...]]:

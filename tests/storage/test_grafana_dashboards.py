@@ -12,9 +12,11 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
+from riskwire.records import DeadLetter
 from riskwire.replay import ReplayRunner, ReplaySpec, create_job
 from riskwire.settings import load_settings
-from storage import make_engine, session_factory, upgrade
+from storage import make_engine, repository, session_factory, upgrade
+from storage.delivery import Targets
 from tests.replay_helpers import DAY0, lexicon_ensemble, run_live, world
 
 GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
@@ -40,7 +42,7 @@ def queries(node: Any, where: str = "") -> list[tuple[str, str]]:
 def render(sql: str, variables: dict[str, str]) -> str:
     """What Grafana sends: macros and variables substituted."""
     sql = re.sub(
-        r"\$__timeFilter\((\w+)\)",
+        r"\$__timeFilter\(([\w.]+)\)",
         r"\1 BETWEEN '2026-01-01T00:00:00Z' AND '2027-01-01T00:00:00Z'",
         sql,
     )
@@ -73,7 +75,11 @@ def test_every_dashboard_query_runs_on_the_real_schema_and_finds_data(
     settings = load_settings(database_url=postgres_url, data_dir=tmp_path)
     sessions = session_factory(make_engine(postgres_url))
     ensemble = lexicon_ensemble()
-    run_live(sessions, settings, ensemble, world())
+    # alerts queued for Grafana and Alertmanager (the deliveries table), and one dead letter
+    run_live(sessions, settings, ensemble, world(), Targets(grafana=True, alertmanager=True))
+    with sessions.begin() as session:
+        letter = DeadLetter.of("normalise", "not valid JSON", "{", occurred_at=DAY0)
+        repository.insert_dead_letters(session, [letter])
     job = create_job(
         sessions,
         settings,

@@ -1,0 +1,77 @@
+"""docker-compose.yml cannot run here (no Docker engine), so its configuration is checked: the
+services the stack needs, dependencies that exist and can be waited for, files that exist, every
+RISKWIRE_* variable a real setting, and the Alertmanager configuration valid by amtool."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from riskwire.settings import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+
+def test_the_stack_has_every_part() -> None:
+    assert {
+        "kafka", "postgres", "migrate", "worker", "api", "grafana", "alertmanager"
+    } <= set(SERVICES)  # fmt: skip
+
+
+def test_dependencies_exist_and_can_be_waited_for() -> None:
+    for name, service in SERVICES.items():
+        for target, spec in (service.get("depends_on") or {}).items():
+            assert target in SERVICES, (name, target)
+            assert spec["condition"] in CONDITIONS, (name, target)
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in SERVICES[target], (name, target)
+
+
+def test_mounted_files_exist_in_the_repository() -> None:
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), (name, source)
+
+
+def test_every_riskwire_variable_is_a_setting_and_interpolations_are_well_formed() -> None:
+    fields = set(Settings.model_fields)
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name, service in SERVICES.items():
+        for variable in service.get("environment") or {}:
+            if variable.startswith(ENV_PREFIX):
+                assert variable[len(ENV_PREFIX) :].lower() in fields, (name, variable)
+    for expression in re.findall(r"\$\{([^}]*)\}", text):
+        assert re.fullmatch(r"[A-Z_][A-Z0-9_]*(:?[-?][^}]*)?", expression), expression
+
+
+def test_published_ports_do_not_clash() -> None:
+    ports = [p.split(":")[0] for s in SERVICES.values() for p in s.get("ports", [])]
+    assert len(ports) == len(set(ports))
+
+
+def test_grafana_data_sources_are_provisioned_once_each() -> None:
+    uids = []
+    for path in sorted((ROOT / "grafana/provisioning/datasources").glob("*.yaml")):
+        uids += [d["uid"] for d in yaml.safe_load(path.read_text())["datasources"]]
+    assert {"riskwire-postgres", "riskwire-alertmanager"} <= set(uids)
+    assert len(uids) == len(set(uids))
+
+
+def test_the_alertmanager_configuration_is_valid() -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool comes with prometheus-alertmanager (`make test` installs it)")
+    config = ROOT / "grafana/alertmanager/alertmanager.yml"
+    result = subprocess.run([amtool, "check-config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
