@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.scoring
 	$(BIN)/riskwire bench replay
+	$(BIN)/riskwire bench delivery
 
 clean:
 	rm -rf $(VENV) riskwire-data .pytest_cache

@@ -432,6 +432,43 @@ def bench_replay(
         )
 
 
+@bench_app.command("delivery")
+def bench_delivery(
+    subscriptions: Annotated[int, typer.Option(help="webhook subscriptions, all matching")] = 20,
+    rate: Annotated[float, typer.Option(help="alerts stored per second")] = 20.0,
+    seconds: Annotated[float, typer.Option(help="how long alerts keep coming")] = 10.0,
+    receiver_latency_ms: Annotated[
+        float, typer.Option(help="the receiver answers this late (a remote one)")
+    ] = 0.0,
+    database_url: Annotated[
+        str | None, typer.Option(help="an empty database; default: SQLite in a temp dir")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """Webhook deliveries/s and delivery latency through the outbox, against plain sequential POSTs."""
+    from bench.delivery import run
+
+    _settings()
+    logging.getLogger("riskwire.delivery").setLevel(logging.WARNING)
+    say = (lambda _: None) if as_json else console.print
+    result = run(subscriptions, rate, seconds, database_url, say, receiver_latency_ms)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(
+        f"delivered {result['received']:,} of {result['deliveries']:,} webhooks "
+        f"({result['offered_per_s']:,.0f}/s offered) at {result['deliveries_per_s']:,.0f}/s; "
+        f"latency p50 {result['latency_p50_ms']:,.0f} ms, p99 {result['latency_p99_ms']:,.0f} ms, "
+        f"max {result['latency_max_ms']:,.0f} ms ({result['database']})"
+    )
+    console.print(
+        f"capacity: a burst of {result['burst_deliveries']:,} delivered in "
+        f"{result['burst_seconds']:.1f}s = {result['capacity_per_s']:,.0f}/s; sequential POSTs "
+        f"without the outbox: {result['baseline_sequential_per_s']:,.0f}/s "
+        f"(outbox {result['outbox_vs_baseline']:.2f}x)"
+    )
+
+
 @keys_app.command("create")
 def keys_create(
     name: str,

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     delivery_backoff_s: float = Field(2.0, gt=0)
     delivery_backoff_cap_s: float = Field(600.0, gt=0)
     delivery_poll_s: float = Field(0.5, gt=0, le=60)
+    delivery_concurrency: int = Field(
+        32, ge=1, le=512, description="deliveries in flight at once (receivers answer slowly)"
+    )
     deliver_in_api: bool = Field(
         True, description="the API process also runs the delivery dispatcher"
     )

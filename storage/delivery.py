@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from riskwire.delivery.model import AlertFilter
@@ -141,13 +141,22 @@ def claim_due(
 
 
 def mark_delivered(
-    session: Session, delivery: str, now: datetime, response: dict[str, Any] | None
+    session: Session, delivered: Sequence[tuple[str, dict[str, Any] | None]], now: datetime
 ) -> None:
-    row = session.get(DeliveryRow, delivery)
-    if row is None or row.status != PENDING:
+    """Record successful deliveries (id, what to keep of the answer) in one statement."""
+    if not delivered:
         return
-    row.status, row.attempts, row.delivered_at = DELIVERED, row.attempts + 1, now
-    row.response, row.last_error, row.updated_at = response, None, now
+    statement = (
+        update(DeliveryRow)
+        .where(DeliveryRow.id == bindparam("delivery"), DeliveryRow.status == PENDING)
+        .values(
+            status=DELIVERED, attempts=DeliveryRow.attempts + 1, delivered_at=now,
+            response=bindparam("answer"), last_error=None, updated_at=now,
+        )
+    )  # fmt: skip
+    session.connection().execute(
+        statement, [{"delivery": d, "answer": response} for d, response in delivered]
+    )
 
 
 def mark_failed(

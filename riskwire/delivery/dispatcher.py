@@ -63,7 +63,7 @@ class Dispatcher:
         sessions: sessionmaker[Session],
         senders: Mapping[str, Sender] | None = None,
         batch: int = 200,
-        workers: int = 16,
+        workers: int | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
@@ -71,7 +71,9 @@ class Dispatcher:
         self.senders = dict(senders) if senders is not None else senders_for(settings)
         self.batch = batch
         self.clock = clock
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="deliver")
+        self.pool = ThreadPoolExecutor(
+            workers or settings.delivery_concurrency, thread_name_prefix="deliver"
+        )
         self.rng = random.Random()
         self._last_resend = 0.0
 
@@ -86,9 +88,12 @@ class Dispatcher:
         outcomes = list(self.pool.map(self._attempt, items))
         now = self.clock()
         with self.sessions.begin() as session:
-            for item, (response, error) in zip(items, outcomes, strict=True):
+            results = list(zip(items, outcomes, strict=True))
+            store.mark_delivered(
+                session, [(i.delivery_id, r) for i, (r, error) in results if error is None], now
+            )
+            for item, (_, error) in results:
                 if error is None:
-                    store.mark_delivered(session, item.delivery_id, now, response)
                     continue
                 retry = self._retry_in(item, error)
                 status = store.mark_failed(session, item.delivery_id, now, str(error), retry)
