@@ -53,6 +53,13 @@ def _upper(values: list[str]) -> list[str]:
     return sorted({v.strip().upper() for v in values if v.strip()})
 
 
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[str] = Field(min_length=1)
+
+
 class SubscriptionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -267,6 +274,39 @@ def delivery_router(
 
     writer = Depends(require("subscriptions:write"))
     reader = Depends(require("alerts:read"))
+
+    admin = Depends(require("admin"))
+
+    @router.post("/keys", status_code=201, tags=["keys"])
+    def create_key(body: KeyIn, principal: Principal = admin) -> dict[str, Any]:
+        """Create an API key (admin); its token is in this answer only, and only its hash is kept."""
+        try:
+            with sessions.begin() as session:
+                token = store.create_api_key(session, body.name, body.scopes, datetime.now(UTC))
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        key_id = keys.parse_token(token)[0]  # type: ignore[index]
+        return {"id": key_id, "name": body.name, "scopes": sorted(set(body.scopes)), "token": token}
+
+    @router.get("/keys", tags=["keys"])
+    def list_keys(principal: Principal = admin) -> list[dict[str, Any]]:
+        """Keys with their scopes and last use, never their secrets (admin)."""
+        with sessions() as session:
+            return [
+                {
+                    "id": k.id, "name": k.name, "scopes": k.scopes, "created_at": k.created_at,
+                    "last_used_at": k.last_used_at, "revoked_at": k.revoked_at,
+                }
+                for k in session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))
+            ]  # fmt: skip
+
+    @router.delete("/keys/{key_id}", status_code=204, tags=["keys"])
+    def revoke_key(key_id: str, principal: Principal = admin) -> Response:
+        """Revoke a key at once (admin)."""
+        with sessions.begin() as session:
+            if not store.revoke_api_key(session, key_id, datetime.now(UTC)):
+                raise HTTPException(404, f"no active key {key_id!r}")
+        return Response(status_code=204)
 
     @router.post(
         "/subscriptions", status_code=201, response_model=SubscriptionOut, tags=["subscriptions"]

@@ -269,3 +269,27 @@ def test_without_an_admin_token_alerts_are_readable_without_a_key(
     with TestClient(create_api(open_settings)) as open_client:
         assert open_client.get("/alerts").status_code == 200
         assert open_client.get("/subscriptions").status_code == 401
+
+
+def test_admins_manage_keys_through_the_api(client: TestClient) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    created = client.post("/keys", json={"name": "desk", "scopes": ["alerts:read"]}, headers=admin)
+    assert created.status_code == 201, created.text
+    token = created.json()["token"]
+    listed = client.get("/keys", headers=admin).json()
+    assert [k["name"] for k in listed] == ["desk"] and "token" not in listed[0]
+    mine = {"Authorization": f"Bearer {token}"}
+    assert client.get("/alerts", headers=mine).status_code == 200
+    assert client.get("/keys", headers=mine).status_code == 403
+    bad = client.post("/keys", json={"name": "x", "scopes": ["root"]}, headers=admin)
+    assert bad.status_code == 422 and "unknown scopes" in bad.text
+    assert client.delete(f"/keys/{created.json()['id']}", headers=admin).status_code == 204
+    assert client.get("/alerts", headers=mine).status_code == 401
+
+
+def test_the_openapi_document_describes_the_alert_api(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/subscriptions", "/subscriptions/{sid}", "/subscriptions/{sid}/events",
+                 "/subscriptions/{sid}/deliveries", "/alerts", "/alerts/stream", "/alerts/live",
+                 "/tickers/{ticker}/scores", "/keys", "/deliveries"):  # fmt: skip
+        assert path in paths, path
