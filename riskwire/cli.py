@@ -28,6 +28,9 @@ replay_app = typer.Typer(
     help="Re-score and re-alert a past period in event time, beside live results."
 )
 bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_is_help=True)
+ingest_app = typer.Typer(
+    help="Produce sources to the raw topics: files, or polled feeds.", no_args_is_help=True
+)
 keys_app = typer.Typer(
     help="API keys for the HTTP API (scoped; stored hashed).", no_args_is_help=True
 )
@@ -36,6 +39,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(replay_app, name="replay")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
+app.add_typer(ingest_app, name="ingest")
 console = Console(soft_wrap=True)  # paths and URLs stay whole for copy and paste
 
 
@@ -88,8 +92,8 @@ def worker() -> None:
     run_worker(settings)
 
 
-@app.command()
-def ingest(
+@ingest_app.command("file")
+def ingest_file(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".jsonl or .csv")],
     kind: Annotated[Kind, typer.Option(help="kind of the rows without their own")] = Kind.NEWS,
 ) -> None:
@@ -104,6 +108,46 @@ def ingest(
     ) as producer:
         counts = producer.publish(source_for(path, kind).read())
     console.print(f"produced {counts.raw} records, {counts.dead} unreadable lines dead-lettered")
+
+
+@ingest_app.command("run")
+def ingest_run(
+    config: Annotated[
+        Path, typer.Option("--config", exists=True, dir_okay=False, help="the feeds YAML file")
+    ],
+    once: Annotated[bool, typer.Option(help="poll every feed once, then stop")] = False,
+) -> None:
+    """Poll the configured RSS/Atom feeds and JSON APIs, producing new items to the raw topics and
+    recording each feed's health, until Ctrl-C."""
+    from ingest import RawProducer
+    from ingest.feeds import FeedRunner, load_feeds
+
+    settings = _settings()
+    if settings.kafka_bootstrap is None:
+        raise RiskwireError("RISKWIRE_KAFKA_BOOTSTRAP is not set: start 'riskwire broker' first")
+    feeds = load_feeds(config)
+    sessions = _sessions(settings)
+    with RawProducer(
+        settings.kafka_bootstrap, settings.topics, settings.topic_partitions
+    ) as producer:
+        runner = FeedRunner(feeds, producer.publish, sessions)
+        console.print(f"polling {len(feeds)} feeds: {', '.join(f.source.name for f in feeds)}")
+        try:
+            if once:
+                produced = runner.poll_due()
+                console.print(f"produced {produced} new items")
+                for name, health in runner.health.items():
+                    console.print(f"  {name}: {runner.status[name]}"
+                                  + (f" ({health.last_error})" if health.last_error else ""))  # fmt: skip
+                return
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                runner.run(stop)
+            except KeyboardInterrupt:
+                pass
+        finally:
+            runner.close()
 
 
 @app.command()

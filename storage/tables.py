@@ -253,3 +253,25 @@ class DeliveryRow(Base):
     created_at: Mapped[datetime]
     delivered_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+
+
+class FeedHealthRow(Base):
+    """How each polled feed is doing: a dead or failing feed must never look like a quiet market."""
+
+    __tablename__ = "feed_health"
+
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # ok | quiet | silent | failing
+    expected_interval_s: Mapped[float] = mapped_column(Float)
+    silent_after_s: Mapped[float] = mapped_column(Float)
+    last_poll_at: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
+    last_item_at: Mapped[datetime | None]
+    consecutive_errors: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    items_total: Mapped[int] = mapped_column(Integer)
+    items_last_poll: Mapped[int] = mapped_column(Integer)
+    items_per_minute: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime]

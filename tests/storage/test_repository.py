@@ -51,6 +51,7 @@ TABLES = {
     "subscriptions",
     "alert_events",
     "deliveries",
+    "feed_health",
 }
 
 
