@@ -1,4 +1,5 @@
-"""Raw record -> Document: validate, clean, stable id, cashtag tickers. Raises InvalidRecord."""
+"""Raw record -> Document: validate, clean, stable id, canonical URL, language, cashtag tickers.
+Raises InvalidRecord."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import html
 import re
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import Document, RawRecord, TickerLink, stable_id
@@ -80,6 +83,59 @@ def link_tickers(title: str, text: str, given: object) -> tuple[TickerLink, ...]
     return tuple(TickerLink(ticker=t, relevance=r) for t, r in links.items())
 
 
+TRACKING = re.compile(
+    r"^(utm_[a-z]+|fbclid|gclid|dclid|msclkid|mc_cid|mc_eid|igshid|yclid|_hs(enc|mi)|"
+    r"ref|ref_src|cmpid|ncid|soc_src|soc_trk|taid|smid|sr_share|share)$",
+    re.IGNORECASE,
+)
+
+
+def canonical_url(value: object) -> str | None:
+    """The URL two copies of an article share: http(s) only, host lower-cased, default port,
+    fragment and tracking parameters (utm_*, fbclid, ...) dropped, the rest of the query sorted."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.lower()
+    if port and (scheme, port) not in (("http", 80), ("https", 443)):
+        host = f"{host}:{port}"
+    query = sorted(
+        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not TRACKING.match(k)
+    )
+    return urlunsplit((scheme, host, parts.path or "/", urlencode(query), ""))
+
+
+# The languages financial news and posts come in most; deciding among fewer is more accurate on
+# short texts. Below MIN_LANG_CONFIDENCE the language is 'und' (undetermined).
+LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "pt", "sv", "da", "no", "fi", "pl", "ru", "ja",
+             "zh", "ko")  # fmt: skip
+MIN_LANG_CONFIDENCE = 0.5
+_identifier: Any = None
+
+
+def detect_language(text: str) -> str:
+    """ISO 639-1 code of ``text`` (py3langid, offline), or 'und' when it cannot tell."""
+    global _identifier
+    if _identifier is None:
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+        identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        identifier.set_languages(list(LANGUAGES))
+        _identifier = identifier
+    words = _CASHTAG.sub(" ", text)
+    if len(words.strip()) < 3:
+        return "und"
+    lang, confidence = _identifier.classify(words[:2000])
+    return str(lang) if confidence >= MIN_LANG_CONFIDENCE else "und"
+
+
 def document_id(title: str, text: str) -> str:
     """Same content -> same id, whoever published it: exact duplicates collapse onto one row."""
     return stable_id(_SPACE.sub(" ", f"{title}\n{text}".casefold()).strip())
@@ -101,16 +157,19 @@ def normalise(raw: RawRecord) -> Document:
         raise InvalidRecord(
             f"published_at {published_at.isoformat()} is after fetch time {raw.fetched_at.isoformat()}"
         )
-    url = _first(payload, URL_FIELDS)
     lang = payload.get("lang")
+    if isinstance(lang, str) and re.fullmatch(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?", lang):
+        lang = lang[:2].lower() if len(lang) > 3 else lang.lower()  # en-GB -> en
+    else:
+        lang = detect_language(f"{title} {text}")
     return Document(
         id=document_id(title, text),
         source=raw.source,
         kind=raw.kind,
         title=title or None,
         text=text or title,
-        url=url if isinstance(url, str) else None,
-        lang=lang if isinstance(lang, str) and 0 < len(lang) <= 8 else "en",
+        url=canonical_url(_first(payload, URL_FIELDS)),
+        lang=lang,
         published_at=published_at,
         fetched_at=raw.fetched_at,
         tickers=link_tickers(title, text, payload.get("tickers")),

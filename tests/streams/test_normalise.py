@@ -94,3 +94,52 @@ def test_deduplicator_forgets_the_oldest_beyond_capacity() -> None:
     assert seen.is_new("c")  # evicts b, the least recently seen
     assert seen.is_new("b")
     assert not seen.is_new("c")
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("https://News.Example.com/a/b?utm_source=tw&id=7&fbclid=x#comments",
+         "https://news.example.com/a/b?id=7"),
+        ("HTTP://example.com:80/x?b=2&a=1", "http://example.com/x?a=1&b=2"),
+        ("https://example.com:8443/x", "https://example.com:8443/x"),
+        ("https://example.com", "https://example.com/"),
+        ("ftp://example.com/file", None),
+        ("not a url", None),
+        ("http://[::1", None),
+    ],
+)  # fmt: skip
+def test_urls_are_canonical(given: str, canonical: str | None) -> None:
+    from streams.pipeline.normalise import canonical_url
+
+    assert canonical_url(given) == canonical
+
+
+def test_copies_with_tracking_parameters_share_their_url() -> None:
+    a = normalise(raw(title="Acme beats", published_at="2026-11-02T10:00:00Z",
+                      url="https://wire.example.com/acme?utm_campaign=x"))  # fmt: skip
+    b = normalise(raw(title="Acme beats", published_at="2026-11-02T10:00:00Z",
+                      url="https://WIRE.example.com/acme#top"))  # fmt: skip
+    assert a.url == b.url == "https://wire.example.com/acme"
+
+
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        ("Shares of Acme slide after the company cut its full-year outlook", "en"),
+        ("Die Aktie von Siemens fällt nach der Gewinnwarnung deutlich", "de"),
+        ("Le titre recule fortement après l'avertissement sur résultats", "fr"),
+        ("Las acciones de la compañía caen tras la advertencia de beneficios", "es"),
+        ("$ACME $BETA", "und"),  # nothing but tickers: cannot tell
+    ],
+)
+def test_the_language_is_detected_when_the_source_does_not_say(text: str, lang: str) -> None:
+    assert normalise(raw(title=text, published_at="2026-11-02T10:00:00Z")).lang == lang
+
+
+def test_a_language_given_by_the_source_wins_and_is_normalised() -> None:
+    doc = normalise(raw(title="Shares slide", published_at="2026-11-02T10:00:00Z", lang="en-GB"))
+    assert doc.lang == "en"
+    odd = normalise(raw(title="Shares of Acme slide after a profit warning",
+                        published_at="2026-11-02T10:00:00Z", lang="??"))  # fmt: skip
+    assert odd.lang == "en"  # not a language code: detected instead
