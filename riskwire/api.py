@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from ingest.push import push_router
 from models.ensemble import Ensemble
 from riskwire.delivery.api import delivery_router, make_auth
 from riskwire.delivery.dispatcher import Dispatcher, start_in_thread
@@ -110,6 +111,7 @@ def create_api(
             stop.set()
             thread.join(timeout=30)
             dispatcher.close()
+        close_pushes()
         # shutting down: queued jobs are dropped (still pending, resumable), a running one stops
         # after its current page as cancelled, with its checkpoint
         executor.shutdown(wait=False, cancel_futures=True)
@@ -140,6 +142,8 @@ def create_api(
     require = make_auth(settings, sessions)
     auth = [Depends(require("replays"))]
     app.include_router(delivery_router(settings, sessions, require))
+    pushes, close_pushes = push_router(settings, require)
+    app.include_router(pushes)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

@@ -13,6 +13,7 @@ SCOPES = {
     "alerts:read": "alert history, ticker scores, the SSE stream and the live page",
     "subscriptions:write": "create, change and delete the key's own subscriptions",
     "replays": "create, cancel and read replay jobs",
+    "ingest": "push items to POST /ingest/{source} (vendors that push)",
     "admin": "every scope",
 }
 PREFIX = "rw"

@@ -1,0 +1,109 @@
+"""The push endpoint against the real broker: pushed items land on the raw topics as raw records
+(source, arrival time, payload as sent); what cannot be a record lands on the dead-letter topic with
+its reason, and is reported in the answer."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from riskwire.api import create_api
+from riskwire.broker import EmbeddedBroker
+from riskwire.records import DeadLetter, RawRecord
+from riskwire.settings import Settings, load_settings
+from storage import delivery as store
+from storage import make_engine, session_factory, upgrade
+from tests.kafka_helpers import read_topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def push_settings(broker: EmbeddedBroker, sqlite_url: str, tmp_path: Path) -> Settings:
+    upgrade(sqlite_url)
+    return load_settings(
+        kafka_bootstrap=broker.bootstrap, database_url=sqlite_url, data_dir=tmp_path,
+        topic_prefix=f"push-{uuid.uuid4().hex[:8]}", api_token="admin", deliver_in_api=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def client(push_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_api(push_settings)) as test_client:
+        yield test_client
+
+
+def key(settings: Settings, *scopes: str) -> dict[str, str]:
+    sessions = session_factory(make_engine(settings.resolved_database_url))
+    with sessions.begin() as session:
+        token = store.create_api_key(session, "vendor", list(scopes), datetime.now(UTC))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_pushed_items_land_on_the_raw_topics_and_bad_ones_are_dead_lettered(
+    client: TestClient, push_settings: Settings
+) -> None:
+    vendor = key(push_settings, "ingest")
+    items = [
+        {"id": "v-1", "title": "$ACME cuts guidance", "published_at": "2026-11-02T10:00:00Z"},
+        {"id": "v-2", "text": "$BETA to the moon", "kind": "social",
+         "published_at": "2026-11-02T10:01:00Z"},
+        ["not", "an", "object"],
+        {"id": "v-4", "title": "fax", "kind": "fax"},
+    ]  # fmt: skip
+    answer = client.post("/ingest/acme-wire", json=items, headers=vendor)
+    assert answer.status_code == 202, answer.text
+    result = answer.json()
+    assert result["accepted"] == 2
+    assert [(r["index"], "object" in r["reason"] or "fax" in r["reason"])
+            for r in result["rejected"]] == [(2, True), (3, True)]  # fmt: skip
+
+    topics, bootstrap = push_settings.topics, push_settings.kafka_bootstrap or ""
+    news = [RawRecord.from_json(m.value) for m in read_topic(bootstrap, topics.raw_news)]
+    social = [RawRecord.from_json(m.value) for m in read_topic(bootstrap, topics.raw_social)]
+    assert [r.payload["id"] for r in news] == ["v-1"] and [r.payload["id"] for r in social] == [
+        "v-2"
+    ]
+    assert news[0].source == "push:acme-wire" and news[0].payload == items[0]
+    letters = [DeadLetter.from_json(m.value) for m in read_topic(bootstrap, topics.deadletter)]
+    assert len(letters) == 2 and all(d.stage == "ingest" for d in letters)
+    assert json.loads(letters[0].payload) == ["not", "an", "object"]
+
+
+def test_ndjson_pushes_are_accepted(client: TestClient, push_settings: Settings) -> None:
+    lines = "\n".join(
+        json.dumps({"id": f"n-{i}", "title": f"item {i}", "published_at": "2026-11-02T10:00:00Z"})
+        for i in range(3)
+    )
+    answer = client.post(
+        "/ingest/ndwire", content=lines,
+        headers={**key(push_settings, "ingest"), "Content-Type": "application/x-ndjson"},
+    )  # fmt: skip
+    assert answer.status_code == 202 and answer.json() == {"accepted": 3, "rejected": []}
+
+
+def test_pushes_need_the_ingest_scope_and_a_sane_body(
+    client: TestClient, push_settings: Settings
+) -> None:
+    item = {"title": "x", "published_at": "2026-11-02T10:00:00Z"}
+    assert client.post("/ingest/wire", json=item).status_code == 401
+    reader = key(push_settings, "alerts:read")
+    assert client.post("/ingest/wire", json=item, headers=reader).status_code == 403
+    vendor = key(push_settings, "ingest")
+    assert client.post("/ingest/wire", content=b"{nope", headers=vendor).status_code == 400
+    assert client.post("/ingest/bad name!", json=item, headers=vendor).status_code == 422
+    many = [item] * 1001
+    assert client.post("/ingest/wire", json=many, headers=vendor).status_code == 413
+
+
+def test_without_a_broker_the_api_says_so(push_settings: Settings) -> None:
+    settings = push_settings.model_copy(update={"kafka_bootstrap": None})
+    with TestClient(create_api(settings)) as client:
+        answer = client.post("/ingest/wire", json={"title": "x"}, headers=key(settings, "ingest"))
+    assert answer.status_code == 503 and "RISKWIRE_KAFKA_BOOTSTRAP" in answer.text
