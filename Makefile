@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.scoring
 	$(BIN)/riskwire bench replay
 	$(BIN)/riskwire bench delivery
+	$(BIN)/riskwire bench ingest
 
 clean:
 	rm -rf $(VENV) riskwire-data .pytest_cache

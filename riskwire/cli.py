@@ -513,6 +513,32 @@ def bench_delivery(
     )
 
 
+@bench_app.command("ingest")
+def bench_ingest(
+    documents: Annotated[int, typer.Option(help="synthetic items")] = 20_000,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """Documents/s for normalise + link + cluster on this machine, against a bare JSON decode."""
+    from bench.ingest import run
+
+    _settings()
+    result = run(documents)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(
+        f"ingest: {result['ingest_per_s']:,.0f} documents/s for decode + normalise (HTML, time, URL, "
+        f"language, cashtags) + stories ({result['documents']:,} items; normalise "
+        f"{result['normalise_per_s']:,.0f}/s, clustering {result['cluster_per_s']:,.0f}/s, JSON "
+        f"decode alone {result['decode_per_s']:,.0f}/s)"
+    )
+    console.print(
+        f"stories: {result['copies_found']:,} copies found of {result['true_copies']:,} "
+        f"({result['stories']:,} stories); precision {result['copy_precision']:.3f}, recall "
+        f"{result['copy_recall']:.3f}"
+    )
+
+
 @keys_app.command("create")
 def keys_create(
     name: str,

@@ -1,0 +1,81 @@
+"""Near-duplicates cluster into stories; different news does not; novelty decays with each copy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from streams.pipeline.stories import MinHasher, StoryIndex, fingerprint_text
+
+T = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+ORIGINAL = "Acme Corp cuts full-year outlook as demand weakens in Europe, shares fall 8%"
+
+
+@pytest.mark.parametrize(
+    "copy",
+    [
+        "(Reuters) - " + ORIGINAL,
+        "LONDON (Reuters) - " + ORIGINAL,
+        "RT @marketdesk: " + ORIGINAL + " https://t.co/abc123",
+        ORIGINAL.upper(),
+        "Acme Corp cuts its full-year outlook as demand weakens in Europe; shares fall 8 percent",
+    ],
+)
+def test_syndicated_copies_retweets_and_light_rewrites_join_the_story(copy: str) -> None:
+    index = StoryIndex()
+    index.assign("first", ORIGINAL, T, ["ACME"])
+    joined = index.assign("copy", copy, T + timedelta(minutes=5), ["ACME"])
+    assert joined.story_id == "first" and joined.copy == 1 and joined.novelty == 0.5
+    assert joined.similarity >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "tickers"),
+    [
+        ("Acme Corp raises its dividend after a record quarter", ["ACME"]),  # same company
+        ("Beta Corp cuts full-year outlook as demand weakens in Europe, shares fall 8%", ["BETA"]),
+        ("Regulators open an inquiry into European chip supply contracts", []),
+    ],
+)
+def test_other_news_starts_its_own_story(text: str, tickers: list[str]) -> None:
+    index = StoryIndex()
+    index.assign("first", ORIGINAL, T, ["ACME"])
+    other = index.assign("other", text, T + timedelta(minutes=1), tickers)
+    assert other.story_id == "other" and other.novelty == 1.0 and other.copy == 0
+    assert len(index) == 2
+
+
+def test_novelty_halves_with_each_copy_and_a_document_keeps_its_answer() -> None:
+    index = StoryIndex()
+    got = [index.assign(f"d{i}", f"(Wire {i}) - {ORIGINAL}", T, ["ACME"]) for i in range(4)]
+    assert [a.novelty for a in got] == [1.0, 0.5, 0.25, 0.125]
+    assert index.assign("d0", ORIGINAL, T, ["ACME"]).story_id == "d0"
+
+
+def test_stories_are_forgotten_after_the_horizon() -> None:
+    index = StoryIndex(horizon=timedelta(days=1))
+    index.assign("old", ORIGINAL, T, ["ACME"])
+    later = index.assign("new", ORIGINAL, T + timedelta(days=2), ["ACME"])
+    assert later.story_id == "new" and len(index) == 1
+
+
+def test_signatures_are_the_same_in_every_process() -> None:
+    here = MinHasher().signature(ORIGINAL)
+    code = (
+        "from streams.pipeline.stories import MinHasher; import sys; "
+        f"sys.stdout.write(MinHasher().signature({ORIGINAL!r}).tobytes().hex())"
+    )
+    there = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={"PYTHONHASHSEED": "12345", "PATH": ""},
+    ).stdout  # fmt: skip
+    assert np.array_equal(here, np.frombuffer(bytes.fromhex(there), dtype=np.uint64))
+
+
+def test_the_fingerprint_drops_what_copies_do_not_share() -> None:
+    assert fingerprint_text("RT @desk: Acme (ACME) falls! https://x.y/z") == "acme acme falls"
+    assert fingerprint_text("(Reuters) - Acme falls") == "acme falls"
