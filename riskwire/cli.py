@@ -110,6 +110,34 @@ def ingest_file(
     console.print(f"produced {counts.raw} records, {counts.dead} unreadable lines dead-lettered")
 
 
+@ingest_app.command("health")
+def ingest_health() -> None:
+    """Each polled feed's health: failing and silent feeds first."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from storage.tables import FeedHealthRow
+
+    sessions = _sessions(_settings())
+    order = {"failing": 0, "silent": 1, "ok": 2}
+    with sessions() as session:
+        rows = sorted(
+            session.scalars(select(FeedHealthRow)),
+            key=lambda r: (order.get(r.status, 3), r.source),
+        )
+    table = Table("feed", "status", "last success", "last new item", "errors", "items/min", "error")
+    for r in rows:
+        style = {"failing": "red", "silent": "yellow"}.get(r.status)
+        table.add_row(
+            r.source, r.status,
+            r.last_success_at.isoformat(timespec="seconds") if r.last_success_at else "-",
+            r.last_item_at.isoformat(timespec="seconds") if r.last_item_at else "-",
+            str(r.consecutive_errors), f"{r.items_per_minute:.2f}", (r.last_error or "")[:60],
+            style=style,
+        )  # fmt: skip
+    console.print(table)
+
+
 @ingest_app.command("run")
 def ingest_run(
     config: Annotated[

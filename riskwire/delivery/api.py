@@ -32,6 +32,7 @@ from storage.tables import (
     AlertRow,
     ApiKeyRow,
     DeliveryRow,
+    FeedHealthRow,
     SubscriptionRow,
     TickerSentimentRow,
 )
@@ -572,6 +573,26 @@ def delivery_router(
             if row is None:
                 raise HTTPException(404, f"no alert {alert_id!r}")
             return _alert_out(row)
+
+    @router.get("/feeds", tags=["ingest"])
+    def feed_health(principal: Principal = reader) -> list[dict[str, Any]]:
+        """Every polled feed's health: status (ok, failing, silent), last success, last new item,
+        consecutive errors, items per minute. Failing and silent feeds first."""
+        order = {"failing": 0, "silent": 1, "ok": 2}
+        with sessions() as session:
+            rows = list(session.scalars(select(FeedHealthRow)))
+        rows.sort(key=lambda r: (order.get(r.status, 3), r.source))
+        return [
+            {
+                "source": r.source, "kind": r.kind, "url": r.url, "status": r.status,
+                "last_poll_at": r.last_poll_at, "last_success_at": r.last_success_at,
+                "last_item_at": r.last_item_at, "consecutive_errors": r.consecutive_errors,
+                "last_error": r.last_error, "items_total": r.items_total,
+                "items_per_minute": round(r.items_per_minute, 3),
+                "silent_after_s": r.silent_after_s,
+            }
+            for r in rows
+        ]  # fmt: skip
 
     @router.get("/tickers/{ticker}/scores", response_model=Page, tags=["alerts"])
     def ticker_scores(

@@ -336,3 +336,30 @@ def test_the_shipped_example_configurations_load(monkeypatch: pytest.MonkeyPatch
     assert len(examples) >= 4
     for path in examples:
         assert load_feeds(path), path.name
+
+
+def test_feed_health_is_served_by_the_api_failing_first(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from riskwire.api import create_api
+    from riskwire.settings import load_settings
+
+    upgrade(database_url)
+    sessions = session_factory(make_engine(database_url))
+    clock = Clock()
+    runner = FeedRunner(load_feeds(write_config(tmp_path, server.url)), lambda items: None,
+                        sessions, clock)  # fmt: skip
+    try:
+        for _ in range(40):
+            clock.now = min(runner.due.values())
+            runner.poll_due()
+    finally:
+        runner.close()
+    settings = load_settings(database_url=database_url, data_dir=tmp_path, deliver_in_api=False)
+    with TestClient(create_api(settings)) as client:
+        feeds = client.get("/feeds").json()
+    assert [f["source"] for f in feeds][:2] == ["broken", "malformed"]
+    assert {f["source"]: f["status"] for f in feeds}["broken"] == "failing"
+    assert feeds[0]["consecutive_errors"] >= 3 and "HTTP 500" in feeds[0]["last_error"]

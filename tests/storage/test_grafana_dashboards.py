@@ -12,6 +12,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
+from ingest.feeds import Health, store_health
 from riskwire.records import DeadLetter
 from riskwire.replay import ReplayRunner, ReplaySpec, create_job
 from riskwire.settings import load_settings
@@ -80,6 +81,8 @@ def test_every_dashboard_query_runs_on_the_real_schema_and_finds_data(
     with sessions.begin() as session:
         letter = DeadLetter.of("normalise", "not valid JSON", "{", occurred_at=DAY0)
         repository.insert_dead_letters(session, [letter])
+        health = Health("wire", "news", "https://x/rss", 60, 600, started_at=DAY0)
+        store_health(session, [health.row(DAY0)])
     job = create_job(
         sessions,
         settings,
