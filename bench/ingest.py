@@ -58,9 +58,9 @@ def corpus(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
         origin.append(i)
         ticker = rng.choice(TICKERS)
         detail = " ".join(rng.choice(WORDS) for _ in range(12))  # what makes each story its own
-        text = rng.choice(TEMPLATES).replace("{t}", ticker) + f" {detail} (story {i})"
+        text = rng.choice(TEMPLATES).replace("{t}", ticker) + f" {detail}"
         items.append(
-            {"id": f"item-{i}", "title": text.split(" (story")[0].replace("<p>", ""),
+            {"id": f"item-{i}", "title": text.split("</p>")[0].replace("<p>", ""),
              "summary": text, "published_at": t.isoformat(),
              "url": f"https://news.example.com/{i}?utm_source=rss&utm_medium=feed"}
         )  # fmt: skip

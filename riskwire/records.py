@@ -114,6 +114,10 @@ class Document(Record):
     published_at: UtcDateTime
     fetched_at: UtcDateTime
     tickers: tuple[TickerLink, ...] = ()
+    # the first document of the story this one nearly duplicates (or itself), and its novelty:
+    # 1 for a story's first document, halved for each later copy
+    story_id: str | None = None
+    novelty: float = 1.0
 
 
 class Vote(Record):
@@ -142,6 +146,7 @@ class Score(Record):
     disagreement: float = Field(ge=0.0, le=1.0)
     votes: tuple[Vote, ...]
     run_id: str = "live"
+    story_id: str | None = None  # copies of one story count once in a ticker's windows
 
 
 class Alert(Record):

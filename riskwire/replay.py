@@ -47,6 +47,7 @@ from storage.tables import DocumentRow, DocumentTickerRow, ReplayRunRow, ScoreRo
 from streams.pipeline import RiskEngine, normalise, score_documents
 from streams.pipeline.risk import NegativeSurgeRule, Scored
 from streams.pipeline.rules import build_risk_engine, configured_rules, parse_rules, rules_as_data
+from streams.pipeline.stories import StoryIndex
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ class Item:
     tickers: tuple[str, ...]
     document: Document | None = None
     cached: CachedScore | None = None
+    story_id: str | None = None
 
 
 def _writer(in_process: bool, start: str | None = None) -> Executor:
@@ -261,6 +263,7 @@ class CachedScore(NamedTuple):
     score: float
     label: str
     ticker: str | None = None
+    story_id: str | None = None
 
 
 class ReplayRunner:
@@ -480,7 +483,9 @@ class ReplayRunner:
             for doc_id, score, label in session.execute(query):
                 item = by_id.get(doc_id)
                 if item is not None and item.cached is None:
-                    item.cached = CachedScore(doc_id, item.published_at, score, label)
+                    item.cached = CachedScore(
+                        doc_id, item.published_at, score, label, None, item.story_id
+                    )
 
     def _documents(self, items: list[Item]) -> list[Document]:
         if all(i.document is not None for i in items):
@@ -509,6 +514,7 @@ def load_documents(session: Session, ids: Sequence[str]) -> list[Document]:
             id=r.id, source=r.source, kind=Kind(r.kind), title=r.title, text=r.text, url=r.url,
             lang=r.lang, published_at=r.published_at, fetched_at=r.fetched_at,
             tickers=tuple(sorted(links.get(r.id, []), key=lambda t: t.ticker)),
+            story_id=r.story_id, novelty=1.0 if r.novelty is None else r.novelty,
         )
         for r in (rows[i] for i in ids)
     ]  # fmt: skip
@@ -577,6 +583,7 @@ class DatabaseSource:
         columns = [
             DocumentRow.id,
             type_coerce(DocumentRow.published_at, NullType()),
+            DocumentRow.story_id,
             DocumentTickerRow.ticker,
         ]
         query = select(*columns).outerjoin(
@@ -625,7 +632,8 @@ def _utc(value: datetime | str) -> datetime:
 
 
 def _items(rows: Sequence[Any]) -> list[Item]:
-    """Group (id, published_at, ticker[, score, label]) rows, ordered by document, into items."""
+    """Group (id, published_at, story_id, ticker[, score, label]) rows, ordered by document, into
+    items."""
     page: list[Item] = []
     item: Item | None = None
     tickers: list[str] = []
@@ -635,13 +643,13 @@ def _items(rows: Sequence[Any]) -> list[Item]:
             if item is not None:
                 item.tickers = tuple(sorted(set(tickers)))
             published_at = _utc(row[1])
-            item = Item(doc_id, published_at, ())
+            item = Item(doc_id, published_at, (), story_id=row[2])
             tickers = []
-            if len(row) > 3 and row[4] is not None:
-                item.cached = CachedScore(doc_id, published_at, row[3], row[4])
+            if len(row) > 4 and row[5] is not None:
+                item.cached = CachedScore(doc_id, published_at, row[4], row[5], None, row[2])
             page.append(item)
-        if row[2] is not None:
-            tickers.append(row[2])
+        if row[3] is not None:
+            tickers.append(row[3])
     if item is not None:
         item.tickers = tuple(sorted(set(tickers)))
     return page
@@ -681,13 +689,14 @@ class FileSource:
             if wanted and not wanted & {t.ticker for t in doc.tickers}:
                 continue
             documents.setdefault(doc.id, doc)
-        self.items = sorted(
-            (
-                Item(d.id, d.published_at, tuple(sorted(t.ticker for t in d.tickers)), d)
-                for d in documents.values()
-            ),
-            key=lambda i: (i.published_at, i.id),
-        )
+        ordered = sorted(documents.values(), key=lambda d: (d.published_at, d.id))
+        stories = StoryIndex()  # in event-time order, as the archive's news was published
+        self.items = []
+        for d in ordered:
+            story = stories.assign(d.id, d.text, d.published_at, [t.ticker for t in d.tickers])
+            d = d.model_copy(update={"story_id": story.story_id, "novelty": story.novelty})
+            tickers = tuple(sorted(t.ticker for t in d.tickers))
+            self.items.append(Item(d.id, d.published_at, tickers, d, story_id=d.story_id))
 
     def count(self) -> int:
         return len(self.items)

@@ -119,6 +119,7 @@ def upsert_documents(session: Session, documents: Sequence[Document]) -> None:
             "id": d.id, "source": d.source, "kind": d.kind.value, "title": d.title,
             "text": d.text, "url": d.url, "lang": d.lang,
             "published_at": d.published_at, "fetched_at": d.fetched_at,
+            "story_id": d.story_id, "novelty": d.novelty,
         }
         for d in documents
     ]  # fmt: skip

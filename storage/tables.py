@@ -21,7 +21,10 @@ class DocumentRow(Base):
     __tablename__ = "documents"
     # event-time order with a tie-break: a replay pages through documents by (published_at, id)
     # straight off this index, without sorting what is left of the period for every page
-    __table_args__ = (Index("ix_documents_published_at_id", "published_at", "id"),)
+    __table_args__ = (
+        Index("ix_documents_published_at_id", "published_at", "id"),
+        Index("ix_documents_story_id", "story_id"),
+    )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     source: Mapped[str] = mapped_column(String(200))
@@ -32,6 +35,8 @@ class DocumentRow(Base):
     lang: Mapped[str] = mapped_column(String(8))
     published_at: Mapped[datetime]
     fetched_at: Mapped[datetime]
+    story_id: Mapped[str | None] = mapped_column(ID)  # the story's first document
+    novelty: Mapped[float | None] = mapped_column(Float)
 
 
 class DocumentTickerRow(Base):

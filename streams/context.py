@@ -23,6 +23,7 @@ from storage.engine import make_engine, session_factory
 from storage.repository import register_model_versions
 from streams.pipeline import Deduplicator
 from streams.pipeline.rules import build_risk_engine
+from streams.pipeline.stories import StoryIndex
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,6 +73,7 @@ class WorkerContext:
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions = session_factory(self.engine)
         self.dedupe = Deduplicator(settings.dedupe_cache_size)
+        self.stories = StoryIndex()
         self.risk = build_risk_engine(settings)
         self.targets = Targets(
             grafana=settings.grafana_url is not None,

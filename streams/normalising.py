@@ -1,4 +1,9 @@
-"""raw.news + raw.social -> docs: validate, normalise, drop exact duplicates, link cashtags."""
+"""raw.news + raw.social -> docs: validate, normalise, drop exact duplicates, link cashtags, and
+cluster near-duplicates into stories.
+
+The story index lives in this worker: copies that arrive at another worker (raw topics are keyed by
+the source's item id) start stories of their own there.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Document, RawRecord
 from streams.context import WorkerContext, event_batches, send_dead
 from streams.pipeline import normalise
+from streams.pipeline.stories import with_story
 
 log = logging.getLogger(__name__)
 STAGE = "normalise"
@@ -45,4 +51,5 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             await send_dead(dead, [r for r in results if isinstance(r, DeadLetter)])
             for doc in results:
                 if isinstance(doc, Document) and ctx.dedupe.is_new(doc.id):
+                    doc = with_story(ctx.stories, doc)  # near-duplicates: one story
                     await docs.send(key=doc.id.encode(), value=doc.to_json())

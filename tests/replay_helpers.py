@@ -18,6 +18,7 @@ from storage.delivery import Targets
 from storage.tables import AlertRow, ScoreRow, TickerSentimentRow
 from streams.pipeline import fan_out, score_documents
 from streams.pipeline.rules import build_risk_engine
+from streams.pipeline.stories import StoryIndex, with_story
 from streams.risk import apply_scores, persist_risk
 from streams.scoring import persist_scored
 
@@ -27,6 +28,10 @@ BAD = [
     "{n} cuts outlook as losses widen",
     "{n} recalls product, shares slump",
 ]
+DETAIL = (
+    "analysts investors regulators suppliers customers lenders unions auditors rivals partners "
+    "in europe asia america across the region this week overnight after hours at the open"
+).split()
 CALM = [
     "{n} to present at industry conference",
     "{n} reports record profit",
@@ -51,7 +56,9 @@ def world(days: int = 2) -> list[Document]:
                 name == "BOLT" and published.day == DAY0.day and 14 <= published.hour < 16
             )
             template = (BAD if bad else CALM)[i % 3]
-            text = template.format(n=name)
+            # each document its own news: a detail no other shares (else they are one story)
+            detail = " ".join(DETAIL[(i * 7 + k * 13 + j * 5) % len(DETAIL)] for j in range(6))
+            text = f"{template.format(n=name)}; {detail} {i}"
             tickers = [name] + ([names[(k + 1) % 3]] if i % 10 == 0 else [])
             docs.append(
                 Document(
@@ -71,7 +78,8 @@ def run_live(
     targets: Targets | None = None,
 ) -> None:
     """What the live stream does, in event-time order, through the same functions and writes."""
-    ordered = sorted(docs, key=lambda d: (d.published_at, d.id))
+    stories = StoryIndex()
+    ordered = [with_story(stories, d) for d in sorted(docs, key=lambda d: (d.published_at, d.id))]
     engine = build_risk_engine(settings)
     now = datetime.now(UTC)
     for start in range(0, len(ordered), 64):

@@ -33,15 +33,24 @@ class Scored(Protocol):
     def score(self) -> float: ...
     @property
     def label(self) -> str: ...
+    @property
+    def story_id(self) -> str | None: ...
 
 
 class Event(NamedTuple):
-    """One document in a ticker's window; a tuple, so sorting and bisecting run in C."""
+    """One document in a ticker's window; a tuple, so sorting and bisecting run in C. ``story`` is
+    the story it belongs to (its own id when it is the first or stands alone)."""
 
     published_at: datetime
     document_id: str
     score: float = 0.0
     negative: bool = False
+    story: str = ""
+
+    @property
+    def key(self) -> str:
+        """What counts once in a window: the story (copies of it are not independent evidence)."""
+        return self.story or self.document_id
 
 
 class WindowStats(NamedTuple):
@@ -73,10 +82,12 @@ class TickerWindow:
         self._adds = 0
 
     def add(self, event: Event) -> bool:
-        if event.document_id in self._ids:
+        """Take an event; False for a duplicate, or a copy of a story already in the window."""
+        ident = event.key
+        if ident in self._ids:
             return False
         bisect.insort(self.events, event)
-        self._ids.add(event.document_id)
+        self._ids.add(ident)
         if self.high_water is None or event.published_at > self.high_water:
             self.high_water = event.published_at
         self._evict()
@@ -108,7 +119,7 @@ class TickerWindow:
         cut = bisect.bisect_left(self.events, (oldest,))
         if cut:
             for old in self.events[:cut]:
-                self._ids.discard(old.document_id)
+                self._ids.discard(old.key)
             del self.events[:cut]
 
     def stats_at(self, end: datetime, length: timedelta) -> WindowStats:
@@ -189,12 +200,16 @@ class TickerWindow:
 
     def state(self) -> list[list[Any]]:
         return [
-            [e.published_at.isoformat(), e.document_id, e.score, e.negative] for e in self.events
+            [e.published_at.isoformat(), e.document_id, e.score, e.negative, e.story]
+            for e in self.events
         ]
 
     def restore(self, events: list[list[Any]]) -> None:
-        for published_at, document_id, score, negative in events:
-            self.add(Event(datetime.fromisoformat(published_at), document_id, score, negative))
+        for published_at, document_id, score, negative, *story in events:  # story: since 0007
+            self.add(
+                Event(datetime.fromisoformat(published_at), document_id, score, negative,
+                      story[0] if story else "")
+            )  # fmt: skip
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -296,7 +311,14 @@ class RiskEngine:
         if window is None:
             window = TickerWindow(ticker, self.horizon, self.hops)
             self.windows[ticker] = window
-        event = Event(score.published_at, score.document_id, score.score, score.label == "negative")
+        story = score.story_id
+        event = Event(
+            score.published_at,
+            score.document_id,
+            score.score,
+            score.label == "negative",
+            story if story and story != score.document_id else "",
+        )
         if not window.add(event):
             return RiskUpdate()
         trailing = window.stats_at(score.published_at, self.trailing)

@@ -19,7 +19,7 @@ def score_documents(
             document_id=d.id, ticker=None, kind=d.kind, published_at=d.published_at,
             model_version=ensemble.version, label=j.label, probabilities=j.probabilities,
             score=j.score, confidence=j.confidence, disagreement=j.disagreement,
-            votes=j.votes, run_id=run_id,
+            votes=j.votes, run_id=run_id, story_id=d.story_id,
         )
         for d, j in zip(docs, judgements, strict=True)
     ]  # fmt: skip

@@ -4,7 +4,9 @@ a novelty score: the first document of a story is 1, each later copy half the on
 Syndicated copies ("(Reuters) - ..."), retweets ("RT @desk: ...") and light rewrites share most of
 their character 5-grams, so their MinHash signatures agree in most positions; banding (16 bands of 4
 rows) makes documents whose estimated Jaccard similarity is about 0.5 or more candidates, and a
-candidate joins a story when its estimate against the story's first document reaches ``threshold``.
+candidate joins a story when its estimate against the story's first document reaches ``threshold``,
+they name a ticker in common (or neither names one), and their numbers agree (one's numbers are a
+subset of the other's: a dateline may add one, but "$2 billion" is not "$4 billion").
 
 Everything is deterministic (no process-seeded hashing), so every worker and every replay clusters
 the same documents the same way. Stories are forgotten ``horizon`` of event time after they began.
@@ -20,12 +22,15 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from riskwire.records import Document
+
 _NOISE = re.compile(
     r"^\s*(rt\s+@\w+:?|\(\w[\w .]{0,30}\)\s*[-\u2013\u2014]|[A-Z][A-Za-z .]{0,30}\(\w+\)\s*[-\u2013\u2014])"
     r"|https?://\S+|@\w+",
     re.IGNORECASE,
 )
 _NON_WORD = re.compile(r"[^0-9a-z$]+")
+_NUMBER = re.compile(r"\d+")
 
 
 def fingerprint_text(text: str) -> str:
@@ -73,6 +78,7 @@ class _Story:
     signature: np.ndarray
     keys: list[bytes]
     tickers: frozenset[str]
+    numbers: frozenset[str]
     copies: int = 0
     members: set[str] = field(default_factory=set)
 
@@ -115,6 +121,7 @@ class StoryIndex:
         joins a story only if they name a ticker in common (or neither names one): templated
         headlines ("X beats estimates") about different companies are different stories."""
         names = frozenset(tickers)
+        numbers = frozenset(_NUMBER.findall(fingerprint_text(text)))
         scopes = sorted(names) or [""]  # buckets per ticker: candidates share one
         known = self._by_document.get(document_id)
         if known is not None:
@@ -127,6 +134,8 @@ class StoryIndex:
             for story in self._buckets.get(key, ()):
                 if story.tickers != names and not names & story.tickers:
                     continue
+                if not (numbers <= story.numbers or story.numbers <= numbers):
+                    continue  # "$2 billion" is not "$4 billion": another fact, another story
                 similarity = float(np.mean(story.signature == signature))
                 if similarity > best_similarity:
                     best, best_similarity = story, similarity
@@ -135,7 +144,9 @@ class StoryIndex:
             best.members.add(document_id)
             self._by_document[document_id] = best
             return StoryAssignment(best.story_id, 0.5**best.copies, best.copies, best_similarity)
-        story = _Story(document_id, published_at, signature, keys, names, members={document_id})
+        story = _Story(
+            document_id, published_at, signature, keys, names, numbers, members={document_id}
+        )
         for key in keys:
             self._buckets.setdefault(key, []).append(story)
         self._stories.append(story)
@@ -153,3 +164,9 @@ class StoryIndex:
                         del self._buckets[key]
             for member in story.members:
                 self._by_document.pop(member, None)
+
+
+def with_story(index: StoryIndex, doc: Document) -> Document:
+    """The document with its story and novelty, from ``index`` (which learns it)."""
+    story = index.assign(doc.id, doc.text, doc.published_at, [t.ticker for t in doc.tickers])
+    return doc.model_copy(update={"story_id": story.story_id, "novelty": story.novelty})

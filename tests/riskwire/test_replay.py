@@ -464,3 +464,34 @@ def test_alerts_are_compared_as_matched_shifted_gained_or_lost(
     }  # fmt: skip
     shifted = next(a for a in found if a["status"] == "shifted")
     assert shifted["baseline_window_start"] == (DAY0 + timedelta(hours=10)).isoformat()
+
+
+def test_a_backfill_clusters_near_duplicates_and_counts_each_story_once(
+    empty: tuple[Settings, sessionmaker[Session]], tmp_path: Path
+) -> None:
+    settings, sessions = empty
+    wire = {"kind": "news", "tickers": ["ACME"], "published_at": "2025-06-02T09:00:00Z"}
+    lines = [
+        {**wire, "source": "wire-a", "title": "Acme shares plunge after profit warning"},
+        {**wire, "source": "wire-b", "title": "(Reuters) - Acme shares plunge after profit warning",
+         "published_at": "2025-06-02T09:03:00Z"},
+        {**wire, "source": "wire-c", "title": "RT @desk: Acme shares plunge after profit warning",
+         "published_at": "2025-06-02T09:05:00Z"},
+        {**wire, "source": "wire-a", "title": "Acme cuts outlook as losses widen",
+         "published_at": "2025-06-02T09:20:00Z"},
+    ]  # fmt: skip
+    archive = tmp_path / "copies.jsonl"
+    archive.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    ensemble = lexicon_ensemble()
+    job = create_job(sessions, settings, ReplaySpec(source=str(archive), kind="backfill"))
+    assert ReplayRunner(settings, sessions, lambda: ensemble).run(job) == "done"
+    with sessions() as session:
+        docs = session.scalars(select(DocumentRow).order_by(DocumentRow.published_at)).all()
+        assert len(docs) == 4
+        first = docs[0]
+        assert [(d.story_id == first.id, d.novelty) for d in docs] == [
+            (True, 1.0), (True, 0.5), (True, 0.25), (False, 1.0)
+        ]  # fmt: skip
+        rows = sentiment_of(session, "live")
+    # the copies add nothing to ACME's windows: two stories, two rolling rows
+    assert len(rows) == 2 and max(r[2] for r in rows.values()) == 2

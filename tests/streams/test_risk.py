@@ -166,3 +166,31 @@ def test_each_rule_keeps_its_own_state_and_alert_identity() -> None:
 def test_rule_names_must_be_unique_in_one_engine() -> None:
     with pytest.raises(ValueError, match="unique"):
         RiskEngine([RULE, RULE])
+
+
+def test_copies_of_one_story_count_once_in_a_window() -> None:
+    """Fifty outlets syndicating one story are one piece of evidence, not fifty."""
+    engine = RiskEngine([RULE])
+    scores = burst(n=6)
+    story = scores[0].document_id
+    copies = [s.model_copy(update={"story_id": story}) for s in scores]
+    updates = [engine.process(s) for s in copies]
+    assert updates[0].row is not None and all(u.row is None for u in updates[1:])
+    assert not [a for u in updates for a in u.alerts]
+    assert updates[0].row["window_documents"] == 1
+    # the same scores as separate stories fire as before
+    assert len(run(RiskEngine([RULE]), scores)) == 1
+
+
+def test_a_checkpoint_from_before_stories_still_restores() -> None:
+    engine = RiskEngine([RULE])
+    run(engine, burst(n=3))
+    state = engine.state()
+    for events in state["windows"].values():  # the four-field events of older checkpoints
+        for event in events:
+            del event[4:]
+    restored = RiskEngine([RULE])
+    restored.restore(json.loads(json.dumps(state)))
+    assert [e[:4] for e in restored.state()["windows"]["ACME"]] == [
+        e[:4] for e in engine.state()["windows"]["ACME"]
+    ]

@@ -79,3 +79,25 @@ def test_signatures_are_the_same_in_every_process() -> None:
 def test_the_fingerprint_drops_what_copies_do_not_share() -> None:
     assert fingerprint_text("RT @desk: Acme (ACME) falls! https://x.y/z") == "acme acme falls"
     assert fingerprint_text("(Reuters) - Acme falls") == "acme falls"
+
+
+def test_a_syndicated_copy_carries_its_story_into_its_score() -> None:
+    from models.ensemble import Ensemble
+    from models.lexicon import LexiconMember
+    from riskwire.records import Kind, RawRecord
+    from streams.pipeline import normalise, score_documents
+    from streams.pipeline.stories import with_story
+
+    def doc(title: str, source: str):  # type: ignore[no-untyped-def]
+        return normalise(
+            RawRecord(source=source, kind=Kind.NEWS, fetched_at=T + timedelta(minutes=5),
+                      payload={"title": title, "published_at": T.isoformat()})
+        )  # fmt: skip
+
+    index = StoryIndex()
+    first = with_story(index, doc("$ACME " + ORIGINAL, "wire-a"))
+    copy = with_story(index, doc("(Reuters) - $ACME " + ORIGINAL, "wire-b"))
+    assert (first.story_id, first.novelty) == (first.id, 1.0)
+    assert (copy.story_id, copy.novelty) == (first.id, 0.5) and copy.id != first.id
+    (score,) = score_documents(Ensemble([LexiconMember()], name="lex"), [copy])
+    assert score.story_id == first.id
