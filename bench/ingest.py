@@ -1,5 +1,6 @@
-"""Ingest throughput on 2 cores: normalise (HTML, time, canonical URL, language, cashtag links) +
-story clustering (MinHash/LSH) + novelty, per document, as the ingest path runs them.
+"""Ingest throughput on 2 cores: normalise (HTML, time, canonical URL, language, entity links) +
+story clustering (MinHash/LSH) + novelty, per document, as the ingest path runs them; and entity
+linking's precision and recall on the packaged labelled samples.
 
     riskwire bench ingest [--documents 20000] [--json]
 
@@ -98,6 +99,11 @@ def run(documents: int = 20_000) -> dict[str, Any]:
     true_copies = [i for i in range(len(docs)) if origin[i] != i]
     found = sum(1 for i in true_copies if stories[i].copy)
     total = decode_s + normalise_s + cluster_s
+    from streams.pipeline.entities import default_linker, evaluate, labelled_sample
+
+    linker = default_linker()
+    tuned, heldout = (evaluate(linker, labelled_sample(n))
+                      for n in ("linking_sample", "linking_heldout"))  # fmt: skip
     return {
         "documents": documents,
         "decode_per_s": documents / decode_s,
@@ -110,4 +116,7 @@ def run(documents: int = 20_000) -> dict[str, Any]:
         "copy_precision": right / max(1, len(claimed)),
         "copy_recall": found / max(1, len(true_copies)),
         "ingest_vs_decode": decode_s / total,
+        "linking_tuned": tuned,
+        "linking_heldout": heldout,
+        "companies": len(linker.table),
     }

@@ -50,6 +50,10 @@ def _settings() -> Settings:
     )
     for noisy in ("kafka", "aiokafka", "faust", "mode", "httpx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if settings.companies_file is not None:  # entity linking in backfills and replays
+        from streams.pipeline import entities
+
+        entities.configure(settings.companies_file)
     return settings
 
 
@@ -556,7 +560,7 @@ def bench_ingest(
         return
     console.print(
         f"ingest: {result['ingest_per_s']:,.0f} documents/s for decode + normalise (HTML, time, URL, "
-        f"language, cashtags) + stories ({result['documents']:,} items; normalise "
+        f"language, entity links) + stories ({result['documents']:,} items; normalise "
         f"{result['normalise_per_s']:,.0f}/s, clustering {result['cluster_per_s']:,.0f}/s, JSON "
         f"decode alone {result['decode_per_s']:,.0f}/s)"
     )
@@ -565,6 +569,12 @@ def bench_ingest(
         f"({result['stories']:,} stories); precision {result['copy_precision']:.3f}, recall "
         f"{result['copy_recall']:.3f}"
     )
+    for name, key in (("tuning sample", "linking_tuned"), ("held-out sample", "linking_heldout")):
+        m = result[key]
+        console.print(
+            f"entity linking ({result['companies']} companies), {name}: precision "
+            f"{m['precision']:.3f}, recall {m['recall']:.3f} over {m['links']:.0f} links"
+        )
 
 
 @keys_app.command("create")

@@ -120,7 +120,10 @@ class Settings(BaseSettings):
         True, description="the API process also runs the delivery dispatcher"
     )
     sectors_file: Path | None = Field(
-        None, description="CSV of ticker,sector that sector filters match against"
+        None, description="CSV of ticker,sector for sector filters; unset = the companies table's"
+    )
+    companies_file: Path | None = Field(
+        None, description="reference table for entity linking; unset = the packaged starter table"
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -21,7 +21,7 @@ from riskwire.settings import Settings
 from storage.delivery import Targets
 from storage.engine import make_engine, session_factory
 from storage.repository import register_model_versions
-from streams.pipeline import Deduplicator
+from streams.pipeline import Deduplicator, entities
 from streams.pipeline.rules import build_risk_engine
 from streams.pipeline.stories import StoryIndex
 
@@ -75,10 +75,13 @@ class WorkerContext:
         self.dedupe = Deduplicator(settings.dedupe_cache_size)
         self.stories = StoryIndex()
         self.risk = build_risk_engine(settings)
+        linker = entities.configure(settings.companies_file)  # normalise links with this table
         self.targets = Targets(
             grafana=settings.grafana_url is not None,
             alertmanager=settings.alertmanager_url is not None,
-            sector_of=load_sectors(settings.sectors_file),
+            sector_of=load_sectors(settings.sectors_file)
+            if settings.sectors_file
+            else linker.table.sector_of(),
         )
         self._ensemble_factory = ensemble_factory
         self._ensemble: Ensemble | None = None

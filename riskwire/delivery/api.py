@@ -241,11 +241,14 @@ def delivery_router(
     heartbeat_s: float = 15.0,
 ) -> APIRouter:
     router = APIRouter()
-    sector_of: dict[str, str] = {}
     if settings.sectors_file is not None:
         from riskwire.delivery.model import load_sectors
 
         sector_of = load_sectors(settings.sectors_file)
+    else:  # the sectors of the entity-linking reference table
+        from streams.pipeline.entities import ReferenceTable
+
+        sector_of = ReferenceTable.load(settings.companies_file).sector_of()
 
     def owner(principal: Principal) -> str:
         if principal.key_id is None:

@@ -66,21 +66,11 @@ def extract_cashtags(text: str) -> list[str]:
 
 
 def link_tickers(title: str, text: str, given: object) -> tuple[TickerLink, ...]:
-    """Tickers named by the source (relevance 1), cashtags in the title (1) or only in the body (0.7)."""
-    links: dict[str, float] = {}
-    if given is not None:
-        if not isinstance(given, list) or not all(isinstance(t, str) for t in given):
-            raise InvalidRecord(f"tickers must be a list of strings, got {given!r}")
-        for ticker in given:
-            symbol = ticker.strip().lstrip("$").upper()
-            if not _TICKER.match(symbol):
-                raise InvalidRecord(f"ticker {ticker!r} is not a valid symbol")
-            links[symbol] = 1.0
-    for symbol in extract_cashtags(title):
-        links[symbol] = 1.0
-    for symbol in extract_cashtags(text):
-        links.setdefault(symbol, 0.7)
-    return tuple(TickerLink(ticker=t, relevance=r) for t, r in links.items())
+    """Tickers the source names (relevance 1), exchange-prefixed tickers, cashtags and company names
+    from the reference table, each with its relevance (see ``entities``)."""
+    from streams.pipeline.entities import default_linker
+
+    return default_linker().link(title, text, given)
 
 
 TRACKING = re.compile(

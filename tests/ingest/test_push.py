@@ -73,7 +73,8 @@ def test_pushed_items_land_on_the_raw_topics_and_bad_ones_are_dead_lettered(
     assert news[0].source == "push:acme-wire" and news[0].payload == items[0]
     letters = [DeadLetter.from_json(m.value) for m in read_topic(bootstrap, topics.deadletter)]
     assert len(letters) == 2 and all(d.stage == "ingest" for d in letters)
-    assert json.loads(letters[0].payload) == ["not", "an", "object"]
+    # the topic's partitions interleave: in either order
+    assert ["not", "an", "object"] in [json.loads(d.payload) for d in letters]
 
 
 def test_ndjson_pushes_are_accepted(client: TestClient, push_settings: Settings) -> None:
