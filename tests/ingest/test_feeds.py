@@ -363,3 +363,45 @@ def test_feed_health_is_served_by_the_api_failing_first(
     assert [f["source"] for f in feeds][:2] == ["broken", "malformed"]
     assert {f["source"]: f["status"] for f in feeds}["broken"] == "failing"
     assert feeds[0]["consecutive_errors"] >= 3 and "HTTP 500" in feeds[0]["last_error"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_live_feed_flows_through_the_same_pipeline_as_files(
+    server: FeedServer, tmp_path: Path, broker: Any, sqlite_url: str
+) -> None:
+    """RSS items polled from a feed go through the broker and a worker into the database, linked
+    to their companies, exactly like records from a file."""
+    import uuid
+
+    from ingest import RawProducer
+    from riskwire.settings import load_settings
+    from riskwire.worker import spawn_worker, stop_worker
+    from storage.tables import DocumentRow, DocumentTickerRow
+    from tests.kafka_helpers import wait_drained
+
+    upgrade(sqlite_url)
+    run = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        kafka_bootstrap=broker.bootstrap, database_url=sqlite_url, data_dir=tmp_path,
+        topic_prefix=f"feed-{run}", consumer_group=f"riskwire-{run}", score_batch_wait_s=0.2,
+    )  # fmt: skip
+    feeds = load_feeds(write_config(tmp_path, server.url))[:1]  # the markets RSS feed
+    worker = spawn_worker(settings, tmp_path / "worker.log")
+    try:
+        with RawProducer(broker.bootstrap, settings.topics) as producer:
+            runner = FeedRunner(feeds, producer.publish, None, Clock())
+            assert runner.poll_due() == 2
+            runner.close()
+        topics = settings.topics
+        wait_drained(broker.bootstrap, settings.consumer_group,
+                     [topics.raw_news, topics.raw_social, topics.docs, topics.scored])  # fmt: skip
+    finally:
+        assert stop_worker(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    sessions = session_factory(make_engine(sqlite_url))
+    with sessions() as session:
+        docs = session.scalars(select(DocumentRow).order_by(DocumentRow.published_at)).all()
+        links = {(d.document_id, d.ticker) for d in session.scalars(select(DocumentTickerRow))}
+    assert [d.source for d in docs] == ["markets", "markets"]
+    assert docs[0].url == "https://news.example.com/markets/acme-warning" and docs[0].lang == "en"
+    assert {t for _, t in links} == {"ACME", "BETA"}
