@@ -40,6 +40,11 @@ app.add_typer(replay_app, name="replay")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 app.add_typer(ingest_app, name="ingest")
+# options the bench commands share
+BenchDatabase = Annotated[
+    str | None, typer.Option(help="an empty database; default: SQLite in a temp dir")
+]
+JsonOutput = Annotated[bool, typer.Option("--json", help="one JSON object on stdout")]
 console = Console(soft_wrap=True)  # paths and URLs stay whole for copy and paste
 
 
@@ -480,10 +485,8 @@ def backfill(
 def bench_replay(
     documents: Annotated[int, typer.Option(help="stored documents to replay")] = 50_000,
     rescore_documents: Annotated[int, typer.Option(help="documents to re-score (0 = skip)")] = 1000,
-    database_url: Annotated[
-        str | None, typer.Option(help="an empty database; default: SQLite in a temp dir")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+    database_url: BenchDatabase = None,
+    as_json: JsonOutput = False,
 ) -> None:
     """Replay docs/s with cached scores and with re-scoring, against the ensemble alone."""
     from bench.replay import run
@@ -516,10 +519,8 @@ def bench_delivery(
     receiver_latency_ms: Annotated[
         float, typer.Option(help="the receiver answers this late (a remote one)")
     ] = 0.0,
-    database_url: Annotated[
-        str | None, typer.Option(help="an empty database; default: SQLite in a temp dir")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+    database_url: BenchDatabase = None,
+    as_json: JsonOutput = False,
 ) -> None:
     """Webhook deliveries/s and delivery latency through the outbox, against plain sequential POSTs."""
     from bench.delivery import run
@@ -548,7 +549,7 @@ def bench_delivery(
 @bench_app.command("ingest")
 def bench_ingest(
     documents: Annotated[int, typer.Option(help="synthetic items")] = 20_000,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+    as_json: JsonOutput = False,
 ) -> None:
     """Documents/s for normalise + link + cluster on this machine, against a bare JSON decode."""
     from bench.ingest import run

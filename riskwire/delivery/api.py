@@ -133,6 +133,38 @@ def _uncursor(cursor: str | None, size: int) -> list[Any] | None:
         raise HTTPException(422, "cursor is not one this API gave out") from None
 
 
+def keyset_page(
+    sessions: sessionmaker[Session],
+    query: Any,
+    order: tuple[Any, Any],
+    newest_first: bool,
+    cursor: str | None,
+    limit: int,
+    render: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """One page of ``query`` ordered by ``order`` (a time column, then a unique id column), after
+    ``cursor`` (keyset pagination: a page never shifts while rows are added), with the cursor of the
+    next page when there is one."""
+    when, ident = order
+    after = _uncursor(cursor, 2)
+    if after:
+        t = datetime.fromisoformat(after[0])
+        if newest_first:
+            query = query.where(or_(when < t, and_(when == t, ident < after[1])))
+        else:
+            query = query.where(or_(when > t, and_(when == t, ident > after[1])))
+    columns = (when.desc(), ident.desc()) if newest_first else (when, ident)
+    with sessions() as session:
+        rows = list(session.scalars(query.order_by(*columns).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if rows else None
+    return {
+        "items": [render(r) for r in rows],
+        "next_cursor": _cursor(getattr(last, when.key), getattr(last, ident.key)) if more else None,
+    }
+
+
 def _subscription_out(row: SubscriptionRow, secret: str | None = None) -> dict[str, Any]:
     return {
         "id": row.id, "name": row.name, "channel": row.channel, "url": row.url,
@@ -150,6 +182,15 @@ def _alert_out(row: AlertRow) -> dict[str, Any]:
         "resolved_at": row.resolved_at.isoformat() if row.resolved_at else None,
         "values": row.measured, "thresholds": row.thresholds, "evidence": row.evidence,
         "explanation": row.explanation,
+    }  # fmt: skip
+
+
+def _sentiment_out(r: TickerSentimentRow) -> dict[str, Any]:
+    return {
+        "document_id": r.document_id, "published_at": r.published_at.isoformat(),
+        "score": r.score, "window_documents": r.window_documents,
+        "window_mean_score": r.window_mean_score,
+        "window_negative_share": r.window_negative_share,
     }  # fmt: skip
 
 
@@ -407,24 +448,8 @@ def delivery_router(
         query = select(DeliveryRow).where(where)
         if state:
             query = query.where(DeliveryRow.status == state)
-        after = _uncursor(cursor, 2)
-        if after:
-            t = datetime.fromisoformat(after[0])
-            query = query.where(
-                or_(
-                    DeliveryRow.created_at < t,
-                    and_(DeliveryRow.created_at == t, DeliveryRow.id < after[1]),
-                )
-            )
-        query = query.order_by(DeliveryRow.created_at.desc(), DeliveryRow.id.desc())
-        with sessions() as session:
-            rows = list(session.scalars(query.limit(limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return {
-            "items": [_delivery_out(r) for r in rows],
-            "next_cursor": _cursor(rows[-1].created_at, rows[-1].id) if more else None,
-        }
+        order = (DeliveryRow.created_at, DeliveryRow.id)
+        return keyset_page(sessions, query, order, True, cursor, limit, _delivery_out)
 
     async def event_stream(
         request: Request, after: int, wanted: AlertFilter, limit: int | None
@@ -546,21 +571,8 @@ def delivery_router(
             query = query.where(AlertRow.fired_at >= since)
         if until:
             query = query.where(AlertRow.fired_at < until)
-        after = _uncursor(cursor, 2)
-        if after:
-            t = datetime.fromisoformat(after[0])
-            query = query.where(
-                or_(AlertRow.fired_at < t, and_(AlertRow.fired_at == t, AlertRow.id < after[1]))
-            )
-        query = query.order_by(AlertRow.fired_at.desc(), AlertRow.id.desc()).limit(limit + 1)
-        with sessions() as session:
-            rows = list(session.scalars(query))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return {
-            "items": [_alert_out(r) for r in rows],
-            "next_cursor": _cursor(rows[-1].fired_at, rows[-1].id) if more else None,
-        }
+        order = (AlertRow.fired_at, AlertRow.id)
+        return keyset_page(sessions, query, order, True, cursor, limit, _alert_out)
 
     @router.get("/alerts/live", response_class=HTMLResponse, tags=["alerts"])
     def live_page() -> HTMLResponse:
@@ -614,28 +626,7 @@ def delivery_router(
             query = query.where(t.published_at >= since)
         if until:
             query = query.where(t.published_at < until)
-        after = _uncursor(cursor, 2)
-        if after:
-            at = datetime.fromisoformat(after[0])
-            query = query.where(
-                or_(t.published_at > at, and_(t.published_at == at, t.document_id > after[1]))
-            )
-        query = query.order_by(t.published_at, t.document_id).limit(limit + 1)
-        with sessions() as session:
-            rows = list(session.scalars(query))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return {
-            "items": [
-                {
-                    "document_id": r.document_id, "published_at": r.published_at.isoformat(),
-                    "score": r.score, "window_documents": r.window_documents,
-                    "window_mean_score": r.window_mean_score,
-                    "window_negative_share": r.window_negative_share,
-                }
-                for r in rows
-            ],
-            "next_cursor": _cursor(rows[-1].published_at, rows[-1].document_id) if more else None,
-        }  # fmt: skip
+        order = (t.published_at, t.document_id)
+        return keyset_page(sessions, query, order, False, cursor, limit, _sentiment_out)
 
     return router
