@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import yaml
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.base import SourceItem
@@ -173,6 +174,13 @@ class Health:
             "items_last_poll": self.items_last_poll, "items_per_minute": self.items_per_minute,
             "updated_at": now,
         }  # fmt: skip
+
+
+def health_worst_first(session: Session) -> list[FeedHealthRow]:
+    """Every feed's stored health, failing feeds first, then silent ones, then by name."""
+    order = {"failing": 0, "silent": 1, "ok": 2}
+    rows = session.scalars(select(FeedHealthRow))
+    return sorted(rows, key=lambda r: (order.get(r.status, 3), r.source))
 
 
 def store_health(session: Session, rows: Sequence[dict[str, Any]]) -> None:

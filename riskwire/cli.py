@@ -123,17 +123,12 @@ def ingest_file(
 def ingest_health() -> None:
     """Each polled feed's health: failing and silent feeds first."""
     from rich.table import Table
-    from sqlalchemy import select
 
-    from storage.tables import FeedHealthRow
+    from ingest.feeds import health_worst_first
 
     sessions = _sessions(_settings())
-    order = {"failing": 0, "silent": 1, "ok": 2}
     with sessions() as session:
-        rows = sorted(
-            session.scalars(select(FeedHealthRow)),
-            key=lambda r: (order.get(r.status, 3), r.source),
-        )
+        rows = health_worst_first(session)
     table = Table("feed", "status", "last success", "last new item", "errors", "items/min", "error")
     for r in rows:
         style = {"failing": "red", "silent": "yellow"}.get(r.status)

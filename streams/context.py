@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from models.ensemble import Ensemble
-from riskwire.delivery.model import load_sectors
+from riskwire.delivery.model import sector_map
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Record
 from riskwire.settings import Settings
@@ -75,13 +75,11 @@ class WorkerContext:
         self.dedupe = Deduplicator(settings.dedupe_cache_size)
         self.stories = StoryIndex()
         self.risk = build_risk_engine(settings)
-        linker = entities.configure(settings.companies_file)  # normalise links with this table
+        entities.configure(settings.companies_file)  # normalise links with this table
         self.targets = Targets(
             grafana=settings.grafana_url is not None,
             alertmanager=settings.alertmanager_url is not None,
-            sector_of=load_sectors(settings.sectors_file)
-            if settings.sectors_file
-            else linker.table.sector_of(),
+            sector_of=sector_map(settings),
         )
         self._ensemble_factory = ensemble_factory
         self._ensemble: Ensemble | None = None

@@ -23,8 +23,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ingest.feeds import health_worst_first
 from riskwire.delivery import keys
-from riskwire.delivery.model import AlertFilter, DeliveryError, check_webhook_url
+from riskwire.delivery.model import AlertFilter, DeliveryError, check_webhook_url, sector_map
 from riskwire.settings import Settings
 from storage import delivery as store
 from storage.tables import (
@@ -32,12 +33,12 @@ from storage.tables import (
     AlertRow,
     ApiKeyRow,
     DeliveryRow,
-    FeedHealthRow,
     SubscriptionRow,
     TickerSentimentRow,
 )
 
 Severity = Literal["info", "warning", "critical"]
+DeliveryStatus = Annotated[Literal["pending", "delivered", "dead"] | None, Query(alias="status")]
 LIVE_PAGE = Path(__file__).resolve().parent / "static" / "live.html"
 
 
@@ -282,14 +283,7 @@ def delivery_router(
     heartbeat_s: float = 15.0,
 ) -> APIRouter:
     router = APIRouter()
-    if settings.sectors_file is not None:
-        from riskwire.delivery.model import load_sectors
-
-        sector_of = load_sectors(settings.sectors_file)
-    else:  # the sectors of the entity-linking reference table
-        from streams.pipeline.entities import ReferenceTable
-
-        sector_of = ReferenceTable.load(settings.companies_file).sector_of()
+    sector_of = sector_map(settings)
 
     def owner(principal: Principal) -> str:
         if principal.key_id is None:
@@ -417,9 +411,7 @@ def delivery_router(
     def subscription_deliveries(
         sid: str,
         principal: Principal = writer,
-        state: Annotated[
-            Literal["pending", "delivered", "dead"] | None, Query(alias="status")
-        ] = None,
+        state: DeliveryStatus = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         cursor: str | None = None,
     ) -> dict[str, Any]:
@@ -432,9 +424,7 @@ def delivery_router(
     def all_deliveries(
         principal: Principal = Depends(require("admin")),
         target: Literal["webhook", "grafana", "alertmanager"] | None = None,
-        state: Annotated[
-            Literal["pending", "delivered", "dead"] | None, Query(alias="status")
-        ] = None,
+        state: DeliveryStatus = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         cursor: str | None = None,
     ) -> dict[str, Any]:
@@ -593,10 +583,8 @@ def delivery_router(
     def feed_health(principal: Principal = reader) -> list[dict[str, Any]]:
         """Every polled feed's health: status (ok, failing, silent), last success, last new item,
         consecutive errors, items per minute. Failing and silent feeds first."""
-        order = {"failing": 0, "silent": 1, "ok": 2}
         with sessions() as session:
-            rows = list(session.scalars(select(FeedHealthRow)))
-        rows.sort(key=lambda r: (order.get(r.status, 3), r.source))
+            rows = health_worst_first(session)
         return [
             {
                 "source": r.source, "kind": r.kind, "url": r.url, "status": r.status,

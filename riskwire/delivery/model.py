@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from riskwire.exceptions import RiskwireError
+from riskwire.settings import Settings
 
 
 class DeliveryError(RiskwireError):
@@ -73,6 +74,16 @@ def load_sectors(path: Path | None) -> dict[str, str]:
     if rows and not {"ticker", "sector"} <= set(rows[0]):
         raise DeliveryError(f"{path} needs 'ticker' and 'sector' columns")
     return {r["ticker"].strip().upper(): r["sector"].strip() for r in rows if r["ticker"].strip()}
+
+
+def sector_map(settings: Settings) -> dict[str, str]:
+    """Ticker -> sector for sector filters: ``RISKWIRE_SECTORS_FILE`` when set, else the sectors of
+    the entity-linking reference table."""
+    if settings.sectors_file is not None:
+        return load_sectors(settings.sectors_file)
+    from streams.pipeline.entities import ReferenceTable
+
+    return ReferenceTable.load(settings.companies_file).sector_of()
 
 
 # --- webhook signatures ---------------------------------------------------------------------------

@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from riskwire.settings import Settings, load_settings
 from storage import make_engine, session_factory, upgrade
-from storage.tables import ApiKeyRow, SubscriptionRow
+from storage.tables import ApiKeyRow, DeliveryRow, SubscriptionRow
 from tests.delivery.servers import Alertmanager, FakeGrafana, Receiver
 
 
@@ -81,3 +82,11 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmana
         pytest.skip(str(exc))
     yield server
     server.close()
+
+
+def deliveries(sessions: sessionmaker[Session]) -> list[DeliveryRow]:
+    """Every delivery row, oldest first, detached from its session."""
+    with sessions() as session:
+        rows = list(session.scalars(select(DeliveryRow).order_by(DeliveryRow.created_at)))
+        session.expunge_all()
+        return rows

@@ -32,6 +32,7 @@ from riskwire.worker import spawn_worker, stop_worker
 from storage import delivery as store
 from storage import make_engine, session_factory, upgrade
 from storage.tables import AlertEventRow, AlertRow
+from tests.delivery.conftest import deliveries
 from tests.delivery.servers import Alertmanager, Receiver, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -152,11 +153,11 @@ def test_alerts_from_the_stream_reach_webhooks_sse_and_alertmanager(
 
         # the receiver that was down gets everything once it is back, a minute later
         first_try = min(
-            (r.created_at for r in _deliveries(sessions) if r.subscription_id), default=None
+            (r.created_at for r in deliveries(sessions) if r.subscription_id), default=None
         )
         assert first_try is not None
         time.sleep(max(0.0, DOWN_FOR - (datetime.now(UTC) - first_try).total_seconds()))
-        pending = [d for d in _deliveries(sessions) if d.status == "pending"]
+        pending = [d for d in deliveries(sessions) if d.status == "pending"]
         assert pending and all(d.attempts >= 3 for d in pending)  # retried all along
         late.up()
         wait_until("the late receiver", lambda: len(late.accepted()) >= len(events), 60)
@@ -169,12 +170,3 @@ def test_alerts_from_the_stream_reach_webhooks_sse_and_alertmanager(
         late.close()
         assert stop_worker(worker) == 0
         sessions.kw["bind"].dispose()
-
-
-def _deliveries(sessions):  # type: ignore[no-untyped-def]
-    from storage.tables import DeliveryRow
-
-    with sessions() as session:
-        rows = list(session.scalars(select(DeliveryRow)))
-        session.expunge_all()
-        return rows

@@ -18,8 +18,8 @@ from riskwire.delivery.senders import AlertmanagerSender, GrafanaSender, Webhook
 from riskwire.records import Alert, AlertState
 from riskwire.settings import Settings
 from storage import delivery as store
-from storage.tables import AlertEventRow, DeliveryRow
-from tests.delivery.conftest import add_key, add_subscription
+from storage.tables import AlertEventRow
+from tests.delivery.conftest import add_key, add_subscription, deliveries
 from tests.delivery.servers import Alertmanager, FakeGrafana, Receiver
 from tests.factories import make_alert
 
@@ -29,13 +29,6 @@ def record(sessions: sessionmaker[Session], alerts: list[Alert], **targets: bool
         return store.record_alert_events(
             session, alerts, store.Targets(**targets), datetime.now(UTC)
         )
-
-
-def deliveries(sessions: sessionmaker[Session]) -> list[DeliveryRow]:
-    with sessions() as session:
-        rows = list(session.scalars(select(DeliveryRow).order_by(DeliveryRow.created_at)))
-        session.expunge_all()
-        return rows
 
 
 def webhook_dispatcher(
