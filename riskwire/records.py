@@ -32,6 +32,30 @@ Label = Literal["negative", "neutral", "positive"]
 Probabilities = tuple[float, float, float]
 
 
+# Groups: what risk state and alerts are kept per. A ticker is its own key; a sector is
+# ``sector:<name>``; the whole market is ``market``.
+MARKET = "market"
+SECTOR_PREFIX = "sector:"
+GROUP_KINDS = ("ticker", "sector", "market")
+
+
+def group_key(kind: str, value: str = "") -> str:
+    """The key a group's state and alerts are kept under."""
+    if kind == "ticker":
+        return value
+    if kind == "sector":
+        return SECTOR_PREFIX + value
+    if kind == "market":
+        return MARKET
+    raise ValueError(f"unknown group kind {kind!r}; known: {GROUP_KINDS}")
+
+
+def group_kind(key: str) -> str:
+    if key == MARKET:
+        return "market"
+    return "sector" if key.startswith(SECTOR_PREFIX) else "ticker"
+
+
 class Kind(StrEnum):
     NEWS = "news"
     SOCIAL = "social"
@@ -166,6 +190,7 @@ class Alert(Record):
     thresholds: dict[str, float]
     evidence: tuple[str, ...]
     explanation: str
+    family: str | None = None  # the rule's family, for inhibition
 
 
 class DeadLetter(Record):

@@ -37,15 +37,16 @@ from sqlalchemy.types import NullType
 
 from ingest.files import JsonlSource
 from models.ensemble import Ensemble
+from riskwire.delivery.model import sector_map
 from riskwire.exceptions import InvalidRecord, RiskwireError
-from riskwire.records import DeadLetter, Document, Kind, Score, TickerLink
+from riskwire.records import DeadLetter, Document, Kind, Score, TickerLink, group_key
 from riskwire.replay_plot import plot_report
 from riskwire.replay_writer import PageWrite, copy_cached, forget_inherited, warm_up, write_page
 from riskwire.settings import Settings
 from storage import repository
 from storage.tables import DocumentRow, DocumentTickerRow, ReplayRunRow, ScoreRow
 from streams.pipeline import RiskEngine, normalise, score_documents
-from streams.pipeline.risk import NegativeSurgeRule, Scored
+from streams.pipeline.risk import Rule, Scored
 from streams.pipeline.rules import build_risk_engine, configured_rules, parse_rules, rules_as_data
 from streams.pipeline.stories import StoryIndex
 
@@ -70,7 +71,7 @@ class ReplaySpec:
     end: datetime | None = None
     tickers: tuple[str, ...] = ()
     model_version: str | None = None
-    rules: tuple[NegativeSurgeRule, ...] | None = None
+    rules: tuple[Rule, ...] | None = None
     source: str = "db"
     baseline: str | None = "live"
     rescore: bool = False
@@ -264,6 +265,7 @@ class CachedScore(NamedTuple):
     label: str
     ticker: str | None = None
     story_id: str | None = None
+    disagreement: float = 0.0
 
 
 class ReplayRunner:
@@ -283,6 +285,7 @@ class ReplayRunner:
         self._ensemble_factory = ensemble_factory
         self._ensemble: Ensemble | None = None
         self.page_size = page_size
+        self._sector_of: dict[str, str] | None = None
         # jobs with this many documents to go write from a child process (a second core); the
         # process costs about a second to start, so small jobs write from a thread
         self.process_writer_from = process_writer_from
@@ -343,7 +346,9 @@ class ReplayRunner:
             engine.restore(checkpoint["engine"])
             t, doc_id = checkpoint["after"]
             after = (datetime.fromisoformat(t), doc_id)
-        warmup = max([engine.trailing, *(r.window for r in engine.rules)])
+        warmup = max([engine.trailing, *(r.span for r in engine.rules)])
+        if any(r.needs_z for r in engine.rules):  # z-scores need the groups' baselines
+            warmup += engine.baseline
         source = _source_for(spec, warmup, self.sessions, version)
         total = source.count()
         with self.sessions.begin() as session:
@@ -411,8 +416,10 @@ class ReplayRunner:
                     finish_report(session, job, out, plot_report if in_process else draw)
                     job.status = DONE
                     job.finished_at = job.updated_at = datetime.now(UTC)
-        finally:  # pages in flight are still stored; a child process exits once they are
-            writer.shutdown(wait=False)
+        finally:
+            # pages in flight are still stored, before the job's end (or failure) is recorded: a
+            # resumed job must not read a checkpoint that a late page is about to move
+            writer.shutdown(wait=True)
         return DONE
 
     def _status(self, job_id: str) -> str:
@@ -451,12 +458,15 @@ class ReplayRunner:
         wanted = set(spec.tickers)
         rows, alerts = out.rows, out.alerts
         start = spec.start
+        sector_of, market = self._groups(spec)
         for item in page:
             score: Scored = item.cached or fresh[item.id]
             keep = start is None or item.published_at >= start
-            for ticker in item.tickers:
-                if wanted and ticker not in wanted:
-                    continue
+            keys = [t for t in item.tickers if not wanted or t in wanted]
+            if keys and (sector_of or market):  # as the live stream: sectors, then the market
+                keys += sorted({group_key("sector", sector_of[t]) for t in keys if t in sector_of})
+                keys += [group_key("market")] if market else []
+            for ticker in keys:
                 update_ = engine.process(score, ticker)
                 if keep:  # before the period, the engine only warms up
                     if update_.row is not None:
@@ -468,23 +478,37 @@ class ReplayRunner:
         out.copy_ids = [i.id for i in found if start is None or i.published_at >= start]
         out.copy_from = page[0].published_at
         out.engine_state = engine.state()
+        out.aggregates = [
+            a for a in engine.drain_aggregates() if start is None or a["window_end"] > start
+        ]
         return out
+
+    def _groups(self, spec: ReplaySpec) -> tuple[dict[str, str], bool]:
+        """The sector map and market switch of the live stream; none for a replay of chosen
+        tickers (its sectors and market would hold only those)."""
+        if spec.tickers:
+            return {}, False
+        if self._sector_of is None:
+            self._sector_of = dict(sector_map(self.settings)) if self.settings.sector_groups else {}
+        return self._sector_of, self.settings.market_group
 
     def _find_cached(self, version: str, page: list[Item]) -> None:
         """Attach stored scores of ``version``, from any run, to items (in event-time order) that
         have none (found by event-time range)."""
         by_id = {i.id: i for i in page}
-        query = select(ScoreRow.document_id, ScoreRow.score, ScoreRow.label).where(
+        query = select(
+            ScoreRow.document_id, ScoreRow.score, ScoreRow.label, ScoreRow.disagreement
+        ).where(
             ScoreRow.model_version == version,
             ScoreRow.published_at >= page[0].published_at,
             ScoreRow.published_at <= page[-1].published_at,
         )
         with self.sessions() as session:
-            for doc_id, score, label in session.execute(query):
+            for doc_id, score, label, disagreement in session.execute(query):
                 item = by_id.get(doc_id)
                 if item is not None and item.cached is None:
                     item.cached = CachedScore(
-                        doc_id, item.published_at, score, label, None, item.story_id
+                        doc_id, item.published_at, score, label, None, item.story_id, disagreement
                     )
 
     def _documents(self, items: list[Item]) -> list[Document]:
@@ -590,7 +614,9 @@ class DatabaseSource:
             DocumentTickerRow, DocumentTickerRow.document_id == DocumentRow.id
         )
         if self.cache_run is not None:
-            query = query.add_columns(ScoreRow.score, ScoreRow.label).outerjoin(
+            query = query.add_columns(
+                ScoreRow.score, ScoreRow.label, ScoreRow.disagreement
+            ).outerjoin(
                 ScoreRow,
                 and_(
                     ScoreRow.run_id == self.cache_run,
@@ -632,8 +658,8 @@ def _utc(value: datetime | str) -> datetime:
 
 
 def _items(rows: Sequence[Any]) -> list[Item]:
-    """Group (id, published_at, story_id, ticker[, score, label]) rows, ordered by document, into
-    items."""
+    """Group (id, published_at, story_id, ticker[, score, label, disagreement]) rows, ordered by
+    document, into items."""
     page: list[Item] = []
     item: Item | None = None
     tickers: list[str] = []
@@ -646,7 +672,9 @@ def _items(rows: Sequence[Any]) -> list[Item]:
             item = Item(doc_id, published_at, (), story_id=row[2])
             tickers = []
             if len(row) > 4 and row[5] is not None:
-                item.cached = CachedScore(doc_id, published_at, row[4], row[5], None, row[2])
+                item.cached = CachedScore(
+                    doc_id, published_at, row[4], row[5], None, row[2], row[6]
+                )
             page.append(item)
         if row[3] is not None:
             tickers.append(row[3])

@@ -38,6 +38,7 @@ class PageWrite:
     new_scores: list[Score] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+    aggregates: list[dict[str, Any]] = field(default_factory=list)
 
 
 _SESSIONS: dict[str, sessionmaker[Session]] = {}
@@ -101,6 +102,7 @@ def write_page(target: str | sessionmaker[Session], page: PageWrite) -> int:
             )
         repository.upsert_scores(session, page.new_scores)
         repository.upsert_ticker_sentiment(session, page.rows)
+        repository.upsert_aggregates(session, page.aggregates)
         repository.upsert_alerts(session, page.alerts)
         session.execute(
             update(ReplayRunRow)

@@ -32,6 +32,7 @@ class Topics:
         self.raw_social = f"{prefix}.raw.social"
         self.docs = f"{prefix}.docs"
         self.scored = f"{prefix}.scored"
+        self.groups = f"{prefix}.groups"  # scores re-keyed by sector and market
         self.alerts = f"{prefix}.alerts"
         self.deadletter = f"{prefix}.deadletter"
 
@@ -44,6 +45,7 @@ class Topics:
             self.raw_social,
             self.docs,
             self.scored,
+            self.groups,
             self.alerts,
             self.deadletter,
         ]
@@ -84,6 +86,20 @@ class Settings(BaseSettings):
     surge_min_documents: int = Field(4, ge=1)
     surge_negative_share: float = Field(0.6, gt=0, le=1)
     surge_mean_score: float = Field(-0.25, ge=-1, le=1)
+    aggregate_windows_minutes: str = Field(
+        "15,60,1440",
+        pattern=r"^\s*\d+(\s*,\s*\d+)*\s*$",
+        description="tumbling aggregate window lengths, in minutes, comma-separated",
+    )
+    baseline_days: float = Field(20, gt=0, le=365, description="z-score baseline per group")
+    reorder_grace_s: float = Field(
+        300, ge=0, description="event-time seconds the risk stage waits to put documents in order"
+    )
+    reorder_idle_s: float = Field(
+        2.0, gt=0, description="seconds of quiet after which the risk stage releases what it holds"
+    )
+    sector_groups: bool = Field(True, description="keep aggregates and rules per sector too")
+    market_group: bool = Field(True, description="keep aggregates and rules for the whole market")
     rules_file: Path | None = Field(
         None,
         description="YAML warning rules; unset = one negative-surge rule from the surge_* settings",
@@ -174,6 +190,10 @@ class Settings(BaseSettings):
 
     def with_bootstrap(self, bootstrap: str) -> Settings:
         return self.model_copy(update={"kafka_bootstrap": bootstrap})
+
+    @property
+    def aggregate_windows(self) -> tuple[int, ...]:
+        return tuple(sorted({int(m) for m in self.aggregate_windows_minutes.split(",")}))
 
     def as_env(self) -> dict[str, str]:
         """The ``RISKWIRE_*`` variables that recreate these settings in a child process."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import psycopg
@@ -16,14 +16,24 @@ from sqlalchemy import JSON, Connection, Insert, String, Table, func, literal, s
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from riskwire.records import Alert, AlertState, DeadLetter, Document, Score
+from riskwire.records import (
+    Alert,
+    AlertState,
+    DeadLetter,
+    Document,
+    Score,
+    Severity,
+    group_kind,
+)
 from storage.base import Base, UtcDateTime
 from storage.tables import (
     AlertRow,
     DeadLetterRow,
     DocumentRow,
     DocumentTickerRow,
+    GroupSentimentRow,
     ModelVersionRow,
+    RiskAggregateRow,
     ScoreRow,
     TickerSentimentRow,
     VoteRow,
@@ -256,8 +266,20 @@ def refresh_statistics(session: Session, tables: Sequence[str] = READ_TABLES) ->
     return list(stale)
 
 
+def sentiment_table(key: str) -> type[TickerSentimentRow] | type[GroupSentimentRow]:
+    """Where a group's rolling rows live: tickers in ``ticker_sentiment``, sectors and the market
+    in ``group_sentiment``."""
+    return TickerSentimentRow if group_kind(key) == "ticker" else GroupSentimentRow
+
+
 def upsert_ticker_sentiment(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    _insert_ignore(session, TickerSentimentRow, _dedupe(rows, "run_id", "ticker", "document_id"))
+    """Rolling rows of any group, each into its group's table, once."""
+    rows = _dedupe(rows, "run_id", "ticker", "document_id")
+    groups = [r for r in rows if group_kind(r["ticker"]) != "ticker"]
+    if groups:
+        rows = [r for r in rows if group_kind(r["ticker"]) == "ticker"]
+        _insert_ignore(session, GroupSentimentRow, groups)
+    _insert_ignore(session, TickerSentimentRow, rows)
 
 
 def upsert_alerts(session: Session, alerts: Sequence[Alert]) -> None:
@@ -283,8 +305,90 @@ def _alert_row(a: Alert) -> dict[str, Any]:
         "window_start": a.window_start, "window_end": a.window_end,
         "fired_at": a.window_end, "resolved_at": a.event_time if resolved else None,
         "measured": a.values, "thresholds": a.thresholds, "evidence": list(a.evidence),
-        "explanation": a.explanation,
+        "explanation": a.explanation, "family": a.family,
     }  # fmt: skip
+
+
+def alert_of(row: AlertRow) -> Alert:
+    """The firing alert a stored row was made from (the inverse of ``_alert_row``)."""
+    return Alert(
+        id=row.id, run_id=row.run_id, rule=row.rule, ticker=row.ticker,
+        severity=Severity(row.severity), state=AlertState(row.state), window_start=row.window_start,
+        window_end=row.window_end, event_time=row.fired_at, values=row.measured,
+        thresholds=row.thresholds, evidence=tuple(row.evidence), explanation=row.explanation,
+        family=row.family,
+    )  # fmt: skip
+
+
+AGGREGATE_VALUES = (
+    "group_kind", "window_end", "documents", "mean_score", "negative_share", "dispersion",
+    "disagreement", "sentiment_z", "volume_z",
+)  # fmt: skip
+
+
+def upsert_aggregates(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Aggregate windows with their latest values (a window is rewritten as documents come in)."""
+    rows = _dedupe(rows, "run_id", "ticker", "window_minutes", "window_start")
+    if not rows:
+        return
+    stmt = _insert(session, RiskAggregateRow)
+    excluded = stmt.excluded  # type: ignore[attr-defined]
+    stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+        index_elements=["run_id", "ticker", "window_minutes", "window_start"],
+        set_={name: getattr(excluded, name) for name in AGGREGATE_VALUES},
+    )
+    session.execute(stmt, rows)
+
+
+@dataclass
+class GroupState:
+    """What was stored for one group: its counted events, firing alerts and last firings."""
+
+    events: list[tuple[datetime, str, float, str | None, float | None, str | None]]
+    firing: list[Alert]
+    last_fired: dict[str, datetime]
+
+
+def load_group_states(
+    session: Session, run_id: str, keys: Sequence[str], back: timedelta
+) -> dict[str, GroupState]:
+    """The stored state of each group: its counted (not late) events from ``back`` before its
+    newest, its firing alerts, and the start of each rule's last firing window."""
+    out = {key: GroupState([], [], {}) for key in keys}
+    if not keys:
+        return out
+    newest: dict[str, datetime] = {}
+    for table in {sentiment_table(k) for k in keys}:
+        newest.update(
+            session.execute(
+                select(table.ticker, func.max(table.published_at))
+                .where(table.run_id == run_id, table.ticker.in_(keys))
+                .group_by(table.ticker)
+            )
+            .tuples()
+            .all()
+        )
+    for key, last in newest.items():
+        t = sentiment_table(key)
+        rows = session.execute(
+            select(t.published_at, t.document_id, t.score, t.label, t.disagreement, t.story_id)
+            .where(t.run_id == run_id, t.ticker == key, t.published_at >= last - back,
+                   t.late.is_(False))
+        ).all()  # fmt: skip
+        out[key].events = [tuple(r) for r in rows]  # type: ignore[misc]
+    for row in session.scalars(
+        select(AlertRow).where(
+            AlertRow.run_id == run_id, AlertRow.ticker.in_(keys), AlertRow.state == "firing"
+        )
+    ):
+        out[row.ticker].firing.append(alert_of(row))
+    for key, rule, start in session.execute(
+        select(AlertRow.ticker, AlertRow.rule, func.max(AlertRow.window_start))
+        .where(AlertRow.run_id == run_id, AlertRow.ticker.in_(keys))
+        .group_by(AlertRow.ticker, AlertRow.rule)
+    ):
+        out[key].last_fired[rule] = start if start.tzinfo else start.replace(tzinfo=UTC)
+    return out
 
 
 def insert_dead_letters(session: Session, letters: Sequence[DeadLetter]) -> None:

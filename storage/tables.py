@@ -9,12 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.base import Base
 
 ID = String(32)
+GROUP = String(64)  # a group key: a ticker, ``sector:<name>`` or ``market``
 
 
 class DocumentRow(Base):
@@ -80,22 +81,41 @@ class ScoreRow(Base):
     disagreement: Mapped[float] = mapped_column(Float)
 
 
-class TickerSentimentRow(Base):
-    """Per-ticker rolling sentiment in event time, one row per (document, ticker) as it arrived."""
+class _SentimentColumns:
+    """Per-group rolling sentiment in event time, one row per (document, group) as it was taken.
 
+    These rows are also the risk engine's durable state: a worker that takes a group over (after a
+    restart or a rebalance) rebuilds the group's windows from them (``late`` ones were not counted).
+    """
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ticker: Mapped[str] = mapped_column(GROUP, primary_key=True)
+    document_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    published_at: Mapped[datetime]
+    score: Mapped[float] = mapped_column(Float)
+    label: Mapped[str | None] = mapped_column(String(16))
+    disagreement: Mapped[float | None] = mapped_column(Float)
+    story_id: Mapped[str | None] = mapped_column(ID)
+    late: Mapped[bool] = mapped_column(Boolean, default=False)
+    window_documents: Mapped[int] = mapped_column(Integer)
+    window_mean_score: Mapped[float] = mapped_column(Float)
+    window_negative_share: Mapped[float] = mapped_column(Float)
+
+
+class TickerSentimentRow(_SentimentColumns, Base):
     __tablename__ = "ticker_sentiment"
     __table_args__ = (
         Index("ix_ticker_sentiment_ticker_published_at", "run_id", "ticker", "published_at"),
     )
 
-    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    ticker: Mapped[str] = mapped_column(String(24), primary_key=True)
-    document_id: Mapped[str] = mapped_column(ID, primary_key=True)
-    published_at: Mapped[datetime]
-    score: Mapped[float] = mapped_column(Float)
-    window_documents: Mapped[int] = mapped_column(Integer)
-    window_mean_score: Mapped[float] = mapped_column(Float)
-    window_negative_share: Mapped[float] = mapped_column(Float)
+
+class GroupSentimentRow(_SentimentColumns, Base):
+    """The same rows for sector and market groups (``sector:<name>``, ``market``)."""
+
+    __tablename__ = "group_sentiment"
+    __table_args__ = (
+        Index("ix_group_sentiment_ticker_published_at", "run_id", "ticker", "published_at"),
+    )
 
 
 class AlertRow(Base):
@@ -105,9 +125,10 @@ class AlertRow(Base):
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     run_id: Mapped[str] = mapped_column(String(64))
     rule: Mapped[str] = mapped_column(String(100))
-    ticker: Mapped[str] = mapped_column(String(24))
+    ticker: Mapped[str] = mapped_column(GROUP)
     severity: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16))
+    family: Mapped[str | None] = mapped_column(String(64))
     window_start: Mapped[datetime]
     window_end: Mapped[datetime]
     fired_at: Mapped[datetime]
@@ -231,10 +252,11 @@ class AlertEventRow(Base):
     id: Mapped[str] = mapped_column(ID, unique=True)  # alert id + state: stored once
     alert_id: Mapped[str] = mapped_column(ID, index=True)
     rule: Mapped[str] = mapped_column(String(100))
-    ticker: Mapped[str] = mapped_column(String(24))
+    ticker: Mapped[str] = mapped_column(GROUP)
     severity: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16))
     event_time: Mapped[datetime]
+    suppressed: Mapped[str | None] = mapped_column(Text)  # why nobody was notified, if so
     created_at: Mapped[datetime]
     alert: Mapped[dict[str, Any]]
 
@@ -280,3 +302,58 @@ class FeedHealthRow(Base):
     items_last_poll: Mapped[int] = mapped_column(Integer)
     items_per_minute: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[datetime]
+
+
+class RiskAggregateRow(Base):
+    """Tumbling-window aggregates per group (ticker, sector, market) and window length, in event
+    time, with z-scores against the group's own baseline. Upserted as documents come in."""
+
+    __tablename__ = "risk_aggregates"
+    __table_args__ = (
+        Index("ix_risk_aggregates_ticker_window_start", "run_id", "ticker", "window_start"),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ticker: Mapped[str] = mapped_column(GROUP, primary_key=True)
+    window_minutes: Mapped[int] = mapped_column(Integer, primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    group_kind: Mapped[str] = mapped_column(String(16))
+    window_end: Mapped[datetime]
+    documents: Mapped[int] = mapped_column(Integer)
+    mean_score: Mapped[float] = mapped_column(Float)
+    negative_share: Mapped[float] = mapped_column(Float)
+    dispersion: Mapped[float] = mapped_column(Float)
+    disagreement: Mapped[float] = mapped_column(Float)
+    sentiment_z: Mapped[float | None] = mapped_column(Float)
+    volume_z: Mapped[float | None] = mapped_column(Float)
+
+
+class SilenceRow(Base):
+    """Mutes notifications of matching alerts until it expires; the alerts are still stored.
+
+    Empty matchers match everything: a silence with no ticker, rule or family mutes all alerts."""
+
+    __tablename__ = "silences"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ticker: Mapped[str | None] = mapped_column(GROUP)
+    rule: Mapped[str | None] = mapped_column(String(100))
+    family: Mapped[str | None] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(200))
+    comment: Mapped[str] = mapped_column(Text)
+    starts_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime]
+
+
+class RuleSetRow(Base):
+    """A rules file loaded into the database (``riskwire rules load``): the newest one is what
+    workers run when no rules file is configured."""
+
+    __tablename__ = "rule_sets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(16))
+    rules: Mapped[dict[str, Any]]
+    source: Mapped[str] = mapped_column(Text)
+    loaded_at: Mapped[datetime]

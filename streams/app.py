@@ -33,6 +33,9 @@ def create_app(
         web_enabled=False,
         autodiscover=False,
         store="memory://",
+        # the risk stage holds messages until their event time comes (streams/risk.py): waiting
+        # for every message to be acknowledged would stall rebalances and shutdown
+        stream_wait_empty=False,
     )
     context = WorkerContext(settings, ensemble_factory)
     import importlib

@@ -74,7 +74,8 @@ class WorkerContext:
         self.sessions = session_factory(self.engine)
         self.dedupe = Deduplicator(settings.dedupe_cache_size)
         self.stories = StoryIndex()
-        self.risk = build_risk_engine(settings)
+        self.risk = build_risk_engine(settings)  # ticker groups
+        self.group_risk = build_risk_engine(settings)  # sector and market groups
         entities.configure(settings.companies_file)  # normalise links with this table
         self.targets = Targets(
             grafana=settings.grafana_url is not None,
@@ -135,6 +136,10 @@ class WorkerContext:
             if len(items) == 1:
                 return [(items[0], exc)]
         return [refused for item in items for refused in self._write_sync([item], write)]
+
+    def transact(self, items: Sequence[T], work: Callable[[Session, Sequence[T]], None]) -> None:
+        """Run ``work`` in one transaction, waiting out an unavailable database (blocking)."""
+        self._transact(items, work)
 
     def _transact(self, items: Sequence[T], write: Callable[[Session, Sequence[T]], None]) -> None:
         attempt = 0

@@ -1,27 +1,46 @@
-"""scored -> alerts: per-ticker rolling sentiment in event time and the negative-surge rule.
+"""scored -> alerts, and groups -> alerts: per-group aggregates and warning rules in event time.
 
-The ``scored`` topic is keyed by ticker, so one worker owns all of a ticker's state.
+Two agents run the same ``RiskStage``: one on the ``scored`` topic (keyed by ticker), one on the
+``groups`` topic (the same scores re-keyed by sector and market). Keys decide partitions, so one
+worker owns all of a group's state.
+
+**Event-time order.** Scores reach a partition in the order the scoring stage produced them, which
+interleaves the ``docs`` partitions. The stage holds each score until its partition's watermark (the
+newest event time seen there) is ``grace`` past it, or until the partition has been quiet for
+``idle`` seconds, and releases held scores in event-time order. So the engine sees every group's
+documents in the same order in any run, and its results (rolling rows, aggregates, alerts) are the
+same whether the worker ran through, was killed and restarted, or handed partitions over.
+
+**Nothing lost.** A held score's Kafka message stays unacknowledged (its offset uncommitted) until
+the score is released and its results are stored, so a crash redelivers it. Results are written in
+one transaction per release, with natural keys, so a redelivery stores nothing twice.
+
+**State.** The engine's state is what it stored: each group's rolling rows (its counted events)
+and alerts. A group the stage has not loaded since it got the partition is rebuilt from them first
+(``repository.load_group_states``). When partitions are revoked the stage forgets their groups
+and drops their held scores, which the new owner will be sent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import logging
-from collections.abc import Sequence
-from datetime import UTC, datetime
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import faust
 from sqlalchemy.orm import Session
 
-from riskwire.records import DeadLetter, Score
+from riskwire.exceptions import InvalidRecord
+from riskwire.records import Alert, DeadLetter, Score, group_key
 from storage import delivery, repository
-from streams.context import (
-    WorkerContext,
-    decode_events,
-    event_batches,
-    send_dead,
-    storage_refused,
-)
+from streams.context import WorkerContext, event_batches, send_dead, storage_refused
 from streams.pipeline import RiskEngine, RiskUpdate
+from streams.pipeline.risk import Event
 
 log = logging.getLogger(__name__)
 STAGE = "risk"
@@ -30,17 +49,29 @@ STAGE = "risk"
 def apply_scores(
     engine: RiskEngine, scores: Sequence[Score], now: datetime
 ) -> tuple[list[tuple[Score, RiskUpdate]], list[DeadLetter]]:
-    """Feed scores to the engine in order; each score's update, and dead letters for failures."""
+    """Feed scores to the engine in order; each score's update, and dead letters for failures
+    and for scores later than the allowed lateness (stored, but not counted)."""
     updates: list[tuple[Score, RiskUpdate]] = []
     dead: list[DeadLetter] = []
     for score in scores:
         try:
-            updates.append((score, engine.process(score)))
+            update = engine.process(score)
         except Exception as exc:  # a bug must cost one record, never the batch
             log.exception("risk evaluation failed for %s", score.document_id)
             reason = f"unexpected {type(exc).__name__}: {exc}"
             dead.append(
                 DeadLetter.of(STAGE, reason, score.to_json(), occurred_at=now, key=score.ticker)
+            )
+            continue
+        updates.append((score, update))
+        if update.late:
+            reason = (
+                f"late: event time {score.published_at.isoformat()} is more than the allowed "
+                f"lateness ({engine.lateness}) behind the newest document of {score.ticker}; "
+                "stored, but not counted in its windows, aggregates or rules"
+            )
+            dead.append(
+                DeadLetter.of("late", reason, score.to_json(), occurred_at=now, key=score.ticker)
             )
     return updates, dead
 
@@ -49,12 +80,14 @@ def persist_risk(
     session: Session,
     updates: Sequence[tuple[Score, RiskUpdate]],
     targets: delivery.Targets | None = None,
+    aggregates: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Rolling rows and alerts, and (in the same transaction: the outbox) the alerts' events and
-    their deliveries."""
-    rows = [u.row for _, u in updates if u.row is not None]
+    """Rolling rows, aggregates and alerts, and (in the same transaction: the outbox) the alerts'
+    events and their deliveries."""
+    rows = [{**u.row, "late": u.late} for _, u in updates if u.row is not None]
     alerts = [a for _, u in updates for a in u.alerts]
     repository.upsert_ticker_sentiment(session, rows)
+    repository.upsert_aggregates(session, aggregates)
     repository.upsert_alerts(session, alerts)
     if alerts:
         delivery.record_alert_events(
@@ -62,31 +95,194 @@ def persist_risk(
         )
 
 
+def restore_groups(engine: RiskEngine, session: Session, keys: Sequence[str]) -> None:
+    """Rebuild groups from what was stored for them: everything a baseline or window can reach."""
+    back = engine.baseline + 2 * engine.horizon
+    for key, state in repository.load_group_states(session, engine.run_id, keys, back).items():
+        events = [
+            Event(t if t.tzinfo else t.replace(tzinfo=UTC), doc, score, label == "negative",
+                  story or "", disagreement or 0.0)
+            for t, doc, score, label, disagreement, story in state.events
+        ]  # fmt: skip
+        engine.restore_group(key, events, state.firing, state.last_fired)
+
+
+@dataclass(order=True)
+class Held:
+    """A score waiting for its turn, in event-time order; its events are acknowledged on release."""
+
+    sort: tuple[datetime, str, str]
+    score: Score = field(compare=False)
+    events: list[Any] = field(compare=False)
+
+
+class RiskStage:
+    """The reorder buffer, the engine and the writes of one risk agent (see the module doc)."""
+
+    def __init__(self, ctx: WorkerContext, engine: RiskEngine, topic: str) -> None:
+        self.ctx = ctx
+        self.engine = engine
+        self.topic = topic
+        self.grace = timedelta(seconds=ctx.settings.reorder_grace_s)
+        self.idle = ctx.settings.reorder_idle_s
+        self.held: dict[int, list[Held]] = {}
+        self.watermark: dict[int, datetime] = {}
+        self.partition_of: dict[str, int] = {}
+        self.loaded: set[str] = set()
+        self.last_input = time.monotonic()
+        self.lock = asyncio.Lock()
+        self.alerts: faust.TopicT | None = None
+        self.dead: faust.TopicT | None = None
+
+    async def take(self, events: Sequence[Any]) -> None:
+        """Hold a batch's scores and release what the watermarks allow. Never raises."""
+        async with self.lock:
+            now = datetime.now(UTC)
+            bad: list[DeadLetter] = []
+            for event in events:
+                try:
+                    score = Score.from_json(event.value)
+                    if score.ticker is None:
+                        raise InvalidRecord("a scored mention needs a ticker or group key")
+                except InvalidRecord as exc:
+                    bad.append(DeadLetter.of(STAGE, str(exc), event.value, occurred_at=now,
+                                             topic=event.message.topic, key=event.key))  # fmt: skip
+                    continue
+                partition = event.message.partition
+                event.message.incref()  # hold: the take loop's acknowledgement does not finish it
+                heapq.heappush(
+                    self.held.setdefault(partition, []),
+                    Held((score.published_at, score.ticker, score.document_id), score, [event]),
+                )
+                self.partition_of[score.ticker] = partition
+                mark = self.watermark.get(partition)
+                if mark is None or score.published_at > mark:
+                    self.watermark[partition] = score.published_at
+            self.last_input = time.monotonic()
+            await self._send_dead(bad)
+            await self._release(
+                {p: self.watermark[p] - self.grace for p in self.held if p in self.watermark}
+            )
+
+    async def flush_idle(self) -> None:
+        """Release everything held once no input has come for ``idle`` seconds."""
+        if not any(self.held.values()) or time.monotonic() - self.last_input < self.idle:
+            return
+        async with self.lock:
+            await self._release({p: datetime.max.replace(tzinfo=UTC) for p in self.held})
+
+    async def revoke(self, partitions: Iterable[int]) -> None:
+        """Forget the groups of revoked partitions and drop their held scores (redelivered to the
+        new owner: their offsets were never committed)."""
+        async with self.lock:
+            gone = set(partitions)
+            for p in gone:
+                self.held.pop(p, None)
+                self.watermark.pop(p, None)
+            keys = [k for k, p in self.partition_of.items() if p in gone]
+            self.engine.forget(keys)
+            self.loaded.difference_update(keys)
+            for k in keys:
+                del self.partition_of[k]
+            if keys:
+                log.info("risk stage on %s gave up %d groups", self.topic, len(keys))
+
+    async def _release(self, bounds: dict[int, datetime]) -> None:
+        released: list[Held] = []
+        for p, bound in bounds.items():
+            heap = self.held.get(p)
+            while heap and heap[0].sort[0] <= bound:
+                released.append(heapq.heappop(heap))
+        if not released:
+            return
+        released.sort()
+        try:
+            await self._process(released)
+        except Exception:
+            # never lose them: hold them again, and rebuild their groups from what was stored
+            log.exception("risk stage failed on %d scores; retrying them", len(released))
+            keys = {h.score.ticker for h in released if h.score.ticker is not None}
+            self.engine.forget(keys)
+            self.loaded.difference_update(keys)
+            for held in released:
+                heapq.heappush(self.held.setdefault(self.partition_of[held.sort[1]], []), held)
+            return
+        for held in released:
+            for event in held.events:
+                event.ack()
+
+    async def _process(self, released: list[Held]) -> None:
+        now = datetime.now(UTC)
+        scores = [h.score for h in released]
+        fresh = sorted({s.ticker for s in scores if s.ticker and s.ticker not in self.loaded})
+        if fresh:
+            await asyncio.to_thread(self._restore, fresh)
+        updates, dead = apply_scores(self.engine, scores, now)
+        aggregates = self.engine.drain_aggregates()
+        refused = await self.ctx.write(
+            updates,
+            lambda session, batch: persist_risk(session, batch, self.ctx.targets, aggregates),
+        )
+        dead += [storage_refused(e, s.to_json(), s.ticker, now) for (s, _), e in refused]
+        await self._send_dead(dead)
+        lost = {(s.ticker, s.document_id) for (s, _), _ in refused}
+        stored = [u for s, u in updates if (s.ticker, s.document_id) not in lost]
+        for alert in (a for u in stored for a in u.alerts):
+            await self._send_alert(alert)
+
+    def _restore(self, keys: list[str]) -> None:
+        self.ctx.transact(keys, lambda session, k: restore_groups(self.engine, session, k))
+        self.loaded.update(keys)
+
+    async def _send_dead(self, letters: Sequence[DeadLetter]) -> None:
+        if letters and self.dead is not None:
+            await send_dead(self.dead, letters)
+
+    async def _send_alert(self, alert: Alert) -> None:
+        log.info("alert %s %s %s: %s", alert.state, alert.severity, alert.ticker, alert.explanation)
+        if self.alerts is not None:
+            await self.alerts.send(key=alert.ticker.encode(), value=alert.to_json())
+
+
+def group_mentions(score: Score, sector_of: dict[str, str], market: bool) -> list[Score]:
+    """The sector and market records of one document's scored mentions (one per group)."""
+    keys: list[str] = []
+    if sector_of and score.ticker in sector_of:
+        keys.append(group_key("sector", sector_of[score.ticker]))
+    if market:
+        keys.append(group_key("market"))
+    return [score.model_copy(update={"ticker": k}) for k in keys]
+
+
 def register(app: faust.App, ctx: WorkerContext) -> None:
-    scored = app.topic(ctx.topics.scored)
     alerts_topic = app.topic(ctx.topics.alerts)
     dead = app.topic(ctx.topics.deadletter)
+    stages = {
+        ctx.topics.scored: RiskStage(ctx, ctx.risk, ctx.topics.scored),
+        ctx.topics.groups: RiskStage(ctx, ctx.group_risk, ctx.topics.groups),
+    }
+    for stage in stages.values():
+        stage.alerts, stage.dead = alerts_topic, dead
 
-    @app.agent(scored, name="risk")
-    async def risk_agent(stream: faust.StreamT[bytes]) -> None:
-        async for events in event_batches(stream, ctx.settings):
-            now = datetime.now(UTC)
-            scores, bad = decode_events(events, Score, STAGE, now)
-            await send_dead(dead, bad)
-            updates, failed = apply_scores(ctx.risk, scores, now)
-            refused = await ctx.write(
-                updates, lambda session, batch: persist_risk(session, batch, ctx.targets)
-            )
-            failed += [storage_refused(e, s.to_json(), s.ticker, now) for (s, _), e in refused]
-            await send_dead(dead, failed)
-            lost = {(s.ticker, s.document_id) for (s, _), _ in refused}
-            stored = [u for s, u in updates if (s.ticker, s.document_id) not in lost]
-            for alert in (a for u in stored for a in u.alerts):
-                log.info(
-                    "alert %s %s %s: %s",
-                    alert.state,
-                    alert.severity,
-                    alert.ticker,
-                    alert.explanation,
-                )
-                await alerts_topic.send(key=alert.ticker.encode(), value=alert.to_json())
+    def agent_for(stage: RiskStage, name: str) -> None:
+        async def risk_agent(stream: faust.StreamT[bytes]) -> None:
+            async for events in event_batches(stream, ctx.settings):
+                await stage.take(events)
+
+        app.agent(app.topic(stage.topic), name=name)(risk_agent)
+
+    agent_for(stages[ctx.topics.scored], "risk")
+    agent_for(stages[ctx.topics.groups], "group-risk")
+
+    @app.timer(interval=max(ctx.settings.reorder_idle_s / 2, 0.1))
+    async def release_idle() -> None:
+        for stage in stages.values():
+            await stage.flush_idle()
+
+    async def on_revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked: set[Any] = args[0] if args else kwargs.get("revoked", set())
+        for topic, stage in stages.items():
+            await stage.revoke(tp.partition for tp in revoked if tp.topic == topic)
+
+    # faust types receivers as plain callables of (sender, *args, signal=...): this is one
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]

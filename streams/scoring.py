@@ -20,6 +20,7 @@ from streams.context import (
     storage_refused,
 )
 from streams.pipeline import fan_out, score_documents
+from streams.risk import group_mentions
 
 log = logging.getLogger(__name__)
 STAGE = "score"
@@ -61,6 +62,9 @@ async def score_batch(
 def register(app: faust.App, ctx: WorkerContext) -> None:
     docs_topic = app.topic(ctx.topics.docs)
     scored = app.topic(ctx.topics.scored)
+    groups = app.topic(ctx.topics.groups)
+    sector_of = dict(ctx.targets.sector_of) if ctx.settings.sector_groups else {}
+    market = ctx.settings.market_group
     dead = app.topic(ctx.topics.deadletter)
 
     @app.agent(docs_topic, name="score")
@@ -81,5 +85,10 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             for doc, score in pairs:
                 if doc.id in refused_ids:
                     continue
+                grouped: dict[str, Score] = {}
                 for mention in fan_out(score, doc):
                     await scored.send(key=(mention.ticker or "").encode(), value=mention.to_json())
+                    for g in group_mentions(mention, sector_of, market):
+                        grouped.setdefault(g.ticker or "", g)  # a document counts once per group
+                for key, g in grouped.items():
+                    await groups.send(key=key.encode(), value=g.to_json())

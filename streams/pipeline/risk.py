@@ -1,10 +1,24 @@
-"""Per-ticker rolling sentiment in event time, and the negative-surge warning rule.
+"""Per-group rolling aggregates in event time, and the warning rules evaluated on them.
 
-Everything is driven by the documents' own ``published_at``; nothing reads the clock. Rules are
-evaluated on hopping windows aligned to the epoch (length ``window``, a new one every ``hop``), so the
-window a document falls in does not depend on the order documents arrive in: the ``scored`` topic
-interleaves partitions, and documents of one ticker do not arrive in event-time order. Each rolling
-sentiment row is the trailing window ending at its document, as known when it arrived.
+A *group* is what state and alerts are kept per: a ticker (``AAPL``), a sector (``sector:Energy``)
+or the whole market (``market``); see ``group_key``. Everything is driven by the documents' own
+``published_at``; nothing reads the clock.
+
+Each group keeps its recent events (sorted, duplicates and story copies ignored) and, per bucket
+length, the sums of aligned buckets: document count, score sum, negatives, sum of squared scores
+and disagreement sum. From those:
+
+* **aggregates**: tumbling windows per configured length (15 min, 1 h, 1 day by default) with count,
+  mean signed score, negative share, dispersion, mean disagreement, and z-scores of sentiment and of
+  volume against the group's own baseline (the windows of the same length in the preceding
+  ``baseline`` period);
+* **rules** (``Rule``): a negative surge on hopping windows, z-score, volume-spike, sustained-drift
+  and disagreement rules on tumbling windows. Each has severity levels, a cooldown, a family (for
+  inhibition) and a group kind, and its alerts go firing -> resolved.
+
+Events are expected in event-time order per group (the live stream releases them so, through a
+reorder buffer; a replay reads them so). Out-of-order events within ``lateness`` still update the
+windows they belong to; older ones are not counted, and ``process`` says so (``RiskUpdate.late``).
 """
 
 from __future__ import annotations
@@ -12,12 +26,23 @@ from __future__ import annotations
 import bisect
 import heapq
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from riskwire.records import Alert, AlertState, Severity, stable_id
+from riskwire.records import (
+    GROUP_KINDS,
+    Alert,
+    AlertState,
+    Severity,
+    group_kind,
+    stable_id,
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EMPTY = (0, 0.0, 0.0, 0.0, 0.0)  # a bucket no document fell in
 
 
 class Scored(Protocol):
@@ -35,17 +60,20 @@ class Scored(Protocol):
     def label(self) -> str: ...
     @property
     def story_id(self) -> str | None: ...
+    @property
+    def disagreement(self) -> float: ...
 
 
 class Event(NamedTuple):
-    """One document in a ticker's window; a tuple, so sorting and bisecting run in C. ``story`` is
-    the story it belongs to (its own id when it is the first or stands alone)."""
+    """One document in a group's window; a tuple, so sorting and bisecting run in C. ``story`` is
+    the story it belongs to (empty when it is the first or stands alone)."""
 
     published_at: datetime
     document_id: str
     score: float = 0.0
     negative: bool = False
     story: str = ""
+    disagreement: float = 0.0
 
     @property
     def key(self) -> str:
@@ -54,31 +82,83 @@ class Event(NamedTuple):
 
 
 class WindowStats(NamedTuple):
-    ticker: str
+    ticker: str  # the group key
     start: datetime
     end: datetime
     documents: int
     mean_score: float
     negative_share: float
+    dispersion: float = 0.0
+    disagreement: float = 0.0
+    sentiment_z: float | None = None
+    volume_z: float | None = None
+
+    def metric(self, name: str) -> float | None:
+        return float(self.documents) if name == "documents" else getattr(self, name)
+
+
+def _stats(ticker: str, start: datetime, end: datetime, cell: Sequence[float]) -> WindowStats:
+    n = int(cell[0])
+    if not n:
+        return WindowStats(ticker, start, end, 0, 0.0, 0.0)
+    mean = cell[1] / n
+    variance = max(cell[3] / n - mean * mean, 0.0)
+    return WindowStats(ticker, start, end, n, mean, cell[2] / n, math.sqrt(variance), cell[4] / n)
+
+
+class Baseline(NamedTuple):
+    """A group's history for one window length: volume and sentiment of the preceding windows."""
+
+    windows: int  # how many windows the baseline spans
+    active: int  # how many of them held documents
+    volume_mean: float
+    volume_std: float
+    sentiment_mean: float
+    sentiment_std: float
+
+
+MIN_BASELINE_WINDOWS = 5  # windows with documents a z-score needs behind it
+VOLUME_STD_FLOOR = 1.0  # documents: one more document than usual is never a 5-sigma event
+SENTIMENT_STD_FLOOR = 0.05
+
+
+def z_scores(cell: Sequence[float], base: Baseline | None) -> tuple[float | None, float | None]:
+    """(sentiment z, volume z) of a window's sums against a baseline; None where not defined."""
+    if base is None or base.active < MIN_BASELINE_WINDOWS or not cell[0]:
+        return None, None
+    mean = cell[1] / cell[0]
+    sentiment = (mean - base.sentiment_mean) / max(base.sentiment_std, SENTIMENT_STD_FLOOR)
+    volume = (cell[0] - base.volume_mean) / max(base.volume_std, VOLUME_STD_FLOOR)
+    return round(sentiment, 6), round(volume, 6)
 
 
 class TickerWindow:
-    """The recent events of one ticker, kept sorted by event time; duplicates are ignored.
+    """The recent events of one group, kept sorted by event time; duplicates are ignored.
 
     Events older than ``horizon`` before the newest one are evicted: ``horizon`` is the longest
-    window anything looks back over plus the allowed lateness.
+    window anything looks back over plus the allowed lateness. Bucket sums are kept ``keep`` back
+    (the horizon plus the baseline period).
     """
 
-    def __init__(self, ticker: str, horizon: timedelta, hops: Sequence[timedelta] = ()) -> None:
+    def __init__(
+        self,
+        ticker: str,
+        horizon: timedelta,
+        hops: Sequence[timedelta] = (),
+        keep: timedelta | None = None,
+    ) -> None:
         self.ticker = ticker
         self.horizon = horizon
+        self.keep = max(keep or 2 * horizon, horizon)
         self.events: list[Event] = []
         self._ids: set[str] = set()
         self.high_water: datetime | None = None
-        # per rule hop: [documents, score sum, negatives] per aligned bucket, so an aligned window
-        # costs a few additions instead of a scan; updated on add, so arrival order does not matter
-        # (keyed by the bucket's number since the epoch: integers hash far faster than datetimes)
+        # per bucket length: [documents, score sum, negatives, squared scores, disagreement] per
+        # aligned bucket, so an aligned window costs a few additions instead of a scan; updated on
+        # add, so arrival order does not matter (keyed by the bucket's number since the epoch:
+        # integers hash far faster than datetimes)
         self.buckets: dict[timedelta, dict[int, list[float]]] = {h: {} for h in hops}
+        self.baselines: dict[tuple[timedelta, int], Baseline] = {}
         self._adds = 0
 
     def add(self, event: Event) -> bool:
@@ -92,24 +172,34 @@ class TickerWindow:
             self.high_water = event.published_at
         self._evict()
         if event.published_at >= self.high_water - self.horizon:  # not evicted at once
-            t = event.published_at
-            for hop, buckets in self.buckets.items():
-                key = (t - EPOCH) // hop
-                bucket = buckets.get(key)
-                if bucket is None:
-                    buckets[key] = [1, event.score, float(event.negative)]
-                else:
-                    bucket[0] += 1
-                    bucket[1] += event.score
-                    bucket[2] += event.negative
+            self._count(event)
+        return True
+
+    def _count(self, event: Event) -> None:
+        t = event.published_at
+        score = event.score
+        for hop, buckets in self.buckets.items():
+            key = (t - EPOCH) // hop
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = [1, score, float(event.negative), score * score, event.disagreement]
+            else:
+                bucket[0] += 1
+                bucket[1] += score
+                bucket[2] += event.negative
+                bucket[3] += score * score
+                bucket[4] += event.disagreement
+        if self.baselines and self.high_water is not None and t < self.high_water:
+            self.baselines.clear()  # a late event changed history some baseline was built from
         self._adds += 1
         if self._adds % 512 == 0:  # buckets no window can reach again
-            oldest = self.high_water - 2 * self.horizon
+            assert self.high_water is not None
+            oldest = self.high_water - self.keep - self.horizon
             for hop, buckets in self.buckets.items():
                 first = (oldest - EPOCH) // hop
                 for key in [k for k in buckets if k < first]:
                     del buckets[key]
-        return True
+            self.baselines.clear()
 
     def _evict(self) -> None:
         assert self.high_water is not None
@@ -158,24 +248,67 @@ class TickerWindow:
         start = EPOCH + first * hop
         out = []
         for j in range(k):
-            count = total = negative = 0.0
-            for cell in cells[j : j + k]:
-                count += cell[0]
-                total += cell[1]
-                negative += cell[2]
-            n = int(count)
-            if n >= at_least:
-                out.append(
-                    WindowStats(ticker, start, start + length, n, total / n if n else 0.0,
-                                negative / n if n else 0.0)
-                )  # fmt: skip
+            if k == 1:
+                total: Sequence[float] = cells[0]
+            else:
+                total = [sum(c[f] for c in cells[j : j + k]) for f in range(5)]
+            if total[0] >= at_least:
+                out.append(_stats(ticker, start, start + length, total))
             start += hop
         return out
 
+    def tumbling(self, length: timedelta, index: int, with_z: bool = True) -> WindowStats:
+        """The window ``index`` of length ``length`` (a registered bucket length), with z-scores
+        against the baseline of the ``windows`` before it when ``with_z``."""
+        cell = self.buckets[length].get(index, _EMPTY)
+        start = EPOCH + index * length
+        stats = _stats(self.ticker, start, start + length, cell)
+        if not with_z:
+            return stats
+        sentiment, volume = z_scores(cell, self.baseline(length, index))
+        return stats._replace(sentiment_z=sentiment, volume_z=volume)
+
+    def baseline(self, length: timedelta, index: int) -> Baseline | None:
+        """Volume and sentiment of the windows of ``length`` in the ``keep - horizon`` before
+        window ``index`` (cached: with events in event-time order, history does not change)."""
+        cached = self.baselines.get((length, index))
+        if cached is not None:
+            return cached
+        span = (self.keep - self.horizon) // length
+        if span < 1:
+            return None
+        buckets = self.buckets[length]
+        lo, hi = index - span, index
+        if len(buckets) < span:
+            cells = [c for k, c in buckets.items() if lo <= k < hi]
+        else:
+            get = buckets.get
+            cells = [c for c in (get(k) for k in range(lo, hi)) if c is not None]
+        counts = sum(c[0] for c in cells)
+        squares = sum(c[0] * c[0] for c in cells)
+        volume_mean = counts / span
+        volume_std = math.sqrt(max(squares / span - volume_mean * volume_mean, 0.0))
+        means = [c[1] / c[0] for c in cells if c[0]]
+        if means:
+            m = sum(means) / len(means)
+            s = math.sqrt(max(sum(x * x for x in means) / len(means) - m * m, 0.0))
+        else:
+            m = s = 0.0
+        base = Baseline(span, len(means), volume_mean, volume_std, m, s)
+        self.baselines[(length, index)] = base
+        return base
+
     def evidence(self, start: datetime, end: datetime, limit: int = 5) -> tuple[str, ...]:
-        """The most negative documents in ``[start, end)``, worst first."""
-        inside = [e for e in self._between(start, end) if e.negative]
-        worst = heapq.nsmallest(limit, inside, key=lambda e: (e.score, e.document_id))
+        """The documents that weigh most in ``[start, end)``: the most negative first, then (for
+        windows with few negatives) the most disputed."""
+        inside = self._between(start, end)
+        negatives = [e for e in inside if e.negative]
+        worst = heapq.nsmallest(limit, negatives, key=lambda e: (e.score, e.document_id))
+        if len(worst) < limit:
+            rest = [e for e in inside if not e.negative]
+            worst += heapq.nsmallest(
+                limit - len(worst), rest, key=lambda e: (-e.disagreement, e.score, e.document_id)
+            )
         return tuple(e.document_id for e in worst)
 
     def _between(self, start: datetime, end: datetime) -> list[Event]:
@@ -184,36 +317,59 @@ class TickerWindow:
         return self.events[lo:hi]
 
     def _stats(self, inside: list[Event], start: datetime, end: datetime) -> WindowStats:
-        count = len(inside)
-        total = negative = 0.0
+        cell = [0, 0.0, 0.0, 0.0, 0.0]
         for e in inside:
-            total += e.score
-            negative += e.negative
-        return WindowStats(
-            ticker=self.ticker,
-            start=start,
-            end=end,
-            documents=count,
-            mean_score=total / count if count else 0.0,
-            negative_share=negative / count if count else 0.0,
-        )
+            cell[0] += 1
+            cell[1] += e.score
+            cell[2] += e.negative
+            cell[3] += e.score * e.score
+            cell[4] += e.disagreement
+        return _stats(self.ticker, start, end, cell)
 
-    def state(self) -> list[list[Any]]:
-        return [
-            [e.published_at.isoformat(), e.document_id, e.score, e.negative, e.story]
-            for e in self.events
-        ]
+    def state(self) -> dict[str, Any]:
+        return {
+            "events": [
+                [
+                    e.published_at.isoformat(),
+                    e.document_id,
+                    e.score,
+                    e.negative,
+                    e.story,
+                    e.disagreement,
+                ]
+                for e in self.events
+            ],
+            "buckets": {
+                str(int(hop.total_seconds())): [[k, *cell] for k, cell in buckets.items()]
+                for hop, buckets in self.buckets.items()
+            },
+        }
 
-    def restore(self, events: list[list[Any]]) -> None:
-        for published_at, document_id, score, negative, *story in events:  # story: since 0007
-            self.add(
-                Event(datetime.fromisoformat(published_at), document_id, score, negative,
-                      story[0] if story else "")
+    def restore(self, state: dict[str, Any] | list[list[Any]]) -> None:
+        """From ``state()``; or from the plain event list of older checkpoints (buckets rebuilt)."""
+        if isinstance(state, list):
+            for published_at, document_id, score, negative, *rest in state:
+                self.add(Event(datetime.fromisoformat(published_at), document_id, score, negative,
+                               rest[0] if rest else ""))  # fmt: skip
+            return
+        for seconds, cells in state["buckets"].items():
+            hop = timedelta(seconds=int(seconds))
+            if hop in self.buckets:
+                self.buckets[hop] = {int(k): list(cell) for k, *cell in cells}
+        for published_at, document_id, score, negative, story, disagreement in state["events"]:
+            event = Event(
+                datetime.fromisoformat(published_at), document_id, score, negative, story,
+                disagreement,
             )  # fmt: skip
+            self.events.append(event)
+            self._ids.add(event.key)
+            if self.high_water is None or event.published_at > self.high_water:
+                self.high_water = event.published_at
 
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EMPTY = (0, 0.0, 0.0)  # a bucket no document fell in
+    def replay(self, events: Iterable[Event]) -> None:
+        """Rebuild from stored events in event-time order: buckets and all, as when they came."""
+        for event in sorted(events):
+            self.add(event)
 
 
 def window_starts(t: datetime, length: timedelta, hop: timedelta) -> list[datetime]:
@@ -224,68 +380,219 @@ def window_starts(t: datetime, length: timedelta, hop: timedelta) -> list[dateti
     return [s for s in reversed(starts) if s <= t < s + length]
 
 
-@dataclass(frozen=True)
-class NegativeSurgeRule:
-    """Fires when a ticker's window holds enough documents that are mostly and strongly negative."""
+# Rule conditions: a metric of a window and the side of the threshold that holds.
+AT_LEAST = {"documents", "negative_share", "volume_z", "disagreement", "dispersion"}
+AT_MOST = {"mean_score", "sentiment_z"}
+METRICS = AT_LEAST | AT_MOST
+Z_METRICS = {"sentiment_z", "volume_z"}
+RULE_TYPES: dict[str, dict[str, float]] = {
+    # the conditions each type needs, with their defaults
+    "negative_surge": {"documents": 4, "negative_share": 0.6, "mean_score": -0.25},
+    "sentiment_z": {"documents": 3, "sentiment_z": -3.0},
+    "volume_spike": {"documents": 5, "volume_z": 4.0},
+    "drift": {"documents": 3, "mean_score": -0.15},
+    "disagreement": {"documents": 5, "disagreement": 0.45},
+}
+SEVERITY_ORDER = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 
+
+def _describe(name: str, value: float | None, bound: float) -> str:
+    side = ">=" if name in AT_LEAST else "<="
+    if name == "negative_share":
+        shown = "n/a" if value is None else f"{value:.0%}"
+        return f"{shown} negative (threshold {side} {bound:.0%})"
+    shown = "n/a" if value is None else f"{value:+.2f}"
+    return f"{name} {shown} (threshold {side} {bound:+.2f})"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A warning rule: conditions on a window's metrics, all of which must hold.
+
+    ``negative_surge`` looks at hopping windows (``window`` long, a new one every ``hop``); the other
+    types at tumbling windows (``hop == window``), where z-scores against the group's baseline are
+    defined. ``drift`` needs its conditions to hold in ``consecutive`` windows in a row.
+    ``critical`` are stricter bounds that raise the severity to critical; ``cooldown`` is how far
+    apart (in event time) two firings of the rule for one group must start; ``family`` groups
+    rules for inhibition (a market or sector alert of a family silences single-name alerts of it).
+    """
+
+    name: str
+    type: str = "negative_surge"
     window: timedelta = timedelta(hours=2)
-    hop: timedelta = timedelta(minutes=30)
-    min_documents: int = 4
-    negative_share: float = 0.6
-    mean_score: float = -0.25
-    name: str = "negative_surge"
+    hop: timedelta | None = None
+    group: str = "ticker"
+    conditions: tuple[tuple[str, float], ...] = ()
+    critical: tuple[tuple[str, float], ...] | None = None  # None: the type's default
+    severity: Severity = Severity.WARNING
+    cooldown: timedelta | None = None
+    family: str | None = None
+    consecutive: int = 1
 
     def __post_init__(self) -> None:
-        if self.window <= timedelta(0) or self.hop <= timedelta(0) or self.hop > self.window:
-            raise ValueError(f"rule {self.name!r}: need 0 < hop <= window")
-        if self.min_documents < 1 or not 0.0 <= self.negative_share <= 1.0:
-            raise ValueError(
-                f"rule {self.name!r}: need min_documents >= 1, 0 <= negative_share <= 1"
-            )
-        if not -1.0 <= self.mean_score <= 1.0:
-            raise ValueError(f"rule {self.name!r}: mean_score must lie in [-1, 1]")
+        at = f"rule {self.name!r}"
+        if self.type not in RULE_TYPES:
+            raise ValueError(f"{at}: unknown type {self.type!r}; known: {sorted(RULE_TYPES)}")
+        if self.group not in GROUP_KINDS:
+            raise ValueError(f"{at}: group must be one of {GROUP_KINDS}, got {self.group!r}")
+        hop = self.hop if self.hop is not None else self.window
+        if self.type != "negative_surge":
+            hop = self.window  # tumbling
+        object.__setattr__(self, "hop", hop)
+        if self.window <= timedelta(0) or hop <= timedelta(0) or hop > self.window:
+            raise ValueError(f"{at}: need 0 < hop <= window")
+        conditions = {**RULE_TYPES[self.type], **dict(self.conditions)}
+        object.__setattr__(self, "conditions", tuple(sorted(conditions.items())))
+        if self.critical is None:
+            default: tuple[tuple[str, float], ...] = ()
+            if self.type == "negative_surge":  # twice the documents, 80% negative
+                default = (("documents", 2 * conditions["documents"]), ("negative_share", 0.8))
+            object.__setattr__(self, "critical", default)
+        for name, bound in (*self.conditions, *self.strict):
+            if name not in METRICS:
+                raise ValueError(f"{at}: unknown metric {name!r}; known: {sorted(METRICS)}")
+            if name in Z_METRICS and hop != self.window:
+                raise ValueError(f"{at}: z-scores are defined on tumbling windows (hop = window)")
+            if name in {"negative_share", "disagreement"} and not 0.0 <= bound <= 1.0:
+                raise ValueError(f"{at}: need 0 <= {name} <= 1")
+            if name == "mean_score" and not -1.0 <= bound <= 1.0:
+                raise ValueError(f"{at}: need -1 <= mean_score <= 1")
+        if self.min_documents < 1:
+            raise ValueError(f"{at}: need min_documents >= 1")
+        if self.consecutive < 1 or (self.consecutive > 1 and self.type != "drift"):
+            raise ValueError(f"{at}: consecutive >= 1, and only drift rules look at several")
+        if self.cooldown is not None and self.cooldown < timedelta(0):
+            raise ValueError(f"{at}: cooldown must not be negative")
 
-    def holds(self, stats: WindowStats) -> bool:
-        return (
-            stats.documents >= self.min_documents
-            and stats.negative_share >= self.negative_share
-            and stats.mean_score <= self.mean_score
-        )
+    @property
+    def strict(self) -> tuple[tuple[str, float], ...]:
+        return self.critical or ()
 
-    def severity(self, stats: WindowStats) -> Severity:
-        severe = stats.documents >= 2 * self.min_documents and stats.negative_share >= 0.8
-        return Severity.CRITICAL if severe else Severity.WARNING
+    @property
+    def step(self) -> timedelta:
+        assert self.hop is not None
+        return self.hop
+
+    @property
+    def min_documents(self) -> int:
+        return int(dict(self.conditions)["documents"])
+
+    @property
+    def negative_share(self) -> float | None:
+        return dict(self.conditions).get("negative_share")
+
+    @property
+    def mean_score(self) -> float | None:
+        return dict(self.conditions).get("mean_score")
+
+    @property
+    def tumbling(self) -> bool:
+        return self.step == self.window
+
+    @property
+    def needs_z(self) -> bool:
+        return any(n in Z_METRICS for n, _ in (*self.conditions, *self.strict))
+
+    @property
+    def span(self) -> timedelta:
+        """How far back the rule looks."""
+        return self.window * self.consecutive
+
+    @property
+    def family_name(self) -> str:
+        return self.family or self.type
+
+    @property
+    def quiet_period(self) -> timedelta:
+        return self.cooldown if self.cooldown is not None else self.window
+
+    def holds(self, stats: WindowStats, bounds: Iterable[tuple[str, float]] | None = None) -> bool:
+        for name, bound in self.conditions if bounds is None else bounds:
+            value = stats.metric(name)
+            if value is None:
+                return False
+            if (value < bound) if name in AT_LEAST else (value > bound):
+                return False
+        return True
+
+    def severity_of(self, windows: Sequence[WindowStats]) -> Severity:
+        if self.strict:
+            strict = {**dict(self.conditions), **dict(self.strict)}
+            if all(self.holds(w, strict.items()) for w in windows):
+                return Severity.CRITICAL
+        return self.severity
 
     def thresholds(self) -> dict[str, float]:
-        return {
-            "min_documents": float(self.min_documents),
-            "negative_share": self.negative_share,
-            "mean_score": self.mean_score,
-            "window_minutes": self.window.total_seconds() / 60,
-        }
+        out = {("min_documents" if n == "documents" else n): float(v) for n, v in self.conditions}
+        out["window_minutes"] = self.window.total_seconds() / 60
+        if self.consecutive > 1:
+            out["consecutive"] = float(self.consecutive)
+        for name, bound in self.strict:
+            out[f"critical_{name}"] = float(bound)
+        return out
+
+    def explain(self, windows: Sequence[WindowStats]) -> str:
+        w = windows[-1]
+        minutes = int(self.window.total_seconds() // 60)
+        span = (
+            f"{self.consecutive} consecutive {minutes}-min windows"
+            if self.consecutive > 1 else f"{minutes} min"
+        )  # fmt: skip
+        parts = [_describe(n, w.metric(n), b) for n, b in self.conditions if n != "documents"]
+        head = (
+            f"{w.ticker}: {self.type.replace('_', ' ')} over {span}: {w.documents} documents, "
+            f"{w.negative_share:.0%} negative, mean score {w.mean_score:+.2f}"
+        )
+        return head + "; " + ", ".join(parts)
+
+
+def NegativeSurgeRule(
+    window: timedelta = timedelta(hours=2),
+    hop: timedelta = timedelta(minutes=30),
+    min_documents: int = 4,
+    negative_share: float = 0.6,
+    mean_score: float = -0.25,
+    name: str = "negative_surge",
+) -> Rule:
+    """The negative-surge rule: enough documents in a window, mostly and strongly negative;
+    critical with twice the documents and 80% negative."""
+    return Rule(
+        name=name, type="negative_surge", window=window, hop=hop,
+        conditions=(("documents", min_documents), ("negative_share", negative_share),
+                    ("mean_score", mean_score)),
+    )  # fmt: skip
 
 
 @dataclass(slots=True)
 class RiskUpdate:
-    """What one score produced: its rolling-sentiment row (None for a duplicate) and any alerts."""
+    """What one score produced: its rolling-sentiment row (None for a duplicate), any alerts, and
+    whether it came later than the allowed lateness (stored, but not counted in the windows)."""
 
     row: dict[str, Any] | None = None
     alerts: list[Alert] = field(default_factory=list)
+    late: bool = False
+
+
+DEFAULT_AGGREGATES = (timedelta(minutes=15), timedelta(hours=1), timedelta(days=1))
 
 
 class RiskEngine:
-    """Per-ticker windows and rule state for the tickers one worker (or one replay) owns.
+    """Per-group windows, aggregates and rule state for the groups one worker (or replay) owns.
 
-    ``trailing`` is the length of the rolling-sentiment row written for every document; each rule
-    keeps its own firing state per ticker. ``state()`` and ``restore()`` checkpoint all of it as JSON.
+    ``trailing`` is the length of the rolling-sentiment row written for every document;
+    ``aggregates`` the tumbling window lengths whose rows ``drain_aggregates`` returns, with
+    z-scores against ``baseline``. Each rule keeps its own firing state per group.
+    ``state()`` and ``restore()`` checkpoint all of it as JSON.
     """
 
     def __init__(
         self,
-        rules: Sequence[NegativeSurgeRule],
+        rules: Sequence[Rule],
         run_id: str = "live",
         lateness: timedelta = timedelta(days=4),
         trailing: timedelta = timedelta(hours=2),
+        aggregates: Sequence[timedelta] = DEFAULT_AGGREGATES,
+        baseline: timedelta = timedelta(days=20),
     ) -> None:
         if not rules:
             raise ValueError("a risk engine needs at least one rule")
@@ -296,75 +603,128 @@ class RiskEngine:
         self.run_id = run_id
         self.lateness = lateness
         self.trailing = trailing
-        self.horizon = max([trailing, *(r.window for r in self.rules)]) + lateness
-        self.hops = tuple(dict.fromkeys(r.hop for r in self.rules))
+        self.aggregates = tuple(aggregates)
+        self.baseline = baseline
+        self.horizon = max([trailing, *(r.span for r in self.rules)]) + lateness
+        self.hops = tuple(dict.fromkeys([*(r.step for r in self.rules), *self.aggregates]))
+        self.by_kind = {k: tuple(r for r in self.rules if r.group == k) for k in GROUP_KINDS}
         self.windows: dict[str, TickerWindow] = {}
         self.firing: dict[tuple[str, str], Alert] = {}
         self.last_fired: dict[tuple[str, str], datetime] = {}
+        self.touched: set[tuple[str, timedelta, int]] = set()
+        self.late = 0
+
+    def window_of(self, key: str) -> TickerWindow:
+        window = self.windows.get(key)
+        if window is None:
+            window = TickerWindow(key, self.horizon, self.hops, self.horizon + self.baseline)
+            self.windows[key] = window
+        return window
 
     def process(self, score: Scored, ticker: str | None = None) -> RiskUpdate:
-        """Take one scored mention of ``ticker`` (default: the score's own ticker)."""
-        ticker = ticker or score.ticker
-        if ticker is None:
+        """Take one scored mention of group ``ticker`` (default: the score's own ticker)."""
+        key = ticker or score.ticker
+        if key is None:
             return RiskUpdate()
-        window = self.windows.get(ticker)
-        if window is None:
-            window = TickerWindow(ticker, self.horizon, self.hops)
-            self.windows[ticker] = window
+        window = self.window_of(key)
         story = score.story_id
+        t = score.published_at
         event = Event(
-            score.published_at,
-            score.document_id,
-            score.score,
-            score.label == "negative",
+            t, score.document_id, score.score, score.label == "negative",
             story if story and story != score.document_id else "",
-        )
+            getattr(score, "disagreement", 0.0),
+        )  # fmt: skip
         if not window.add(event):
             return RiskUpdate()
-        trailing = window.stats_at(score.published_at, self.trailing)
+        assert window.high_water is not None
+        late = t < window.high_water - self.horizon
+        if late:
+            self.late += 1
+        else:
+            for length in self.aggregates:
+                self.touched.add((key, length, (t - EPOCH) // length))
+        trailing = window.stats_at(t, self.trailing)
         row = {
-            "run_id": self.run_id, "ticker": ticker, "document_id": score.document_id,
-            "published_at": score.published_at, "score": score.score,
+            "run_id": self.run_id, "ticker": key, "document_id": score.document_id,
+            "published_at": t, "score": score.score, "label": score.label,
+            "disagreement": event.disagreement, "story_id": event.story or None,
             "window_documents": trailing.documents, "window_mean_score": trailing.mean_score,
             "window_negative_share": trailing.negative_share,
         }  # fmt: skip
+        if late:
+            return RiskUpdate(row=row, late=True)
         alerts: list[Alert] = []
-        for rule in self.rules:
-            alerts.extend(self._evaluate(rule, window, score.published_at))
+        for rule in self.by_kind[group_kind(key)]:
+            alerts.extend(self._evaluate(rule, window, t))
         return RiskUpdate(row=row, alerts=alerts)
 
-    def _evaluate(self, rule: NegativeSurgeRule, window: TickerWindow, t: datetime) -> list[Alert]:
-        """Rule state after a document at ``t``: resolve, then fire, per aligned window."""
+    def drain_aggregates(self) -> list[dict[str, Any]]:
+        """Rows of every aggregate window changed since the last call (latest values)."""
+        rows = []
+        for key, length, index in sorted(self.touched, key=lambda k: (k[0], k[1], k[2])):
+            window = self.windows.get(key)
+            if window is None:
+                continue
+            s = window.tumbling(length, index)
+            rows.append({
+                "run_id": self.run_id, "ticker": key, "group_kind": group_kind(key),
+                "window_minutes": int(length.total_seconds() // 60), "window_start": s.start,
+                "window_end": s.end, "documents": s.documents, "mean_score": s.mean_score,
+                "negative_share": s.negative_share, "dispersion": s.dispersion,
+                "disagreement": s.disagreement, "sentiment_z": s.sentiment_z,
+                "volume_z": s.volume_z,
+            })  # fmt: skip
+        self.touched.clear()
+        return rows
+
+    def _windows(self, rule: Rule, window: TickerWindow, t: datetime) -> list[list[WindowStats]]:
+        """The candidate windows a document at ``t`` can change, each as the run of windows the
+        rule looks at (one, or ``consecutive`` for drift), and with enough documents."""
+        if not rule.tumbling:
+            return [
+                [w] for w in window.aligned_windows(t, rule.window, rule.step, rule.min_documents)
+            ]
+        index = (t - EPOCH) // rule.window
+        runs = []
+        # a drift run ending at any of the next ``consecutive`` windows includes this one
+        for end in range(index, index + rule.consecutive):
+            run = [window.tumbling(rule.window, i, rule.needs_z)
+                   for i in range(end - rule.consecutive + 1, end + 1)]  # fmt: skip
+            if all(w.documents >= rule.min_documents for w in run):
+                runs.append(run)
+        return runs
+
+    def _evaluate(self, rule: Rule, window: TickerWindow, t: datetime) -> list[Alert]:
+        """Rule state after a document at ``t``: resolve, then fire, per candidate window."""
         key = (rule.name, window.ticker)
-        if key not in self.firing:
+        if key not in self.firing and not rule.consecutive > 1:
             # every aligned window holding t lies in [t - window, floor(t, hop) + window): with
             # too few documents there, none can hold and nothing can change
-            newest = EPOCH + ((t - EPOCH) // rule.hop) * rule.hop
+            newest = EPOCH + ((t - EPOCH) // rule.step) * rule.step
             if window.count_between(t - rule.window, newest + rule.window) < rule.min_documents:
                 return []
-        # only windows with enough documents can hold, which is all firing and resolving look at
-        windows = window.aligned_windows(t, rule.window, rule.hop, rule.min_documents)
-        alerts = self._resolve(rule, key, windows, window, t)
-        for stats in windows:
-            if rule.holds(stats) and self._may_fire(rule, key, stats.start):
-                alert = self._alert(rule, stats, window.evidence(stats.start, stats.end))
+        runs = self._windows(rule, window, t)
+        alerts = self._resolve(rule, key, runs, window, t)
+        for run in runs:
+            if all(rule.holds(w) for w in run) and self._may_fire(rule, key, run[-1].start):
+                alert = self._alert(rule, run, window)
                 self.firing[key] = alert
-                self.last_fired[key] = stats.start
+                self.last_fired[key] = run[-1].start
                 alerts.append(alert)
         return alerts
 
-    def _may_fire(self, rule: NegativeSurgeRule, key: tuple[str, str], start: datetime) -> bool:
-        """Not while the ticker is firing, nor for a window overlapping the last one that fired."""
+    def _may_fire(self, rule: Rule, key: tuple[str, str], start: datetime) -> bool:
+        """Not while the group is firing, nor within the cooldown of the last window that fired."""
         if key in self.firing:
             return False
         last = self.last_fired.get(key)
-        return last is None or abs(start - last) >= rule.window
+        return last is None or abs(start - last) >= rule.quiet_period
 
     def _resolve(
         self,
-        rule: NegativeSurgeRule,
+        rule: Rule,
         key: tuple[str, str],
-        windows: list[WindowStats],
+        runs: list[list[WindowStats]],
         window: TickerWindow,
         t: datetime,
     ) -> list[Alert]:
@@ -372,7 +732,7 @@ class RiskEngine:
         active = self.firing.get(key)
         if active is None or t < active.window_end:
             return []
-        if any(rule.holds(stats) for stats in windows):
+        if any(all(rule.holds(w) for w in run) for run in runs):
             return []
         del self.firing[key]
         current = window.stats_at(t, rule.window)
@@ -389,34 +749,66 @@ class RiskEngine:
             )
         ]
 
-    def _alert(
-        self, rule: NegativeSurgeRule, stats: WindowStats, evidence: tuple[str, ...]
-    ) -> Alert:
-        values = {
+    def _alert(self, rule: Rule, run: list[WindowStats], window: TickerWindow) -> Alert:
+        stats = run[-1]
+        values: dict[str, float] = {
             "documents": float(stats.documents),
             "negative_share": round(stats.negative_share, 4),
             "mean_score": round(stats.mean_score, 4),
+            "dispersion": round(stats.dispersion, 4),
+            "disagreement": round(stats.disagreement, 4),
         }
-        minutes = int(rule.window.total_seconds() // 60)
+        for name in ("sentiment_z", "volume_z"):
+            value = stats.metric(name)
+            if value is not None:
+                values[name] = round(value, 4)
+        if len(run) > 1:
+            values["worst_mean_score"] = round(max(w.mean_score for w in run), 4)
+        start = run[0].start
         return Alert(
             id=stable_id(rule.name, stats.ticker, self.run_id, stats.start.isoformat()),
             run_id=self.run_id,
             rule=rule.name,
             ticker=stats.ticker,
-            severity=rule.severity(stats),
+            severity=rule.severity_of(run),
             state=AlertState.FIRING,
             window_start=stats.start,
             window_end=stats.end,
             event_time=stats.end,
             values=values,
             thresholds=rule.thresholds(),
-            evidence=evidence,
-            explanation=(
-                f"{stats.ticker}: {stats.documents} documents in {minutes} min, "
-                f"{stats.negative_share:.0%} negative (threshold {rule.negative_share:.0%}), "
-                f"mean score {stats.mean_score:+.2f} (threshold {rule.mean_score:+.2f})"
-            ),
+            evidence=window.evidence(start, stats.end),
+            explanation=rule.explain(run),
+            family=rule.family_name,
         )
+
+    def restore_group(
+        self,
+        key: str,
+        events: Iterable[Event],
+        firing: Iterable[Alert] = (),
+        last_fired: Mapping[str, datetime] | None = None,
+    ) -> None:
+        """Rebuild one group from what was stored for it: its events (the last ``baseline`` and
+        horizon of them, in any order), its firing alerts and, per rule, the start of the last
+        window that fired."""
+        window = TickerWindow(key, self.horizon, self.hops, self.horizon + self.baseline)
+        window.replay(events)
+        self.windows[key] = window
+        for alert in firing:
+            self.firing[(alert.rule, key)] = alert
+        for rule, start in (last_fired or {}).items():
+            self.last_fired[(rule, key)] = start
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop groups this engine no longer owns (after a rebalance)."""
+        gone = set(keys)
+        for key in gone:
+            self.windows.pop(key, None)
+        for state in (self.firing, self.last_fired):
+            for k in [k for k in state if k[1] in gone]:
+                del state[k]
+        self.touched = {t for t in self.touched if t[0] not in gone}
 
     def state(self) -> dict[str, Any]:
         """Everything the engine knows, as JSON-compatible data, for a checkpoint."""
@@ -428,9 +820,9 @@ class RiskEngine:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint taken with ``state()`` by an engine with the same rules."""
-        for ticker, events in state["windows"].items():
-            window = TickerWindow(ticker, self.horizon, self.hops)
-            window.restore(events)
+        for ticker, saved in state["windows"].items():
+            window = TickerWindow(ticker, self.horizon, self.hops, self.horizon + self.baseline)
+            window.restore(saved)
             self.windows[ticker] = window
         for data in state["firing"]:
             alert = Alert.from_json(json.dumps(data))

@@ -182,15 +182,20 @@ def test_copies_of_one_story_count_once_in_a_window() -> None:
     assert len(run(RiskEngine([RULE]), scores)) == 1
 
 
-def test_a_checkpoint_from_before_stories_still_restores() -> None:
+def test_a_checkpoint_from_before_stories_and_buckets_still_restores() -> None:
     engine = RiskEngine([RULE])
     run(engine, burst(n=3))
     state = engine.state()
-    for events in state["windows"].values():  # the four-field events of older checkpoints
-        for event in events:
-            del event[4:]
+    old = {  # the plain four-field event lists of older checkpoints
+        **state,
+        "windows": {t: [e[:4] for e in w["events"]] for t, w in state["windows"].items()},
+    }
     restored = RiskEngine([RULE])
-    restored.restore(json.loads(json.dumps(state)))
-    assert [e[:4] for e in restored.state()["windows"]["ACME"]] == [
-        e[:4] for e in engine.state()["windows"]["ACME"]
-    ]
+    restored.restore(json.loads(json.dumps(old)))
+    again = restored.state()["windows"]["ACME"]
+    assert [e[:4] for e in again["events"]] == [e[:4] for e in state["windows"]["ACME"]["events"]]
+
+    def counts(buckets: dict) -> dict:  # old checkpoints knew no disagreement
+        return {hop: [cell[:5] for cell in cells] for hop, cells in buckets.items()}
+
+    assert counts(again["buckets"]) == counts(state["windows"]["ACME"]["buckets"])
