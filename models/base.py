@@ -72,6 +72,26 @@ class Member(ABC):
         )
 
 
+class NullMember(Member):
+    """Always the same mildly neutral vote, at no cost: what benchmarks use to measure everything
+    but the models."""
+
+    name = "null"
+    version = "null-1"
+
+    def preprocess(self, texts: Sequence[str]) -> int:
+        return len(texts)
+
+    def _forward(self, batch: int) -> np.ndarray:
+        return np.tile(np.array([0.25, 0.5, 0.25]), (batch, 1))
+
+    def postprocess(self, logits: Any) -> np.ndarray:
+        return np.asarray(logits)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "null"}
+
+
 class TorchMember(Member):
     """A member whose forward pass runs under ``torch.inference_mode()`` on its own device."""
 

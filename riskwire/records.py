@@ -193,6 +193,17 @@ class Alert(Record):
     family: str | None = None  # the rule's family, for inhibition
 
 
+class Watermark(Record):
+    """A marker the scoring stage sends to every partition of ``scored`` and ``groups``: it has
+    sent all scores of documents from ``source_partition`` (of ``docs``) up to ``event_time``
+    before this marker. ``idle``: that partition has had nothing for a while; do not wait on it."""
+
+    SCHEMA: ClassVar[str] = "watermark/1"
+    source_partition: int = Field(ge=0)
+    event_time: UtcDateTime | None = None
+    idle: bool = False
+
+
 class DeadLetter(Record):
     """Something that could not be processed, with where and why; the original bytes are kept."""
 

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="cpu, cuda or cuda:N for transformer members")
     score_batch_size: int = Field(64, ge=1, le=4096)
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)
+    ensemble_members: str = Field(
+        "finlex:1,minilm-head:1.5",
+        description="the live ensemble: members and weights (finlex, minilm-head, null)",
+    )
     encoder_path: str | None = Field(
         None, description="local path or hub id of the sentence encoder; unset = packaged MiniLM"
     )

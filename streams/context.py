@@ -43,11 +43,19 @@ def decode_events(
     events: Sequence[Any], record_type: type[R], stage: str, now: datetime
 ) -> tuple[list[R], list[DeadLetter]]:
     """Decode each event's value; what does not decode becomes a dead letter with the reason."""
-    records: list[R] = []
+    pairs, dead = decode_pairs(events, record_type, stage, now)
+    return [r for _, r in pairs], dead
+
+
+def decode_pairs(
+    events: Sequence[Any], record_type: type[R], stage: str, now: datetime
+) -> tuple[list[tuple[Any, R]], list[DeadLetter]]:
+    """As ``decode_events``, each record with the event it came in."""
+    records: list[tuple[Any, R]] = []
     dead: list[DeadLetter] = []
     for event in events:
         try:
-            records.append(record_type.from_json(event.value))
+            records.append((event, record_type.from_json(event.value)))
         except InvalidRecord as exc:
             dead.append(
                 DeadLetter.of(stage, str(exc), event.value, occurred_at=now,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import faust
 
@@ -17,6 +18,7 @@ from riskwire.records import DeadLetter, Document, RawRecord
 from streams.context import WorkerContext, event_batches, send_dead
 from streams.pipeline import normalise
 from streams.pipeline.stories import with_story
+from streams.watermarks import RawProgress
 
 log = logging.getLogger(__name__)
 STAGE = "normalise"
@@ -43,13 +45,39 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     docs = app.topic(ctx.topics.docs)
     dead = app.topic(ctx.topics.deadletter)
 
+    progress = RawProgress(ctx.settings.topic_partitions, ctx.settings.reorder_idle_s)
+    raw_topics = {ctx.topics.raw_news, ctx.topics.raw_social}
+
     @app.agent(raw, name="normalise")
     async def normalise_agent(stream: faust.StreamT[bytes]) -> None:
         async for events in event_batches(stream, ctx.settings):
             now = datetime.now(UTC)
             results = [normalise_event(e.key, e.value, e.message.topic, now) for e in events]
+            times = [r.published_at if isinstance(r, Document) else None for r in results]
+            touched = progress.note(events, times)
             await send_dead(dead, [r for r in results if isinstance(r, DeadLetter)])
-            for doc in results:
+            for event, doc in zip(events, results, strict=True):
                 if isinstance(doc, Document) and ctx.dedupe.is_new(doc.id):
                     doc = with_story(ctx.stories, doc)  # near-duplicates: one story
-                    await docs.send(key=doc.id.encode(), value=doc.to_json())
+                    # co-partitioned with the raw record, so each docs partition keeps the order
+                    # of its raw partition (the risk stage's watermarks rely on it)
+                    partition = event.message.partition % ctx.settings.topic_partitions
+                    await docs.send(key=doc.id.encode(), value=doc.to_json(), partition=partition)
+            await progress.send(touched, [docs], fan_out=False)
+
+    @app.timer(interval=max(ctx.settings.reorder_idle_s / 2, 0.2))
+    async def mark_idle_raw_partitions() -> None:
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic in raw_topics]
+        quiet = await progress.newly_idle(app.consumer, assigned)
+        if quiet:
+            await progress.send(quiet, [docs], fan_out=False)
+
+    async def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        owned = {
+            tp.partition % ctx.settings.topic_partitions
+            for tp in app.consumer.assignment()
+            if tp.topic in raw_topics
+        }
+        await progress.send(owned, [docs], fan_out=False)  # for the new owners downstream
+
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]

@@ -5,11 +5,16 @@ Two agents run the same ``RiskStage``: one on the ``scored`` topic (keyed by tic
 worker owns all of a group's state.
 
 **Event-time order.** Scores reach a partition in the order the scoring stage produced them, which
-interleaves the ``docs`` partitions. The stage holds each score until its partition's watermark (the
-newest event time seen there) is ``grace`` past it, or until the partition has been quiet for
-``idle`` seconds, and releases held scores in event-time order. So the engine sees every group's
-documents in the same order in any run, and its results (rolling rows, aggregates, alerts) are the
-same whether the worker ran through, was killed and restarted, or handed partitions over.
+interleaves the ``docs`` partitions, by hours of event time when there is a backlog. So the scoring
+stage sends a ``Watermark`` marker to every partition after each batch: all scores of documents
+from its ``docs`` partition q up to event time T have been sent (each ``docs`` partition is in the
+order of its raw partition: normalise keeps records in their partition). The stage holds each
+score until every ``docs`` partition's marker on its partition (less ``grace``, for disorder within
+a partition) has passed it, and releases held scores in event-time order; a ``docs`` partition
+marked idle is not waited for. So the engine sees every group's documents in the same order in any
+run, and its results (rolling rows, aggregates, alerts) are the same whether the worker ran
+through, was killed and restarted, or handed partitions over. If markers stop coming altogether
+(no scoring worker alive), what is held is released after ``20 x reorder_idle_s`` of silence.
 
 **Nothing lost.** A held score's Kafka message stays unacknowledged (its offset uncommitted) until
 the score is released and its results are stored, so a crash redelivers it. Results are written in
@@ -27,6 +32,7 @@ import asyncio
 import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,14 +42,16 @@ import faust
 from sqlalchemy.orm import Session
 
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import Alert, DeadLetter, Score, group_key
+from riskwire.records import Alert, DeadLetter, Score, Watermark, group_key
 from storage import delivery, repository
 from streams.context import WorkerContext, event_batches, send_dead, storage_refused
 from streams.pipeline import RiskEngine, RiskUpdate
 from streams.pipeline.risk import Event
+from streams.watermarks import is_marker
 
 log = logging.getLogger(__name__)
 STAGE = "risk"
+FOREVER = datetime.max.replace(tzinfo=UTC)
 
 
 def apply_scores(
@@ -124,12 +132,17 @@ class RiskStage:
         self.engine = engine
         self.topic = topic
         self.grace = timedelta(seconds=ctx.settings.reorder_grace_s)
-        self.idle = ctx.settings.reorder_idle_s
         self.held: dict[int, list[Held]] = {}
-        self.watermark: dict[int, datetime] = {}
+        self.acks: dict[int, deque[list[Any]]] = {}  # per partition: [event, finished] in order
+        # per partition: per docs partition, (newest event time marked, idle)
+        self.marks: dict[int, dict[int, tuple[datetime | None, bool]]] = {}
+        self.sources = ctx.settings.topic_partitions
+        self.flush_after = 20 * ctx.settings.reorder_idle_s
         self.partition_of: dict[str, int] = {}
         self.loaded: set[str] = set()
         self.last_input = time.monotonic()
+        self.released = 0
+        self.reported = 0.0
         self.lock = asyncio.Lock()
         self.alerts: faust.TopicT | None = None
         self.dead: faust.TopicT | None = None
@@ -140,6 +153,14 @@ class RiskStage:
             now = datetime.now(UTC)
             bad: list[DeadLetter] = []
             for event in events:
+                # every message is held, and acknowledged in offset order (see ``_ack``)
+                event.message.incref()
+                entry = [event, False]
+                self.acks.setdefault(event.message.partition, deque()).append(entry)
+                if is_marker(event.value):
+                    self._mark(event)
+                    entry[1] = True
+                    continue
                 try:
                     score = Score.from_json(event.value)
                     if score.ticker is None:
@@ -147,29 +168,67 @@ class RiskStage:
                 except InvalidRecord as exc:
                     bad.append(DeadLetter.of(STAGE, str(exc), event.value, occurred_at=now,
                                              topic=event.message.topic, key=event.key))  # fmt: skip
+                    entry[1] = True
                     continue
                 partition = event.message.partition
-                event.message.incref()  # hold: the take loop's acknowledgement does not finish it
                 heapq.heappush(
                     self.held.setdefault(partition, []),
-                    Held((score.published_at, score.ticker, score.document_id), score, [event]),
+                    Held((score.published_at, score.ticker, score.document_id), score, [entry]),
                 )
                 self.partition_of[score.ticker] = partition
-                mark = self.watermark.get(partition)
-                if mark is None or score.published_at > mark:
-                    self.watermark[partition] = score.published_at
             self.last_input = time.monotonic()
             await self._send_dead(bad)
-            await self._release(
-                {p: self.watermark[p] - self.grace for p in self.held if p in self.watermark}
-            )
+            bounds = {p: self.bound(p) for p in self.held}
+            await self._release({p: b for p, b in bounds.items() if b is not None})
+            self._ack()
+
+    def _ack(self) -> None:
+        """Acknowledge finished messages in offset order, each partition up to its first
+        unfinished one. (Faust commits the first run of acknowledged offsets; on a partition with
+        no committed offset yet it does so even with unacknowledged ones before it, so a message
+        held there would be skipped by a restart.)"""
+        for queue in self.acks.values():
+            while queue and queue[0][1]:
+                queue.popleft()[0].ack()
+
+    def _mark(self, event: Any) -> None:
+        try:
+            mark = Watermark.from_json(event.value)
+        except InvalidRecord:
+            log.warning("ignoring a malformed watermark on %s: %r", self.topic, event.value[:200])
+            return
+        marks = self.marks.setdefault(event.message.partition, {})
+        before, _ = marks.get(mark.source_partition, (None, False))
+        t = mark.event_time
+        if before is not None and (t is None or before > t):
+            t = before  # markers only move forward
+        marks[mark.source_partition] = (t, mark.idle)
+
+    def bound(self, partition: int) -> datetime | None:
+        """Held scores of ``partition`` up to this time can be released; None: none yet."""
+        marks = self.marks.get(partition, {})
+        lowest = FOREVER
+        for q in range(self.sources):
+            t, idle = marks.get(q, (None, False))
+            if idle:
+                continue
+            if t is None:
+                return None
+            lowest = min(lowest, t)
+        return lowest if lowest == FOREVER else lowest - self.grace
 
     async def flush_idle(self) -> None:
-        """Release everything held once no input has come for ``idle`` seconds."""
-        if not any(self.held.values()) or time.monotonic() - self.last_input < self.idle:
+        """Release everything held once no input (not even markers) has come for a long while."""
+        if not any(self.held.values()) or time.monotonic() - self.last_input < self.flush_after:
             return
         async with self.lock:
-            await self._release({p: datetime.max.replace(tzinfo=UTC) for p in self.held})
+            held = sum(len(h) for h in self.held.values())
+            await self._release({p: FOREVER for p in self.held})
+            self._ack()
+            log.info(
+                "risk stage on %s idle: released all %d held; %d out of order so far, %d late",
+                self.topic, held, self.engine.out_of_order, self.engine.late,
+            )  # fmt: skip
 
     async def revoke(self, partitions: Iterable[int]) -> None:
         """Forget the groups of revoked partitions and drop their held scores (redelivered to the
@@ -178,7 +237,8 @@ class RiskStage:
             gone = set(partitions)
             for p in gone:
                 self.held.pop(p, None)
-                self.watermark.pop(p, None)
+                self.marks.pop(p, None)
+                self.acks.pop(p, None)
             keys = [k for k, p in self.partition_of.items() if p in gone]
             self.engine.forget(keys)
             self.loaded.difference_update(keys)
@@ -208,8 +268,16 @@ class RiskStage:
                 heapq.heappush(self.held.setdefault(self.partition_of[held.sort[1]], []), held)
             return
         for held in released:
-            for event in held.events:
-                event.ack()
+            for entry in held.events:
+                entry[1] = True
+        self.released += len(released)
+        if time.monotonic() - self.reported >= 10:
+            self.reported = time.monotonic()
+            log.info(
+                "risk stage on %s: %d released, %d held, %d out of event-time order, %d late",
+                self.topic, self.released, sum(len(h) for h in self.held.values()),
+                self.engine.out_of_order, self.engine.late,
+            )  # fmt: skip
 
     async def _process(self, released: list[Held]) -> None:
         now = datetime.now(UTC)

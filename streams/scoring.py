@@ -6,21 +6,24 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import faust
 from sqlalchemy.orm import Session
 
-from riskwire.records import DeadLetter, Document, Score
+from riskwire.exceptions import InvalidRecord
+from riskwire.records import DeadLetter, Document, Score, Watermark
 from storage import repository
 from streams.context import (
     WorkerContext,
-    decode_events,
+    decode_pairs,
     event_batches,
     send_dead,
     storage_refused,
 )
 from streams.pipeline import fan_out, score_documents
 from streams.risk import group_mentions
+from streams.watermarks import Marks, is_marker
 
 log = logging.getLogger(__name__)
 STAGE = "score"
@@ -63,17 +66,37 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     docs_topic = app.topic(ctx.topics.docs)
     scored = app.topic(ctx.topics.scored)
     groups = app.topic(ctx.topics.groups)
+    outputs = [scored, groups]
     sector_of = dict(ctx.targets.sector_of) if ctx.settings.sector_groups else {}
     market = ctx.settings.market_group
     dead = app.topic(ctx.topics.deadletter)
+
+    marks = Marks(ctx.settings.topic_partitions)
 
     @app.agent(docs_topic, name="score")
     async def score_agent(stream: faust.StreamT[bytes]) -> None:
         async for events in event_batches(stream, ctx.settings):
             now = datetime.now(UTC)
-            docs, bad = decode_events(events, Document, STAGE, now)
+            touched = {e.message.partition for e in events}
+            decoded, bad = decode_pairs([e for e in events if not is_marker(e.value)], Document,
+                                        STAGE, now)  # fmt: skip
+            times = {id(e): d.published_at for e, d in decoded}
+            for event in events:  # in order: a marker says what came before it in its partition
+                q = event.message.partition
+                if not is_marker(event.value):
+                    marks.saw(q, times.get(id(event)))
+                    continue
+                try:
+                    upstream = Watermark.from_json(event.value)
+                except InvalidRecord:
+                    continue
+                marks.saw(q, upstream.event_time)
+                if upstream.idle:
+                    marks.idle.add(q)
+            docs = [d for _, d in decoded]
             await send_dead(dead, bad)
             if not docs:
+                await marks.send(touched, outputs, fan_out=True)
                 continue
             scores, failed = await score_batch(ctx, docs, now)
             by_id = {d.id: d for d in docs}
@@ -92,3 +115,12 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
                         grouped.setdefault(g.ticker or "", g)  # a document counts once per group
                 for key, g in grouped.items():
                     await groups.send(key=key.encode(), value=g.to_json())
+            # after the batch's scores: everything up to these marks is sent
+            await marks.send(touched, outputs, fan_out=True)
+
+    async def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # partitions moved: new owners downstream need the markers again
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == ctx.topics.docs}
+        await marks.send(owned, outputs, fan_out=True)
+
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]

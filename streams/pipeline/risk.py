@@ -612,7 +612,8 @@ class RiskEngine:
         self.firing: dict[tuple[str, str], Alert] = {}
         self.last_fired: dict[tuple[str, str], datetime] = {}
         self.touched: set[tuple[str, timedelta, int]] = set()
-        self.late = 0
+        self.late = 0  # documents later than the allowed lateness
+        self.out_of_order = 0  # documents older than their group's newest when they came
 
     def window_of(self, key: str) -> TickerWindow:
         window = self.windows.get(key)
@@ -634,9 +635,11 @@ class RiskEngine:
             story if story and story != score.document_id else "",
             getattr(score, "disagreement", 0.0),
         )  # fmt: skip
+        behind = window.high_water is not None and t < window.high_water
         if not window.add(event):
             return RiskUpdate()
         assert window.high_water is not None
+        self.out_of_order += behind
         late = t < window.high_water - self.horizon
         if late:
             self.late += 1

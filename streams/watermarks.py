@@ -1,0 +1,117 @@
+"""Event-time watermarks from the raw topics to the risk stage, as in-band markers.
+
+The risk stage must see each group's documents in event-time order (streams/risk.py), but with a
+backlog the stages upstream interleave their input partitions by hours of event time. So progress
+travels with the data, as ``Watermark`` records:
+
+* **normalise** keeps each raw record in its partition number (``docs`` partition q holds raw
+  partition q's documents, in order). After each batch it sends a marker into ``docs`` q: all
+  documents of raw partition q up to event time T are sent. When raw partition q (news and social)
+  is read to its end and quiet for ``reorder_idle_s``, it sends an *idle* marker: do not wait on q.
+* **scoring** reads ``docs`` q in order. After each batch it sends, to every partition of
+  ``scored`` and ``groups``, a marker for each q it read: the newest event time whose scores it has
+  sent, or idle when the last thing it read from q was normalise's idle marker.
+* **risk** releases a held score once every ``docs`` partition's marker on its partition has
+  passed it (see ``RiskStage.bound``).
+
+Markers are re-sent for every partition a worker owns after each rebalance, because a new owner
+downstream starts reading after the last committed offset and may not have seen them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import faust
+
+from riskwire.records import Watermark
+
+MARKER = b'"schema":"watermark/1"'
+
+
+def is_marker(value: bytes) -> bool:
+    return MARKER in value
+
+
+class Marks:
+    """Per source partition q: the newest event time sent on, and whether q is idle."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.newest: dict[int, datetime] = {}
+        self.idle: set[int] = set()
+
+    def saw(self, q: int, t: datetime | None) -> None:
+        self.idle.discard(q)
+        if t is not None and (q not in self.newest or t > self.newest[q]):
+            self.newest[q] = t
+
+    def marker(self, q: int) -> bytes:
+        return Watermark(
+            source_partition=q, event_time=self.newest.get(q), idle=q in self.idle
+        ).to_json()
+
+    async def send(self, qs: Iterable[int], topics: Sequence[faust.TopicT], fan_out: bool) -> None:
+        """Markers for ``qs``: into the same partition of each topic, or into all of them."""
+        for q in sorted(set(qs)):
+            body = self.marker(q)
+            for topic in topics:
+                for p in range(self.partitions) if fan_out else (q,):
+                    await topic.send(value=body, partition=p)
+
+
+class RawProgress(Marks):
+    """Normalise's side: how far each raw partition has been read, to tell when it is idle."""
+
+    def __init__(self, partitions: int, idle_after: float) -> None:
+        super().__init__(partitions)
+        self.idle_after = idle_after
+        self.read: dict[Any, int] = {}  # raw topic-partition -> last offset read
+        self.last_input: dict[int, float] = {}
+        self.started = time.monotonic()
+
+    def note(self, events: Sequence[Any], times: Sequence[datetime | None]) -> set[int]:
+        """Note a batch (and each event's event time, None if it has none); returns the docs
+        partitions it goes to."""
+        now = time.monotonic()
+        touched = set()
+        for event, t in zip(events, times, strict=True):
+            tp = event.message.tp
+            self.read[tp] = max(self.read.get(tp, -1), event.message.offset)
+            q = event.message.partition % self.partitions
+            touched.add(q)
+            self.last_input[q] = now
+            self.saw(q, t)
+        return touched
+
+    async def newly_idle(self, consumer: Any, assigned: Iterable[Any]) -> set[int]:
+        """Docs partitions whose raw partitions are all read to their end and quiet: the ones
+        not yet marked idle."""
+        now = time.monotonic()
+        by_q: dict[int, list[Any]] = {}
+        for tp in assigned:
+            by_q.setdefault(tp.partition % self.partitions, []).append(tp)
+        out = set()
+        for q, tps in by_q.items():
+            if q in self.idle or now - self.last_input.get(q, self.started) < self.idle_after:
+                continue
+            if all([await self._at_end(consumer, tp) for tp in tps]):
+                out.add(q)
+        self.idle |= out
+        return out
+
+    async def _at_end(self, consumer: Any, tp: Any) -> bool:
+        """Read to the end: the last offset read here, or (for a partition this worker has read
+        nothing of, e.g. one finished before a restart) the consumer's position."""
+        try:
+            end = consumer.highwater(tp)
+            last = self.read.get(tp)
+            if last is None:
+                position = await consumer.position(tp)
+                last = -1 if position is None else position - 1
+        except Exception:  # not fetched yet, or not ours any more
+            return False
+        return end is not None and last >= end - 1
