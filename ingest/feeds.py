@@ -104,7 +104,11 @@ def _feed(entry: dict[str, Any], where: str) -> Feed:
     if kind in ("rss", "atom"):
         source: PolledSource = RssSource(name, _expand(url, where), **common)
     elif kind == "json":
-        mapping = Mapping(items=entry.pop("items", ""), fields=dict(entry.pop("fields")))
+        mapping = Mapping(
+            items=entry.pop("items", ""),
+            fields=dict(entry.pop("fields")),
+            timezone=entry.pop("timezone", None),
+        )
         pagination = Pagination(**(entry.pop("pagination", None) or {}))
         source = JsonApiSource(
             name, _expand(url, where), mapping=mapping, pagination=pagination, **common

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ingest.polled import FetchError, PolledSource
 
@@ -73,8 +75,26 @@ def with_param(url: str, name: str, value: Any) -> str:
 class Mapping:
     items: str = ""  # path of the list of items ("" = the body is the list)
     fields: dict[str, str] = field(default_factory=dict)  # riskwire field -> path in an item
+    timezone: str | None = None  # the zone of times the API gives without an offset
+
+    def local_times(self, payload: dict[str, Any]) -> None:
+        """Give times without an offset this mapping's zone (else normalise refuses them)."""
+        value = payload.get("published_at")
+        if self.timezone is None or not isinstance(value, str):
+            return
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return  # normalise says what is wrong with it
+        if parsed.tzinfo is None:
+            payload["published_at"] = parsed.replace(tzinfo=ZoneInfo(self.timezone)).isoformat()
 
     def __post_init__(self) -> None:
+        if self.timezone is not None:
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown timezone {self.timezone!r}") from None
         unknown = set(self.fields) - set(FIELDS)
         if unknown:
             raise ValueError(f"unknown fields {sorted(unknown)}; map any of {', '.join(FIELDS)}")
@@ -110,6 +130,7 @@ class JsonApiSource(PolledSource):
             payload: dict[str, Any] = {
                 name: extract(item, path) for name, path in self.mapping.fields.items()
             }
+            self.mapping.local_times(payload)
             payload["original"] = item
             payloads.append({k: v for k, v in payload.items() if v is not None})
         return payloads, self._next(data, url, bool(items))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from kafka import KafkaProducer
 
@@ -29,6 +30,9 @@ def record_key(record: RawRecord) -> bytes:
     return stable_id(record.source, repr(sorted(record.payload.items()))).encode()
 
 
+MAX_RECORD_BYTES = 900_000
+
+
 class RawProducer:
     def __init__(
         self, bootstrap: str, topics: Topics, partitions: int = 4, **config: object
@@ -44,6 +48,14 @@ class RawProducer:
     def publish(self, items: Iterable[SourceItem]) -> ProduceCounts:
         counts = ProduceCounts()
         for item in items:
+            if not isinstance(item, DeadLetter):
+                value = item.to_json()
+                if len(value) > MAX_RECORD_BYTES:  # Kafka refuses messages over about 1 MB
+                    item = DeadLetter.of(
+                        "ingest",
+                        f"record is {len(value):,} bytes; the limit is {MAX_RECORD_BYTES:,}",
+                        value, occurred_at=datetime.now(UTC), key=record_key(item),
+                    )  # fmt: skip
             if isinstance(item, DeadLetter):
                 self._producer.send(
                     self.topics.deadletter,
@@ -52,9 +64,7 @@ class RawProducer:
                 )
                 counts.dead += 1
             else:
-                self._producer.send(
-                    self.topics.raw(item.kind), value=item.to_json(), key=record_key(item)
-                )
+                self._producer.send(self.topics.raw(item.kind), value=value, key=record_key(item))
                 counts.raw += 1
         self._producer.flush()
         log.info("produced %d raw records and %d dead letters", counts.raw, counts.dead)

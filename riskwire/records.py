@@ -235,9 +235,18 @@ class DeadLetter(Record):
             reason=reason[:2000],
             topic=topic,
             key=_text(key),
-            payload=_text(payload) or "",
+            payload=_clip(_text(payload) or ""),
             occurred_at=occurred_at,
         )
+
+
+MAX_DEAD_PAYLOAD = 64 * 1024  # characters of a payload a dead letter keeps (it must fit a message)
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_DEAD_PAYLOAD:
+        return text
+    return text[:MAX_DEAD_PAYLOAD] + f"... [truncated: {len(text)} characters in all]"
 
 
 def _text(value: bytes | str | None) -> str | None:

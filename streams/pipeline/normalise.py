@@ -40,7 +40,9 @@ def _first(payload: dict[str, object], fields: tuple[str, ...]) -> object:
 
 
 def parse_time(value: object) -> datetime:
-    """ISO-8601 (a trailing Z allowed) or epoch seconds; naive times are taken as UTC."""
+    """ISO-8601 with an offset (a trailing Z allowed) or epoch seconds. A time without an offset
+    is refused: it is some unknown local time (a feed whose API gives local times says which zone
+    with its ``timezone`` setting, and its times are converted at ingest)."""
     if isinstance(value, bool):
         raise InvalidRecord(f"published_at {value!r} is not a time")
     if isinstance(value, int | float):
@@ -54,7 +56,12 @@ def parse_time(value: object) -> datetime:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError as exc:
         raise InvalidRecord(f"published_at {value!r} is not ISO-8601 or epoch seconds") from exc
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if parsed.tzinfo is None:
+        raise InvalidRecord(
+            f"published_at {value!r} has no UTC offset: an ambiguous local time (give the offset,"
+            " or set the feed's timezone)"
+        )
+    return parsed.astimezone(UTC)
 
 
 def extract_cashtags(text: str) -> list[str]:

@@ -73,12 +73,12 @@ def companies() -> list[tuple[str, str]]:
     return [c for s in sectors for c in by_sector[s][:6]]
 
 
-def write_corpus(path: Path) -> int:
-    """``N`` news items in event-time order: calm mixed news, three single-name negative bursts,
+def write_corpus(path: Path, n: int = N) -> int:
+    """``n`` news items in event-time order: calm mixed news, three single-name negative bursts,
     an Energy sell-off and a volume spike. Every text carries its own number, so none are copies."""
     rng = random.Random(20261129)
     names = companies()
-    step = SPAN / N
+    step = SPAN / n
     bursts = {  # ticker -> (start, end) of a burst of bad news
         names[0][0]: (START + timedelta(days=3, hours=2), START + timedelta(days=3, hours=5)),
         names[7][0]: (START + timedelta(days=3, hours=20), START + timedelta(days=4)),
@@ -88,7 +88,7 @@ def write_corpus(path: Path) -> int:
     selloff = (START + timedelta(days=4, hours=14), START + timedelta(days=4, hours=18))
     spike = names[20][0], START + timedelta(days=3, hours=12)
     items = []
-    for i in range(N):
+    for i in range(n):
         t = START + i * step
         ticker, name = rng.choice(names)
         if i % 997 == 0:  # the volume spike: a crowd of items about one name
@@ -109,7 +109,7 @@ def write_corpus(path: Path) -> int:
         items.append(item)
     items.sort(key=lambda item: (item["published_at"], item["id"]))  # as a feed publishes them
     path.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
-    return N
+    return n
 
 
 @pytest.fixture(scope="module")

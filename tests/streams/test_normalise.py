@@ -83,8 +83,10 @@ def test_bad_payloads_raise_with_a_reason(payload: dict[str, Any], reason: str) 
         normalise(raw(**payload))
 
 
-def test_naive_times_are_taken_as_utc() -> None:
-    doc = normalise(raw(title="x", published_at="2026-11-02 10:00:00"))
+def test_times_without_an_offset_are_refused_and_times_with_one_become_utc() -> None:
+    with pytest.raises(InvalidRecord, match="no UTC offset"):
+        normalise(raw(title="x", published_at="2026-11-02 10:00:00"))
+    doc = normalise(raw(title="x", published_at="2026-11-02T11:00:00+01:00"))
     assert doc.published_at == datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 
 

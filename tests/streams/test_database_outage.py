@@ -1,0 +1,76 @@
+"""PostgreSQL stopped for a while in the middle of a stream (a private cluster this test starts and
+stops): the worker waits with its input unacknowledged, keeps running, and once the database is
+back everything is stored, once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from ingest import JsonlSource, RawProducer
+from riskwire.broker import EmbeddedBroker
+from riskwire.settings import load_settings
+from riskwire.worker import spawn_worker, stop_worker
+from storage import make_engine, session_factory, upgrade
+from storage.tables import DeadLetterRow, DocumentRow, RiskAggregateRow, TickerSentimentRow
+from tests import pg_cluster
+from tests.kafka_helpers import read_topic, wait_drained
+from tests.streams.test_crash import write_corpus
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(not pg_cluster.available(), reason="needs the PostgreSQL server binaries"),
+]
+N = 3000
+
+
+def test_a_database_outage_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    write_corpus(corpus, N)
+    with pg_cluster.private_postgres() as cluster:
+        upgrade(cluster.url)
+        run = uuid.uuid4().hex[:8]
+        settings = load_settings(
+            kafka_bootstrap=broker.bootstrap, database_url=cluster.url, data_dir=tmp_path,
+            topic_prefix=f"outage-{run}", consumer_group=f"riskwire-{run}",
+            ensemble_members="finlex:1", score_batch_size=64, score_batch_wait_s=0.2,
+        )  # fmt: skip
+        engine = make_engine(cluster.url)
+        sessions = session_factory(engine)
+
+        def count(table: type) -> int:
+            with sessions() as session:
+                return int(session.scalar(select(func.count()).select_from(table)) or 0)
+
+        worker = spawn_worker(settings, tmp_path / "worker.log")
+        try:
+            with RawProducer(broker.bootstrap, settings.topics) as producer:
+                assert producer.publish(JsonlSource(corpus).read()).raw == N
+            deadline = time.monotonic() + 120
+            while count(TickerSentimentRow) < N * 0.2:
+                assert time.monotonic() < deadline and worker.poll() is None
+                time.sleep(0.2)
+            cluster.stop()
+            engine.dispose()
+            time.sleep(12)  # the worker retries meanwhile, with its input unacknowledged
+            assert worker.poll() is None, "the worker died with the database"
+            cluster.start()
+            t = settings.topics
+            wait_drained(broker.bootstrap, settings.consumer_group,
+                         [t.raw_news, t.docs, t.scored, t.groups], timeout=240)  # fmt: skip
+            assert count(DocumentRow) == N and count(TickerSentimentRow) == N
+            assert count(RiskAggregateRow) > 0
+            assert count(DeadLetterRow) == 0
+            letters = read_topic(broker.bootstrap, t.deadletter, idle_ms=500)
+            assert letters == [], [m.value[:200] for m in letters]
+        finally:
+            code = stop_worker(worker)
+            engine.dispose()
+        log = (tmp_path / "worker.log").read_text(errors="replace")
+        assert code == 0, log[-3000:]
+        assert "database unavailable" in log  # it noticed, and waited
