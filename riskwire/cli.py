@@ -6,7 +6,7 @@ import json
 import logging
 import signal
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +40,13 @@ app.add_typer(replay_app, name="replay")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 app.add_typer(ingest_app, name="ingest")
+rules_app = typer.Typer(help="Warning rules: check a rules file, load it into the database.",
+                        no_args_is_help=True)  # fmt: skip
+silence_app = typer.Typer(
+    help="Silences: mute notifications of matching alerts until they expire.", no_args_is_help=True
+)
+app.add_typer(rules_app, name="rules")
+app.add_typer(silence_app, name="silence")
 # options the bench commands share
 BenchDatabase = Annotated[
     str | None, typer.Option(help="an empty database; default: SQLite in a temp dir")
@@ -677,3 +684,121 @@ def main() -> None:
     except RiskwireError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(2) from None
+
+
+def _duration(value: str) -> timedelta:
+    """``90m``, ``2h``, ``3d`` (or plain minutes)."""
+    units = {"m": 1, "h": 60, "d": 24 * 60}
+    text = value.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return timedelta(minutes=float(text[:-1]) * units[text[-1]])
+        return timedelta(minutes=float(text))
+    except ValueError:
+        raise RiskwireError(f"--for {value!r} is not a duration such as 90m, 2h or 3d") from None
+
+
+@rules_app.command("check")
+def rules_check(path: Path) -> None:
+    """Parse a rules file and print the rules it declares (exit code 2 if it is wrong)."""
+    from streams.pipeline.rules import load_rules, rules_digest
+
+    rules = load_rules(path)
+    _print_rules(rules)
+    console.print(f"{len(rules)} rules, digest {rules_digest(rules)}")
+
+
+def _print_rules(rules: Any) -> None:
+    from rich.table import Table
+
+    table = Table("name", "type", "group", "window", "conditions", "critical", "severity", "family")
+    for r in rules:
+        conditions = ", ".join(f"{n} {v:g}" for n, v in r.conditions)
+        critical = ", ".join(f"{n} {v:g}" for n, v in r.strict) or "-"
+        minutes = int(r.window.total_seconds() // 60)
+        window = f"{minutes} min" + (f" x{r.consecutive}" if r.consecutive > 1 else "")
+        table.add_row(r.name, r.type, r.group, window, conditions, critical, r.severity,
+                      r.family_name)  # fmt: skip
+    console.print(table)
+
+
+@rules_app.command("load")
+def rules_load(path: Path) -> None:
+    """Store a rules file in the database: workers without RISKWIRE_RULES_FILE run the newest
+    loaded set when they start."""
+    from storage.repository import store_rule_set
+    from streams.pipeline.rules import load_rules, rules_as_data, rules_digest
+
+    rules = load_rules(path)
+    with _sessions(_settings()).begin() as session:
+        number = store_rule_set(session, rules_as_data(rules), rules_digest(rules), str(path),
+                                datetime.now(UTC))  # fmt: skip
+    console.print(f"loaded {len(rules)} rules as rule set {number} ({rules_digest(rules)}); "
+                  "workers pick it up when they (re)start")  # fmt: skip
+
+
+@rules_app.command("show")
+def rules_show() -> None:
+    """The rules live workers run: the rules file if one is set, else the newest loaded set."""
+    from streams.pipeline.rules import configured_rules
+
+    settings = _settings()
+    _print_rules(configured_rules(settings, _sessions(settings)))
+
+
+@silence_app.command("add")
+def silence_add(
+    duration: Annotated[str, typer.Option("--for", help="how long: 90m, 2h, 3d")],
+    comment: Annotated[str, typer.Option(help="why: shown with every muted alert")],
+    ticker: Annotated[str | None, typer.Option(help="a ticker, sector:<name> or market")] = None,
+    rule: Annotated[str | None, typer.Option(help="a rule name")] = None,
+    family: Annotated[str | None, typer.Option(help="a rule family")] = None,
+    by: Annotated[str, typer.Option(help="who silences")] = "cli",
+) -> None:
+    """Mute notifications (webhooks, Grafana, Alertmanager, streams) of matching alerts; they
+    are still stored. Leave out a matcher to match any value."""
+    from storage import delivery
+
+    now = datetime.now(UTC)
+    with _sessions(_settings()).begin() as session:
+        row = delivery.create_silence(
+            session, ticker=ticker, rule=rule, family=family, duration=_duration(duration),
+            created_by=by, comment=comment, now=now,
+        )  # fmt: skip
+        console.print(f"silence {row.id} until {row.expires_at.isoformat(timespec='seconds')}")
+
+
+@silence_app.command("list")
+def silence_list(
+    all_: Annotated[bool, typer.Option("--all", help="expired ones too")] = False,
+) -> None:
+    """Silences, active ones by default."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from storage import delivery
+    from storage.tables import SilenceRow
+
+    now = datetime.now(UTC)
+    with _sessions(_settings())() as session:
+        rows = (
+            list(session.scalars(select(SilenceRow).order_by(SilenceRow.created_at)))
+            if all_
+            else delivery.active_silences(session, now)
+        )
+    table = Table("id", "ticker", "rule", "family", "until", "by", "comment")
+    for r in rows:
+        table.add_row(r.id, r.ticker or "*", r.rule or "*", r.family or "*",
+                      r.expires_at.isoformat(timespec="seconds"), r.created_by, r.comment)  # fmt: skip
+    console.print(table)
+
+
+@silence_app.command("expire")
+def silence_expire(silence_id: str) -> None:
+    """End a silence now."""
+    from storage import delivery
+
+    with _sessions(_settings()).begin() as session:
+        if not delivery.expire_silence(session, silence_id, datetime.now(UTC)):
+            raise RiskwireError(f"no active silence {silence_id}")
+    console.print(f"silence {silence_id} expired")

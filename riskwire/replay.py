@@ -100,7 +100,7 @@ ProgressCallback = Callable[[int, int], None]
 def create_job(sessions: sessionmaker[Session], settings: Settings, spec: ReplaySpec) -> str:
     """Record a pending job and return its id; the parameters are checked first."""
     spec.check()
-    rules = spec.rules if spec.rules is not None else configured_rules(settings)
+    rules = spec.rules if spec.rules is not None else configured_rules(settings, sessions)
     job_id = f"{spec.kind}-{uuid.uuid4().hex[:12]}"
     now = datetime.now(UTC)
     source = spec.source if spec.source == "db" else str(Path(spec.source).resolve())

@@ -9,6 +9,7 @@ event + target + subscription), so a redelivered batch queues nothing twice.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,9 +19,16 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from riskwire.delivery.model import AlertFilter
-from riskwire.records import Alert, stable_id
+from riskwire.records import Alert, AlertState, group_key, group_kind, stable_id
 from storage.repository import _dedupe, _insert_ignore
-from storage.tables import AlertEventRow, ApiKeyRow, DeliveryRow, SubscriptionRow
+from storage.tables import (
+    AlertEventRow,
+    AlertRow,
+    ApiKeyRow,
+    DeliveryRow,
+    SilenceRow,
+    SubscriptionRow,
+)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 WEBHOOK, GRAFANA, ALERTMANAGER = "webhook", "grafana", "alertmanager"
@@ -64,7 +72,11 @@ def record_alert_events(
         ),
         "id",
     )  # fmt: skip
+    why = suppressions(session, live, targets.sector_of, now)
+    for event in events:
+        event["suppressed"] = why.get(event["id"])
     _insert_ignore(session, AlertEventRow, events)
+    events = [e for e in events if e["suppressed"] is None]  # stored, but nobody is notified
     subscriptions = session.scalars(
         select(SubscriptionRow).where(
             SubscriptionRow.channel == WEBHOOK, SubscriptionRow.active.is_(True)
@@ -90,6 +102,119 @@ def record_alert_events(
         ]  # fmt: skip
     _insert_ignore(session, DeliveryRow, deliveries)
     return len(events)
+
+
+def active_silences(session: Session, now: datetime) -> list[SilenceRow]:
+    return list(
+        session.scalars(
+            select(SilenceRow)
+            .where(SilenceRow.starts_at <= now, SilenceRow.expires_at > now)
+            .order_by(SilenceRow.created_at)
+        )
+    )
+
+
+def _silenced(alert: Alert, silence: SilenceRow) -> bool:
+    return (
+        silence.ticker in (None, alert.ticker)
+        and silence.rule in (None, alert.rule)
+        and silence.family in (None, alert.family)
+    )
+
+
+def suppressions(
+    session: Session, alerts: Sequence[Alert], sector_of: Mapping[str, str], now: datetime
+) -> dict[str, str]:
+    """Why nobody is to be notified of some of these alerts' events, by event id:
+
+    * **silenced**: an active silence matches the alert's group, rule and family;
+    * **inhibited**: a single-name alert fires while a market alert, or an alert of the name's
+      sector, of the same family is firing (stored, or in the same batch);
+    * a resolution whose firing was not notified is not notified either.
+    """
+    out: dict[str, str] = {}
+    silences = active_silences(session, now)
+    families = {a.family for a in alerts if a.family and group_kind(a.ticker) == "ticker"}
+    inhibitors: dict[tuple[str, str], str] = {}  # (group key, family) -> alert id
+    if families:
+        rows = session.execute(
+            select(AlertRow.ticker, AlertRow.family, AlertRow.id).where(
+                AlertRow.run_id == "live",
+                AlertRow.state == "firing",
+                AlertRow.family.in_(families),
+                AlertRow.ticker.not_in(
+                    [a.ticker for a in alerts if group_kind(a.ticker) == "ticker"]
+                ),
+            )
+        ).all()
+        inhibitors.update({(t, f): i for t, f, i in rows if f and group_kind(t) != "ticker"})
+        for a in alerts:
+            if a.state == AlertState.FIRING and group_kind(a.ticker) != "ticker" and a.family:
+                inhibitors[(a.ticker, a.family)] = a.id
+    resolved = [a for a in alerts if a.state == AlertState.RESOLVED]
+    unnotified = set()
+    if resolved:
+        unnotified = set(
+            session.scalars(
+                select(AlertEventRow.alert_id).where(
+                    AlertEventRow.alert_id.in_([a.id for a in resolved]),
+                    AlertEventRow.state == "firing",
+                    AlertEventRow.suppressed.is_not(None),
+                )
+            )
+        )
+    for a in alerts:
+        reason = None
+        silence = next((s for s in silences if _silenced(a, s)), None)
+        if silence is not None:
+            reason = (
+                f"silenced by {silence.id} until {silence.expires_at.isoformat()} "
+                f"({silence.created_by}: {silence.comment})"
+            )
+        elif a.state == AlertState.FIRING and group_kind(a.ticker) == "ticker" and a.family:
+            for key in (group_key("sector", sector_of.get(a.ticker, "")), group_key("market")):
+                if key != group_key("sector", "") and (key, a.family) in inhibitors:
+                    reason = f"inhibited by {key} alert {inhibitors[(key, a.family)]} ({a.family})"
+                    break
+        elif a.state == AlertState.RESOLVED and a.id in unnotified:
+            reason = "its firing was not notified"
+        if reason is not None:
+            out[event_id(a)] = reason
+    unnotified_now = {a.id for a in alerts if event_id(a) in out and a.state == AlertState.FIRING}
+    for a in resolved:  # fired and resolved in one batch
+        if a.id in unnotified_now:
+            out.setdefault(event_id(a), "its firing was not notified")
+    return out
+
+
+def create_silence(
+    session: Session,
+    *,
+    ticker: str | None,
+    rule: str | None,
+    family: str | None,
+    duration: timedelta,
+    created_by: str,
+    comment: str,
+    now: datetime,
+) -> SilenceRow:
+    if duration <= timedelta(0):
+        raise ValueError("a silence needs a positive duration")
+    row = SilenceRow(
+        id=secrets.token_hex(8), ticker=ticker, rule=rule, family=family, created_by=created_by,
+        comment=comment, starts_at=now, expires_at=now + duration, created_at=now,
+    )  # fmt: skip
+    session.add(row)
+    session.flush()
+    return row
+
+
+def expire_silence(session: Session, silence_id: str, now: datetime) -> bool:
+    row = session.get(SilenceRow, silence_id)
+    if row is None or row.expires_at <= now:
+        return False
+    row.expires_at = now
+    return True
 
 
 def filter_of(subscription: SubscriptionRow) -> AlertFilter:
@@ -177,7 +302,8 @@ def mark_failed(
 
 
 def events_after(session: Session, seq: int, limit: int) -> list[AlertEventRow]:
-    """Alert events stored after ``seq``, in order: what an SSE client resuming from ``seq`` missed."""
+    """Alert events stored after ``seq``, in order: what an SSE client resuming from ``seq`` missed
+    (suppressed ones included: a client skips them, but resumes past them)."""
     return list(
         session.scalars(
             select(AlertEventRow)

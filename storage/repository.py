@@ -34,6 +34,7 @@ from storage.tables import (
     GroupSentimentRow,
     ModelVersionRow,
     RiskAggregateRow,
+    RuleSetRow,
     ScoreRow,
     TickerSentimentRow,
     VoteRow,
@@ -449,3 +450,16 @@ def ticker_summary(session: Session, run_id: str = "live") -> list[TickerSummary
         TickerSummary(t, int(n), float(m), int(alerts.get(t, 0)))
         for t, n, m in session.execute(docs).all()
     ]
+
+
+def store_rule_set(
+    session: Session, rules: dict[str, Any], digest: str, source: str, now: datetime
+) -> int:
+    row = RuleSetRow(digest=digest, rules=rules, source=source, loaded_at=now)
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def latest_rule_set(session: Session) -> RuleSetRow | None:
+    return session.scalars(select(RuleSetRow).order_by(RuleSetRow.id.desc()).limit(1)).first()

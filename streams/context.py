@@ -82,8 +82,8 @@ class WorkerContext:
         self.sessions = session_factory(self.engine)
         self.dedupe = Deduplicator(settings.dedupe_cache_size)
         self.stories = StoryIndex()
-        self.risk = build_risk_engine(settings)  # ticker groups
-        self.group_risk = build_risk_engine(settings)  # sector and market groups
+        self.risk = build_risk_engine(settings, sessions=self.sessions)  # ticker groups
+        self.group_risk = build_risk_engine(settings, sessions=self.sessions)  # sectors, market
         entities.configure(settings.companies_file)  # normalise links with this table
         self.targets = Targets(
             grafana=settings.grafana_url is not None,

@@ -450,7 +450,7 @@ def delivery_router(
             rows = await asyncio.to_thread(_events_after, last)
             for row in rows:
                 last = row.seq
-                if wanted.matches({"ticker": row.ticker, "rule": row.rule,
+                if row.suppressed is None and wanted.matches({"ticker": row.ticker, "rule": row.rule,
                                    "severity": row.severity}, sector_of):  # fmt: skip
                     yield sse_event(row)
                     sent += 1

@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from riskwire.exceptions import RiskwireError
 from riskwire.records import Severity
@@ -42,6 +45,8 @@ from streams.pipeline.risk import (
     RiskEngine,
     Rule,
 )
+
+log = logging.getLogger(__name__)
 
 
 class RulesError(RiskwireError):
@@ -175,10 +180,24 @@ def rules_digest(rules: Sequence[Rule]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def configured_rules(settings: Settings) -> tuple[Rule, ...]:
-    """The rules the live stream runs: the rules file when one is set, else the surge settings."""
+def configured_rules(
+    settings: Settings, sessions: sessionmaker[Session] | None = None
+) -> tuple[Rule, ...]:
+    """The rules the live stream runs: the rules file when one is set, else the newest rule set
+    loaded into the database (``riskwire rules load``), else the surge settings."""
     if settings.rules_file is not None:
         return load_rules(settings.rules_file)
+    if sessions is not None:
+        from storage.repository import latest_rule_set
+
+        try:
+            with sessions() as session:
+                stored = latest_rule_set(session)
+        except SQLAlchemyError as exc:  # not migrated (yet): nothing can have been loaded
+            log.warning("cannot read loaded rule sets (%s); using the surge settings", exc)
+            stored = None
+        if stored is not None:
+            return parse_rules(stored.rules, f"rule set {stored.id} ({stored.source})")
     return (
         NegativeSurgeRule(
             window=timedelta(minutes=settings.rolling_window_minutes),
@@ -195,10 +214,11 @@ def build_risk_engine(
     run_id: str = "live",
     rules: Sequence[Rule] | None = None,
     lateness: timedelta | None = None,
+    sessions: sessionmaker[Session] | None = None,
 ) -> RiskEngine:
     """The engine the live stream uses; a replay passes its own rules and no lateness (it is sorted)."""
     return RiskEngine(
-        rules if rules is not None else configured_rules(settings),
+        rules if rules is not None else configured_rules(settings, sessions),
         run_id,
         lateness=lateness
         if lateness is not None
