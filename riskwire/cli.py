@@ -513,6 +513,42 @@ def bench_replay(
         )
 
 
+@bench_app.command("pipeline")
+def bench_pipeline(
+    documents: Annotated[int, typer.Option(help="items published at once, for throughput")] = 3000,
+    rate: Annotated[float, typer.Option(help="items per second in the latency phase")] = 40.0,
+    seconds: Annotated[float, typer.Option(help="how long the latency phase runs")] = 20.0,
+    database_url: BenchDatabase = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """End to end through broker, worker and database: docs/s and publish-to-stored and
+    publish-to-alert latency, with a null model and with the default ensemble, against the
+    ensemble alone."""
+    from bench.endtoend import run
+
+    _settings()
+    say = (lambda _: None) if as_json else console.print
+    result = run(documents, rate, seconds, database_url, say)
+    if as_json:
+        print(json.dumps(result))
+        return
+    from rich.table import Table
+
+    table = Table("model", "docs/s", "p50 stored", "p99 stored", "alerts", "p50 alert", "p99 alert")
+    for model in ("null", "default"):
+        r = result[model]
+        alert50 = "-" if r["alert_latency_p50_s"] is None else f"{r['alert_latency_p50_s']:.2f}s"
+        alert99 = "-" if r["alert_latency_p99_s"] is None else f"{r['alert_latency_p99_s']:.2f}s"
+        table.add_row(model, f"{r['docs_per_s']:,.0f}", f"{r['latency_p50_s']:.2f}s",
+                      f"{r['latency_p99_s']:.2f}s", f"{r['alerts']}/{r['bursts']}", alert50,
+                      alert99)  # fmt: skip
+    console.print(table)
+    console.print(
+        f"the ensemble alone: {result['ensemble_docs_per_s']:,.0f} docs/s; the pipeline runs at "
+        f"{result['pipeline_over_ensemble']:.0%} of it ({result['database']})"
+    )
+
+
 @bench_app.command("delivery")
 def bench_delivery(
     subscriptions: Annotated[int, typer.Option(help="webhook subscriptions, all matching")] = 20,

@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     )
     baseline_days: float = Field(20, gt=0, le=365, description="z-score baseline per group")
     reorder_grace_s: float = Field(
-        300, ge=0, description="event-time seconds the risk stage waits to put documents in order"
+        0, ge=0, description="event-time slack the risk stage allows for disorder in a partition"
     )
     reorder_idle_s: float = Field(
         2.0, gt=0, description="seconds of quiet after which the risk stage releases what it holds"

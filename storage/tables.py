@@ -97,6 +97,7 @@ class _SentimentColumns:
     disagreement: Mapped[float | None] = mapped_column(Float)
     story_id: Mapped[str | None] = mapped_column(ID)
     late: Mapped[bool] = mapped_column(Boolean, default=False)
+    stored_at: Mapped[datetime | None]  # when the live stream stored it: publish-to-risk lag
     window_documents: Mapped[int] = mapped_column(Integer)
     window_mean_score: Mapped[float] = mapped_column(Float)
     window_negative_share: Mapped[float] = mapped_column(Float)

@@ -30,10 +30,31 @@ T = TypeVar("T")
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
 
 
-def event_batches(stream: faust.StreamT[bytes], settings: Settings) -> AsyncIterator[Sequence[Any]]:
-    """Micro-batches of events (key, value and message), acknowledged after the loop body runs."""
+async def event_batches(
+    stream: faust.StreamT[bytes], settings: Settings
+) -> AsyncIterator[Sequence[Any]]:
+    """Micro-batches of events (key, value and message), acknowledged after the loop body runs.
+
+    Events fetched before a rebalance can still sit in the batch buffer afterwards. They are left
+    out and never acknowledged: Faust seeks to the committed offsets after a rebalance, so they come
+    again; acknowledging them would let Faust commit past the offsets before them (it does so on a
+    partition without a committed offset), and those would be lost.
+    """
     concrete = cast(faust.Stream[bytes], stream)  # take_events is missing from faust's StreamT
-    return concrete.take_events(settings.score_batch_size, settings.score_batch_wait_s)
+    app = concrete.app
+    async for events in concrete.take_events(
+        settings.score_batch_size, settings.score_batch_wait_s
+    ):
+        generation = app.consumer_generation_id
+        current = []
+        for event in events:
+            fetched = event.message.generation_id
+            if fetched is not None and fetched != generation:
+                event.message.incref()  # the batch's acknowledgement will not finish it
+            else:
+                current.append(event)
+        if current:
+            yield current
 
 
 R = TypeVar("R", bound=Record)

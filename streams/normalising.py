@@ -65,19 +65,22 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
                     await docs.send(key=doc.id.encode(), value=doc.to_json(), partition=partition)
             await progress.send(touched, [docs], fan_out=False)
 
-    @app.timer(interval=max(ctx.settings.reorder_idle_s / 2, 0.2))
+    @app.timer(interval=0.1)
     async def mark_idle_raw_partitions() -> None:
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in raw_topics]
         quiet = await progress.newly_idle(app.consumer, assigned)
         if quiet:
-            await progress.send(quiet, [docs], fan_out=False)
+            await progress.send(quiet, [docs], fan_out=False, force=True)
+        await progress.flush()
 
     async def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        progress.reassigned()
         owned = {
             tp.partition % ctx.settings.topic_partitions
             for tp in app.consumer.assignment()
             if tp.topic in raw_topics
         }
-        await progress.send(owned, [docs], fan_out=False)  # for the new owners downstream
+        # for the new owners downstream
+        await progress.send(owned, [docs], fan_out=False, force=True)
 
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]

@@ -92,15 +92,14 @@ def persist_risk(
 ) -> None:
     """Rolling rows, aggregates and alerts, and (in the same transaction: the outbox) the alerts'
     events and their deliveries."""
-    rows = [{**u.row, "late": u.late} for _, u in updates if u.row is not None]
+    now = datetime.now(UTC)
+    rows = [{**u.row, "late": u.late, "stored_at": now} for _, u in updates if u.row is not None]
     alerts = [a for _, u in updates for a in u.alerts]
     repository.upsert_ticker_sentiment(session, rows)
     repository.upsert_aggregates(session, aggregates)
     repository.upsert_alerts(session, alerts)
     if alerts:
-        delivery.record_alert_events(
-            session, alerts, targets or delivery.Targets(), datetime.now(UTC)
-        )
+        delivery.record_alert_events(session, alerts, targets or delivery.Targets(), now)
 
 
 def restore_groups(engine: RiskEngine, session: Session, keys: Sequence[str]) -> None:

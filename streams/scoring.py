@@ -118,9 +118,14 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             # after the batch's scores: everything up to these marks is sent
             await marks.send(touched, outputs, fan_out=True)
 
+    @app.timer(interval=0.1)
+    async def send_held_back_marks() -> None:
+        await marks.flush()
+
     async def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         # partitions moved: new owners downstream need the markers again
         owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == ctx.topics.docs}
-        await marks.send(owned, outputs, fan_out=True)
+        marks.idle.clear()  # docs partitions are read again from their committed offsets
+        await marks.send(owned, outputs, fan_out=True, force=True)
 
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]

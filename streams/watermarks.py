@@ -36,13 +36,23 @@ def is_marker(value: bytes) -> bool:
     return MARKER in value
 
 
+MIN_INTERVAL_S = 0.25  # markers per source partition at most this often (idle ones at once)
+
+
 class Marks:
-    """Per source partition q: the newest event time sent on, and whether q is idle."""
+    """Per source partition q: the newest event time seen, the newest whose records are all sent
+    on (what markers say: set when a batch is done), and whether q is idle.
+
+    Markers are throttled: a partition's marker goes out at most every ``MIN_INTERVAL_S``; one held
+    back is sent by ``flush`` (a timer), with what was done by then."""
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self.newest: dict[int, datetime] = {}
+        self.done: dict[int, datetime] = {}
         self.idle: set[int] = set()
+        self.last_sent: dict[int, float] = {}
+        self.pending: dict[int, tuple[Sequence[faust.TopicT], bool]] = {}
 
     def saw(self, q: int, t: datetime | None) -> None:
         self.idle.discard(q)
@@ -51,16 +61,38 @@ class Marks:
 
     def marker(self, q: int) -> bytes:
         return Watermark(
-            source_partition=q, event_time=self.newest.get(q), idle=q in self.idle
+            source_partition=q, event_time=self.done.get(q), idle=q in self.idle
         ).to_json()
 
-    async def send(self, qs: Iterable[int], topics: Sequence[faust.TopicT], fan_out: bool) -> None:
-        """Markers for ``qs``: into the same partition of each topic, or into all of them."""
+    async def send(
+        self, qs: Iterable[int], topics: Sequence[faust.TopicT], fan_out: bool, force: bool = False
+    ) -> None:
+        """After a batch is sent on: markers for ``qs``, into the same partition of each topic or
+        into all of them (now, or by ``flush`` if one went out very recently)."""
+        now = time.monotonic()
         for q in sorted(set(qs)):
-            body = self.marker(q)
-            for topic in topics:
-                for p in range(self.partitions) if fan_out else (q,):
-                    await topic.send(value=body, partition=p)
+            if q in self.newest:
+                self.done[q] = self.newest[q]
+            if force or q in self.idle or now - self.last_sent.get(q, 0.0) >= MIN_INTERVAL_S:
+                await self._send(q, topics, fan_out, now)
+            else:
+                self.pending[q] = (topics, fan_out)
+
+    async def flush(self) -> None:
+        now = time.monotonic()
+        for q, (topics, fan_out) in list(self.pending.items()):
+            if now - self.last_sent.get(q, 0.0) >= MIN_INTERVAL_S:
+                await self._send(q, topics, fan_out, now)
+
+    async def _send(
+        self, q: int, topics: Sequence[faust.TopicT], fan_out: bool, now: float
+    ) -> None:
+        self.pending.pop(q, None)
+        self.last_sent[q] = now
+        body = self.marker(q)
+        for topic in topics:
+            for p in range(self.partitions) if fan_out else (q,):
+                await topic.send(value=body, partition=p)
 
 
 class RawProgress(Marks):
@@ -86,6 +118,14 @@ class RawProgress(Marks):
             self.last_input[q] = now
             self.saw(q, t)
         return touched
+
+    def reassigned(self) -> None:
+        """After a rebalance: partitions are read again from their committed offsets, so what was
+        read before says nothing about being at the end now."""
+        self.read.clear()
+        self.last_input.clear()
+        self.idle.clear()
+        self.started = time.monotonic()
 
     async def newly_idle(self, consumer: Any, assigned: Iterable[Any]) -> set[int]:
         """Docs partitions whose raw partitions are all read to their end and quiet: the ones

@@ -19,7 +19,7 @@ from storage.tables import AlertRow, ScoreRow, TickerSentimentRow
 from streams.pipeline import fan_out, score_documents
 from streams.pipeline.rules import build_risk_engine
 from streams.pipeline.stories import StoryIndex, with_story
-from streams.risk import apply_scores, persist_risk
+from streams.risk import apply_scores, group_mentions, persist_risk
 from streams.scoring import persist_scored
 
 DAY0 = datetime(2026, 3, 2, tzinfo=UTC)
@@ -89,10 +89,12 @@ def run_live(
         with sessions.begin() as session:
             persist_scored(session, [(by_id[s.document_id], s) for s in scores])
         mentions = [m for s in scores for m in fan_out(s, by_id[s.document_id])]
-        updates, dead = apply_scores(engine, mentions, now)
+        groups = {(g.ticker, g.document_id): g for m in mentions
+                  for g in group_mentions(m, {}, settings.market_group)}  # fmt: skip
+        updates, dead = apply_scores(engine, mentions + list(groups.values()), now)
         assert not dead
         with sessions.begin() as session:
-            persist_risk(session, updates, targets)
+            persist_risk(session, updates, targets, engine.drain_aggregates())
 
 
 def scores_of(session: Session, run: str) -> dict[str, tuple[Any, ...]]:

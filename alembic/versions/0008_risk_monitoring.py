@@ -26,6 +26,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("disagreement", sa.Float(), nullable=True))
         batch.add_column(sa.Column("story_id", sa.String(32), nullable=True))
         batch.add_column(sa.Column("late", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(sa.Column("stored_at", TIME, nullable=True))
     with op.batch_alter_table("alerts") as batch:
         batch.alter_column("ticker", type_=sa.String(64), existing_type=sa.String(24))
         batch.add_column(sa.Column("family", sa.String(64), nullable=True))
@@ -43,6 +44,7 @@ def upgrade() -> None:
         sa.Column("disagreement", sa.Float(), nullable=True),
         sa.Column("story_id", sa.String(32), nullable=True),
         sa.Column("late", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("stored_at", TIME, nullable=True),
         sa.Column("window_documents", sa.Integer(), nullable=False),
         sa.Column("window_mean_score", sa.Float(), nullable=False),
         sa.Column("window_negative_share", sa.Float(), nullable=False),
@@ -117,6 +119,6 @@ def downgrade() -> None:
         batch.drop_column("family")
         batch.alter_column("ticker", type_=sa.String(24), existing_type=sa.String(64))
     with op.batch_alter_table("ticker_sentiment") as batch:
-        for column in ("late", "story_id", "disagreement", "label"):
+        for column in ("stored_at", "late", "story_id", "disagreement", "label"):
             batch.drop_column(column)
         batch.alter_column("ticker", type_=sa.String(24), existing_type=sa.String(64))

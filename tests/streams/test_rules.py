@@ -91,3 +91,12 @@ def test_live_rules_come_from_the_file_when_set_else_from_the_surge_settings(
     ]
     (rule,) = configured_rules(load_settings(surge_min_documents=7, rolling_window_minutes=60))
     assert rule.min_documents == 7 and rule.window == timedelta(hours=1)
+
+
+def test_the_shipped_example_rules_file_parses_into_every_rule_type() -> None:
+    path = Path(__file__).resolve().parents[2] / "streams" / "rules.example.yaml"
+    rules = load_rules(path)
+    assert {r.type for r in rules} == {
+        "negative_surge", "sentiment_z", "volume_spike", "drift", "disagreement"
+    }  # fmt: skip
+    assert {r.group for r in rules} == {"ticker", "sector", "market"}

@@ -1,0 +1,231 @@
+"""End-to-end pipeline bench: publish -> broker -> worker (normalise, score, risk) -> database.
+
+    riskwire bench pipeline [--documents 3000] [--rate 40] [--seconds 20] [--json]
+
+For each model (a null member that costs nothing, then the default ensemble) a fresh worker runs
+against the embedded broker and a database (SQLite by default):
+
+* **throughput**: ``documents`` news items published at once (a backlog); documents/s until the
+  last one's risk row is stored;
+* **latency**: items published live at ``rate``/s for ``seconds``, each with a burst of five
+  strongly negative items about a fresh name every two seconds: p50/p99 from publish to the
+  item's risk row being stored, and (where the model sees the bursts as negative) from publishing
+  a burst's fifth item to its negative-surge alert being stored.
+
+Baseline in the same run: the default ensemble scoring the same documents in this process, with
+nothing else around it. The ratio pipeline / ensemble says what the stream costs.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ingest import RawProducer
+from riskwire.broker import EmbeddedBroker
+from riskwire.records import Kind, RawRecord
+from riskwire.settings import Settings, load_settings
+from riskwire.worker import spawn_worker, stop_worker
+from storage import make_engine, session_factory, upgrade
+from storage.tables import AlertEventRow, TickerSentimentRow
+from streams.pipeline import normalise
+
+NAMES = [f"N{i:03d}" for i in range(120)]
+CALM = ["reports quarterly results in line", "names a new director", "beats estimates",
+        "holds its annual meeting", "raises its dividend", "files its annual report"]  # fmt: skip
+BAD = ["plunge after profit warning", "cuts outlook as demand collapses", "misses estimates badly",
+       "faces fraud probe, shares plunge", "downgrade after losses widen"]  # fmt: skip
+RULES = """
+rules:
+  - {name: surge, type: negative_surge, window_minutes: 120, hop_minutes: 30, min_documents: 5,
+     negative_share: 0.6, mean_score: -0.2}
+"""
+DEFAULT = "finlex:1,minilm-head:1.5"
+
+
+class Run:
+    """One worker on its own topics and database."""
+
+    def __init__(self, broker: EmbeddedBroker, members: str, base: Path, database_url: str | None):
+        run = uuid.uuid4().hex[:8]
+        self.dir = base / run
+        self.dir.mkdir(parents=True)
+        url = database_url or f"sqlite:///{self.dir / 'bench.db'}"
+        upgrade(url)
+        rules = self.dir / "rules.yaml"
+        rules.write_text(RULES)
+        self.settings: Settings = load_settings(
+            kafka_bootstrap=broker.bootstrap, database_url=url, data_dir=self.dir,
+            topic_prefix=f"bench-{run}", consumer_group=f"bench-{run}", ensemble_members=members,
+            rules_file=rules, reorder_idle_s=0.5, score_batch_wait_s=0.1, sector_groups=False,
+        )  # fmt: skip
+        self.engine = make_engine(url)
+        self.sessions = session_factory(self.engine)
+        self.worker = spawn_worker(self.settings, self.dir / "worker.log")
+        self.producer = RawProducer(broker.bootstrap, self.settings.topics)
+        self.count = 0
+
+    def stored(self) -> int:
+        with self.sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(TickerSentimentRow)) or 0)
+
+    def wait_stored(self, n: int, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while self.stored() < n:
+            if self.worker.poll() is not None or time.monotonic() > deadline:
+                log = (self.dir / "worker.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the worker stopped or stalled at {self.stored()}/{n}:\n{log}")
+            time.sleep(0.05)
+
+    def publish(self, items: list[RawRecord]) -> float:
+        """Publish; returns the wall time it was handed to the broker."""
+        self.producer.publish(items)
+        self.count += len(items)
+        return time.time()
+
+    def close(self) -> None:
+        stop_worker(self.worker)
+        self.producer.close()
+        self.engine.dispose()
+
+
+def item(i: int, name: str, title: str, at: datetime) -> RawRecord:
+    return RawRecord(
+        source=f"bench-{i % 7}", kind=Kind.NEWS, fetched_at=at,
+        payload={"id": f"b{i}", "title": f"{name} {title} (item {i})", "tickers": [name],
+                 "published_at": at.isoformat()},
+    )  # fmt: skip
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(
+    broker: EmbeddedBroker, members: str, base: Path, documents: int, rate: float,
+    seconds: float, database_url: str | None, say: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    rng = random.Random(7)
+    run = Run(broker, members, base, database_url)
+    try:
+        now = datetime.now(UTC)
+        run.publish([item(0, "WARM", "warms up", now)])  # the models load; the topics fill
+        run.wait_stored(1, timeout=300)
+        say(f"  {members}: worker ready; {documents} items as a backlog")
+        start = now - timedelta(days=1)
+        backlog = [
+            item(i, rng.choice(NAMES), rng.choice(CALM), start + timedelta(seconds=10 * i))
+            for i in range(1, documents + 1)
+        ]
+        began = time.perf_counter()
+        run.publish(backlog)
+        run.wait_stored(run.count)
+        throughput = documents / (time.perf_counter() - began)
+        say(f"  {members}: {throughput:,.0f} docs/s; now {rate:g} items/s for {seconds:g} s")
+
+        sent: dict[str, float] = {}  # document id -> publish wall time
+        triggers: dict[str, float] = {}  # burst name -> publish time of its fifth item
+        i, burst = documents + 1, 0
+        t_end = time.monotonic() + seconds
+        next_burst = time.monotonic()
+        while time.monotonic() < t_end:
+            tick = time.monotonic()
+            at = datetime.now(UTC)
+            batch = [
+                item(i + k, rng.choice(NAMES), rng.choice(CALM), at)
+                for k in range(max(1, int(rate / 10)))
+            ]
+            i += len(batch)
+            bursting = tick >= next_burst
+            if bursting:
+                name = f"S{burst:03d}"
+                batch += [item(i + k, name, BAD[k], at) for k in range(5)]
+                i += 5
+            wall = run.publish(batch)
+            for raw in batch:
+                sent[normalise(raw).id] = wall
+            if bursting:
+                triggers[f"S{burst:03d}"] = wall
+                burst += 1
+                next_burst = tick + 2.0
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
+        run.wait_stored(run.count)
+        with run.sessions() as session:
+            rows = session.execute(
+                select(TickerSentimentRow.document_id, TickerSentimentRow.stored_at)
+            ).all()
+            alerts = session.execute(
+                select(AlertEventRow.ticker, AlertEventRow.created_at).where(
+                    AlertEventRow.state == "firing"
+                )
+            ).all()
+        lags = [
+            (stored.replace(tzinfo=UTC) if stored.tzinfo is None else stored).timestamp() - sent[d]
+            for d, stored in rows
+            if d in sent and stored is not None
+        ]
+        alert_lags = [
+            (at.replace(tzinfo=UTC) if at.tzinfo is None else at).timestamp() - triggers[t]
+            for t, at in alerts
+            if t in triggers
+        ]
+        return {
+            "docs_per_s": round(throughput, 1),
+            "latency_p50_s": round(percentile(lags, 0.5), 3),
+            "latency_p99_s": round(percentile(lags, 0.99), 3),
+            "alerts": len(alert_lags),
+            "bursts": len(triggers),
+            "alert_latency_p50_s": round(percentile(alert_lags, 0.5), 3) if alert_lags else None,
+            "alert_latency_p99_s": round(percentile(alert_lags, 0.99), 3) if alert_lags else None,
+        }
+    finally:
+        run.close()
+
+
+def ensemble_alone(documents: int) -> float:
+    """The default ensemble on the same kind of documents, in this process: its raw docs/s."""
+    from models.factory import build_ensemble, parse_members
+    from streams.pipeline import score_documents
+
+    settings = load_settings()
+    ensemble = build_ensemble(settings, parse_members(DEFAULT))
+    rng = random.Random(7)
+    start = datetime.now(UTC) - timedelta(days=1)
+    docs = [
+        normalise(item(i, rng.choice(NAMES), rng.choice(CALM), start + timedelta(seconds=i)))
+        for i in range(documents)
+    ]
+    score_documents(ensemble, docs[:64])  # warm
+    began = time.perf_counter()
+    for k in range(0, len(docs), 64):  # the worker's batch size
+        score_documents(ensemble, docs[k : k + 64])
+    return documents / (time.perf_counter() - began)
+
+
+def run(
+    documents: int, rate: float, seconds: float, database_url: str | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    base = Path(tempfile.mkdtemp(prefix="riskwire-bench-"))
+    out: dict[str, Any] = {"documents": documents, "rate": rate, "seconds": seconds}
+    with EmbeddedBroker() as broker:
+        out["null"] = measure(broker, "null", base, documents, rate, seconds, database_url, say)
+        out["default"] = measure(broker, DEFAULT, base, documents, rate, seconds, database_url,
+                                 say)  # fmt: skip
+    say("  the ensemble alone, in this process")
+    raw = ensemble_alone(documents)
+    out["ensemble_docs_per_s"] = round(raw, 1)
+    out["pipeline_over_ensemble"] = round(out["default"]["docs_per_s"] / raw, 3)
+    out["database"] = "postgresql" if database_url and "postgres" in database_url else "sqlite"
+    return out
