@@ -208,6 +208,16 @@ def assert_same(got: dict[str, list[Any]], want: dict[str, list[Any]]) -> None:
         assert got[table] == rows, f"{table}: missing {missing}, unexpected {extra}"
 
 
+def assert_as_uninterrupted(settings: Settings, url: str, want: dict[str, list[Any]]) -> None:
+    """Everything stored is as in the uninterrupted run, and no alert went out twice."""
+    assert_same(snapshot(url), want)
+    on_topic = alerts_on_topic(settings)
+    assert max(Counter(on_topic).values()) == 1, "an alert was emitted twice"
+    events = {(a[0], "firing") for a in want["alerts"]}
+    events |= {(a[0], "resolved") for a in want["alerts"] if a[4] == "resolved"}
+    assert set(on_topic) <= events
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(
     broker: EmbeddedBroker, postgres_admin_url: str, corpus: Path,
@@ -263,12 +273,7 @@ def test_a_worker_killed_mid_stream_and_restarted_changes_nothing(
         drain(settings)
     finally:
         assert stop_worker(second) == 0
-    assert_same(snapshot(postgres_url), uninterrupted)
-    on_topic = alerts_on_topic(settings)
-    assert max(Counter(on_topic).values()) == 1, "an alert was emitted twice"
-    events = {(a[0], "firing") for a in uninterrupted["alerts"]}
-    events |= {(a[0], "resolved") for a in uninterrupted["alerts"] if a[4] == "resolved"}
-    assert set(on_topic) <= events
+    assert_as_uninterrupted(settings, postgres_url, uninterrupted)
 
 
 def test_two_workers_with_rebalances_and_a_kill_change_nothing(
@@ -290,8 +295,6 @@ def test_two_workers_with_rebalances_and_a_kill_change_nothing(
         drain(settings)
     finally:
         assert stop_worker(second) == 0
-    assert_same(snapshot(postgres_url), uninterrupted)
-    on_topic = alerts_on_topic(settings)
-    assert max(Counter(on_topic).values()) == 1, "an alert was emitted twice"
+    assert_as_uninterrupted(settings, postgres_url, uninterrupted)
     log = (tmp_path / "worker-2.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
