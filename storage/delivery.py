@@ -142,9 +142,6 @@ def suppressions(
                 AlertRow.run_id == "live",
                 AlertRow.state == "firing",
                 AlertRow.family.in_(families),
-                AlertRow.ticker.not_in(
-                    [a.ticker for a in alerts if group_kind(a.ticker) == "ticker"]
-                ),
             )
         ).all()
         inhibitors.update({(t, f): i for t, f, i in rows if f and group_kind(t) != "ticker"})

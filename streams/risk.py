@@ -116,11 +116,11 @@ def restore_groups(engine: RiskEngine, session: Session, keys: Sequence[str]) ->
 
 @dataclass(order=True)
 class Held:
-    """A score waiting for its turn, in event-time order; its events are acknowledged on release."""
+    """A score waiting for its turn, in event-time order; its message is finished on release."""
 
     sort: tuple[datetime, str, str]
     score: Score = field(compare=False)
-    events: list[Any] = field(compare=False)
+    ack: list[Any] = field(compare=False)  # its [event, finished] entry in the ack queue
 
 
 class RiskStage:
@@ -172,7 +172,7 @@ class RiskStage:
                 partition = event.message.partition
                 heapq.heappush(
                     self.held.setdefault(partition, []),
-                    Held((score.published_at, score.ticker, score.document_id), score, [entry]),
+                    Held((score.published_at, score.ticker, score.document_id), score, entry),
                 )
                 self.partition_of[score.ticker] = partition
             self.last_input = time.monotonic()
@@ -267,8 +267,7 @@ class RiskStage:
                 heapq.heappush(self.held.setdefault(self.partition_of[held.sort[1]], []), held)
             return
         for held in released:
-            for entry in held.events:
-                entry[1] = True
+            held.ack[1] = True
         self.released += len(released)
         if time.monotonic() - self.reported >= 10:
             self.reported = time.monotonic()

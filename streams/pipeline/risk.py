@@ -248,10 +248,16 @@ class TickerWindow:
         start = EPOCH + first * hop
         out = []
         for j in range(k):
-            if k == 1:
-                total: Sequence[float] = cells[0]
-            else:
-                total = [sum(c[f] for c in cells[j : j + k]) for f in range(5)]
+            total: Sequence[float] = cells[j]
+            if k > 1:  # one pass over the window's cells (this runs per document)
+                n = s = neg = sq = dis = 0.0
+                for c in cells[j : j + k]:
+                    n += c[0]
+                    s += c[1]
+                    neg += c[2]
+                    sq += c[3]
+                    dis += c[4]
+                total = (n, s, neg, sq, dis)
             if total[0] >= at_least:
                 out.append(_stats(ticker, start, start + length, total))
             start += hop

@@ -31,6 +31,15 @@ def suppressed(sessions: sessionmaker[Session]) -> dict[tuple[str, str], str | N
         return {(r.ticker, r.state): r.suppressed for r in rows}
 
 
+def firing_event(sessions: sessionmaker[Session], alert: Alert) -> AlertEventRow:
+    with sessions() as session:
+        return session.scalars(
+            select(AlertEventRow).where(
+                AlertEventRow.alert_id == alert.id, AlertEventRow.state == "firing"
+            )
+        ).one()
+
+
 def delivered_tickers(sessions: sessionmaker[Session]) -> set[str]:
     with sessions() as session:
         events = {e.id: e.ticker for e in session.scalars(select(AlertEventRow))}
@@ -91,14 +100,11 @@ def test_a_sector_or_market_alert_inhibits_single_name_alerts_of_its_family(
     market = make_alert(ticker="market", rule="market_shock", family="sentiment_z")
     name = make_alert(ticker="AAPL", rule="shock", family="sentiment_z")
     store_alerts(sessions, [market, name], now)  # in one batch, too
-    with sessions() as session:
-        row = session.scalars(select(AlertEventRow).where(AlertEventRow.alert_id == name.id)).one()
+    row = firing_event(sessions, name)
     assert row.suppressed is not None and "market" in row.suppressed
 
     # once the sector alert has resolved, single names notify again
     store_alerts(sessions, [sector.model_copy(update={"state": AlertState.RESOLVED})], now)
     again = make_alert(ticker="XOM", family="negative_surge")
     store_alerts(sessions, [again], now)
-    with sessions() as session:
-        row = session.scalars(select(AlertEventRow).where(AlertEventRow.alert_id == again.id)).one()
-    assert row.suppressed is None
+    assert firing_event(sessions, again).suppressed is None

@@ -208,6 +208,18 @@ def assert_same(got: dict[str, list[Any]], want: dict[str, list[Any]]) -> None:
         assert got[table] == rows, f"{table}: missing {missing}, unexpected {extra}"
 
 
+def start(
+    broker: EmbeddedBroker, url: str, corpus: Path, data_dir: Path
+) -> tuple[Settings, Callable[[], int], Any]:
+    """A migrated database, a first worker, and the corpus published: settings, a count of stored
+    rolling rows, and the worker."""
+    upgrade(url)
+    settings = settings_for(broker, url, data_dir)
+    worker = spawn_worker(settings, data_dir / "worker-1.log")
+    publish(settings, corpus)
+    return settings, rows_stored(url), worker
+
+
 def assert_as_uninterrupted(settings: Settings, url: str, want: dict[str, list[Any]]) -> None:
     """Everything stored is as in the uninterrupted run, and no alert went out twice."""
     assert_same(snapshot(url), want)
@@ -258,11 +270,7 @@ def test_a_worker_killed_mid_stream_and_restarted_changes_nothing(
     broker: EmbeddedBroker, postgres_url: str, corpus: Path, tmp_path: Path,
     uninterrupted: dict[str, list[Any]],
 ) -> None:  # fmt: skip
-    upgrade(postgres_url)
-    settings = settings_for(broker, postgres_url, tmp_path)
-    stored = rows_stored(postgres_url)
-    first = spawn_worker(settings, tmp_path / "worker-1.log")
-    publish(settings, corpus)
+    settings, stored, first = start(broker, postgres_url, corpus, tmp_path)
     wait_until(lambda: stored() >= N * 0.35, first)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
@@ -280,11 +288,7 @@ def test_two_workers_with_rebalances_and_a_kill_change_nothing(
     broker: EmbeddedBroker, postgres_url: str, corpus: Path, tmp_path: Path,
     uninterrupted: dict[str, list[Any]],
 ) -> None:  # fmt: skip
-    upgrade(postgres_url)
-    settings = settings_for(broker, postgres_url, tmp_path)
-    stored = rows_stored(postgres_url)
-    first = spawn_worker(settings, tmp_path / "worker-1.log")
-    publish(settings, corpus)
+    settings, stored, first = start(broker, postgres_url, corpus, tmp_path)
     wait_until(lambda: stored() >= N * 0.15, first)
     second = spawn_worker(settings, tmp_path / "worker-2.log")  # joins: partitions move
     try:
