@@ -49,7 +49,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline
-	$(BIN)/python -m bench.scoring
+	$(BIN)/riskwire bench infer
 	$(BIN)/riskwire bench replay
 	$(BIN)/riskwire bench delivery
 	$(BIN)/riskwire bench ingest

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import TorchMember
+from models.base import TorchMember, softmax
 from models.exceptions import ModelError
 
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
@@ -31,7 +31,13 @@ def default_encoder_path() -> str:
 class SentenceEncoder:
     """Mean-pooled, L2-normalised sentence embeddings (the sentence-transformers recipe)."""
 
-    def __init__(self, path: str | None = None, device: str = "cpu", max_length: int = 128) -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        device: str = "cpu",
+        max_length: int = 128,
+        quantize: bool = False,
+    ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -45,6 +51,13 @@ class SentenceEncoder:
             raise ModelError(f"cannot load encoder {self.path!r}: {exc}") from exc
         if device.startswith("cuda"):
             self.model = self.model.half()
+        self.quantized = quantize and device == "cpu"
+        if self.quantized:
+            self.model = torch.ao.quantization.quantize_dynamic(
+                self.model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        # the last batch's embeddings: heads over one encoder in one ensemble embed a batch once
+        self._memo: tuple[tuple[str, ...], np.ndarray] | None = None
         self.dim = int(self.model.config.hidden_size)
         self.name = _encoder_name(self.path)
         self._torch = torch
@@ -62,6 +75,13 @@ class SentenceEncoder:
         summed = (output * mask).sum(dim=1)
         pooled = summed / mask.sum(dim=1).clamp(min=1e-9)
         return self._torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """``encode``, remembering the last call's answer for the next member that asks."""
+        key = tuple(texts)
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, self.encode(texts))
+        return self._memo[1]
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -116,33 +136,33 @@ class Head:
 
 
 class EmbeddingHeadMember(TorchMember):
-    """Encoder + linear head; the encoder's forward pass and the head run in one device step."""
+    """Encoder + linear head. Heads over one encoder share its embeddings of a batch (``embed``)."""
 
     def __init__(self, encoder: SentenceEncoder, head: Head, name: str = "minilm-head") -> None:
         if head.weight.shape[0] != encoder.dim:
             raise ModelError(
                 f"head expects {head.weight.shape[0]}-d embeddings, encoder gives {encoder.dim}"
             )
-        import torch
-
         self.name = name
-        self.version = head.version
+        self.version = head.version + ("-q8" if encoder.quantized else "")
         self.head = head
         self.encoder = encoder
         self.device = encoder.device
-        self._weight = torch.from_numpy(head.weight).to(encoder.device)
-        self._bias = torch.from_numpy(head.bias).to(encoder.device)
 
     def describe(self) -> dict[str, Any]:
         return {
             "kind": "embedding-head",
             "encoder_path": self.encoder.path,
             "device": self.device,
+            "quantized": self.encoder.quantized,
             **self.head.meta,
         }
 
-    def preprocess(self, texts: Sequence[str]) -> Any:
-        return self.encoder.tokenize(texts)
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 3))
+        embeddings = self.encoder.embed(texts)
+        return softmax((embeddings @ self.head.weight + self.head.bias).astype(np.float64))
 
-    def _forward(self, batch: Any) -> Any:
-        return self.encoder.pool(batch) @ self._weight + self._bias
+    def _forward(self, batch: Any) -> Any:  # pragma: no cover - predict_proba embeds directly
+        raise NotImplementedError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 
 from models.base import Member
 from models.exceptions import ModelError
-from models.fusion import disagreement, get_fusion
+from models.fusion import Fusion, disagreement, get_fusion
 from riskwire.records import LABELS, Label, Probabilities, Vote
 
 
@@ -32,7 +33,7 @@ class Ensemble(Member):
         self,
         members: Sequence[Member],
         weights: Sequence[float] | None = None,
-        fusion: str = "soft",
+        fusion: str | Fusion = "soft",
         name: str = "ensemble",
     ) -> None:
         if not members:
@@ -43,16 +44,29 @@ class Ensemble(Member):
             raise ModelError(f"need {len(members)} non-negative weights, got {weights!r}")
         if self.weights.sum() <= 0:
             raise ModelError("member weights must not all be zero")
-        self.fusion_name = fusion
-        self.fusion = get_fusion(fusion)
+        self.fusion = get_fusion(fusion) if isinstance(fusion, str) else fusion
+        self.fusion_name = self.fusion.name
         self.name = name
+        self._sign()
+
+    def _sign(self) -> None:
+        """The version names members, weights, fusion and the fusion's fitted parameters."""
         signature = "|".join(
             [
-                fusion,
+                self.fusion_name,
+                json.dumps(self.fusion.params(), sort_keys=True),
                 *(f"{m.version}:{w:g}" for m, w in zip(self.members, self.weights, strict=True)),
             ]
         )
-        self.version = f"{name}-{hashlib.sha256(signature.encode()).hexdigest()[:10]}"
+        self.version = f"{self.name}-{hashlib.sha256(signature.encode()).hexdigest()[:10]}"
+
+    def fit_fusion(self, texts: Sequence[str], labels: np.ndarray | None) -> np.ndarray:
+        """Fit the fusion on a validation split (labels may be None for Dawid-Skene); returns the
+        members' probabilities on it, shape (members, texts, 3)."""
+        probs = self.member_proba(texts)
+        self.fusion.fit(probs, labels, self.weights)
+        self._sign()
+        return probs
 
     def _forward(
         self, batch: list[str]
@@ -62,7 +76,7 @@ class Ensemble(Member):
     def describe(self) -> dict[str, Any]:
         return {
             "kind": "ensemble",
-            "fusion": self.fusion_name,
+            "fusion": self.fusion.describe(),
             "members": [m.version for m in self.members],
             "weights": self.weights.tolist(),
         }
@@ -79,6 +93,10 @@ class Ensemble(Member):
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         return self.fusion(self.member_proba(texts), self.weights)
+
+    def judge_routed(self, texts: Sequence[str], keys: Sequence[Any]) -> list[Judgement]:
+        """What a router does with documents' (kind, lang) keys; one ensemble judges them all."""
+        return self.judge(texts)
 
     def judge(self, texts: Sequence[str]) -> list[Judgement]:
         if not texts:

@@ -1,49 +1,136 @@
-"""Build members and ensembles by name, so settings choose them without if-ladders."""
+"""Build members and ensembles from names or from an ensemble file, so settings choose them.
+
+An ensemble file (JSON) names its members, their weights and its fitted fusion::
+
+    {"name": "default",
+     "members": [{"member": "finvader"},
+                 {"member": "head", "name": "minilm-fpb", "head": "heads/minilm-fpb.json"},
+                 {"member": "hf", "name": "minilm-ft", "model": "/models/minilm-ft", "weight": 2}],
+     "fusion": {"strategy": "stacking", "params": {...}}}
+
+Member kinds: ``finlex``, ``lm`` and ``finvader`` (lexicons), ``head`` (a linear head over sentence
+embeddings; ``encoder`` defaults to the packaged MiniLM), ``hf`` (any Hugging Face sequence
+classifier: hub id or local path), ``null``. Relative paths are read from the file's folder.
+``riskwire models fuse`` writes such files; the shipped one is ``models/artifacts/ensembles``.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from models.base import Member
+from models.embedding import ARTIFACT_DIR
 from models.ensemble import Ensemble
 from models.exceptions import ModelError
+from models.fusion import get_fusion
 from riskwire.settings import Settings
 
+if TYPE_CHECKING:
+    from models.routing import Router
 
-def _lexicon(settings: Settings) -> Member:
-    from models.lexicon import LexiconMember
-
-    return LexiconMember()
-
-
-def _minilm_head(settings: Settings) -> Member:
-    from models.embedding import DEFAULT_HEAD, EmbeddingHeadMember, Head, SentenceEncoder
-
-    encoder = SentenceEncoder(settings.encoder_path, device=settings.device)
-    return EmbeddingHeadMember(encoder, Head.load(DEFAULT_HEAD))
+ENSEMBLE_DIR = ARTIFACT_DIR / "ensembles"
+Spec = dict[str, Any]
 
 
-def _null(settings: Settings) -> Member:
-    from models.base import NullMember
+class MemberBuilder:
+    """Builds members for one settings object, sharing one encoder among the heads that use it."""
 
-    return NullMember()
+    def __init__(self, settings: Settings, base: Path | None = None) -> None:
+        self.settings = settings
+        self.base = base or ARTIFACT_DIR
+        self._encoders: dict[tuple[str | None, bool], Any] = {}
+
+    def path(self, value: str) -> str:
+        candidate = self.base / value
+        return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
+
+    def encoder(self, path: str | None, quantize: bool) -> Any:
+        from models.embedding import SentenceEncoder
+
+        key = (path, quantize)
+        if key not in self._encoders:
+            self._encoders[key] = SentenceEncoder(
+                path, device=self.settings.device, quantize=quantize
+            )
+        return self._encoders[key]
+
+    def build(self, spec: Spec, base: Path | None = None) -> Member:
+        """A member from its spec; relative paths in it are read from ``base``."""
+        if base is not None:
+            self.base = base
+        kind = spec.get("member")
+        options = {k: v for k, v in spec.items() if k not in ("member", "weight")}
+        try:
+            factory = getattr(self, f"_{str(kind).replace('-', '_')}")
+        except AttributeError:
+            raise ModelError(
+                f"unknown member kind {kind!r}; choose one of {sorted(MEMBER_KINDS)}"
+            ) from None
+        try:
+            member: Member = factory(**options)
+        except TypeError as exc:
+            raise ModelError(f"member {spec!r}: {exc}") from exc
+        return member
+
+    def _finlex(self, name: str = "finlex") -> Member:
+        from models.lexicon import LexiconMember
+
+        return LexiconMember(name=name)
+
+    def _lm(self, name: str = "lm") -> Member:
+        from models.packaged import loughran_mcdonald_member
+
+        return loughran_mcdonald_member(name)
+
+    def _finvader(self, name: str = "finvader") -> Member:
+        from models.packaged import FinVaderMember
+
+        return FinVaderMember(name)
+
+    def _head(
+        self,
+        name: str = "minilm-head",
+        head: str = "minilm-head.json",
+        encoder: str | None = None,
+        quantize: bool = False,
+    ) -> Member:
+        from models.embedding import EmbeddingHeadMember, Head
+
+        enc = self.encoder(self.path(encoder) if encoder else self.settings.encoder_path, quantize)
+        return EmbeddingHeadMember(enc, Head.load(Path(self.path(head))), name=name)
+
+    def _hf(self, model: str, **options: Any) -> Member:
+        from models.hf import HFClassifierMember
+
+        options.setdefault("device", self.settings.device)
+        return HFClassifierMember(self.path(model), **options)
+
+    def _null(self, name: str = "null") -> Member:
+        from models.base import NullMember
+
+        return NullMember()
 
 
-MEMBERS: dict[str, Callable[[Settings], Member]] = {
-    "finlex": _lexicon,
-    "minilm-head": _minilm_head,
-    "null": _null,
+MEMBER_KINDS = ("finlex", "lm", "finvader", "head", "hf", "null")
+# the names ``ensemble_members`` accepts, each a member spec
+MEMBERS: dict[str, Spec] = {
+    "finlex": {"member": "finlex"},
+    "lm": {"member": "lm"},
+    "finvader": {"member": "finvader"},
+    "minilm-head": {"member": "head"},
+    "null": {"member": "null"},
 }
-
-DEFAULT_MEMBERS = (("finlex", 1.0), ("minilm-head", 1.5))
 
 
 def build_member(name: str, settings: Settings) -> Member:
     try:
-        factory = MEMBERS[name]
+        spec = MEMBERS[name]
     except KeyError:
         raise ModelError(f"unknown member {name!r}; choose one of {sorted(MEMBERS)}") from None
-    return factory(settings)
+    return MemberBuilder(settings).build(spec)
 
 
 def parse_members(spec: str) -> tuple[tuple[str, float], ...]:
@@ -60,17 +147,95 @@ def parse_members(spec: str) -> tuple[tuple[str, float], ...]:
     return tuple(members)
 
 
-def make_ensemble(settings: Settings, factory: Callable[[], Ensemble] | None = None) -> Ensemble:
-    """The ensemble a worker or a replay runs: the given factory's, else the configured one."""
+def ensemble_path(name_or_path: str) -> Path:
+    """An ensemble file: a path, or the name of a shipped one."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise ModelError(f"no ensemble file {path}")
+        return path
+    shipped = ENSEMBLE_DIR / f"{name_or_path}.json"
+    if not shipped.is_file():
+        known = sorted(p.stem for p in ENSEMBLE_DIR.glob("*.json"))
+        raise ModelError(f"no ensemble {name_or_path!r}; shipped: {known}, or give a .json path")
+    return shipped
+
+
+def read_spec(path: Path) -> Spec:
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read ensemble file {path}: {exc}") from exc
+    if not isinstance(spec, dict) or not isinstance(spec.get("members"), list):
+        raise ModelError(f"{path}: an ensemble file needs a 'members' list")
+    return spec
+
+
+def ensemble_from_spec(
+    spec: Spec, settings: Settings, base: Path | None = None, builder: MemberBuilder | None = None
+) -> Ensemble:
+    builder = builder or MemberBuilder(settings)
+    members = [builder.build(m, base or ARTIFACT_DIR) for m in spec["members"]]
+    fusion = spec.get("fusion") or {"strategy": "soft"}
+    return Ensemble(
+        members,
+        [float(m.get("weight", 1.0)) for m in spec["members"]],
+        fusion=get_fusion(fusion.get("strategy", "soft"), fusion.get("params")),
+        name=str(spec.get("name", "ensemble")),
+    )
+
+
+def load_ensemble(
+    name_or_path: str, settings: Settings, builder: MemberBuilder | None = None
+) -> Ensemble:
+    path = ensemble_path(name_or_path)
+    return ensemble_from_spec(read_spec(path), settings, path.parent, builder)
+
+
+def spec_of(ensemble: Ensemble, member_specs: list[Spec], **extra: Any) -> Spec:
+    """The file form of a (fitted) ensemble built from ``member_specs``."""
+    members = [
+        dict(m, weight=float(w)) for m, w in zip(member_specs, ensemble.weights, strict=True)
+    ]
+    return {
+        "name": ensemble.name,
+        "version": ensemble.version,
+        "members": members,
+        "fusion": {"strategy": ensemble.fusion.name, "params": ensemble.fusion.params()},
+        **extra,
+    }
+
+
+def make_ensemble(
+    settings: Settings, factory: Callable[[], Ensemble] | None = None
+) -> Ensemble | Router:
+    """What a worker or a replay scores with: the given factory's ensemble, else the routing file's
+    ensembles, else the configured ensemble."""
     if factory is not None:
         return factory()
-    return build_ensemble(settings, parse_members(settings.ensemble_members))
+    if settings.routing_file is not None:
+        from models.routing import load_router
+
+        return load_router(settings.routing_file, settings)
+    if settings.ensemble_members:
+        return build_ensemble(settings, parse_members(settings.ensemble_members))
+    return load_ensemble(settings.ensemble, settings)
 
 
 def build_ensemble(
     settings: Settings,
-    members: tuple[tuple[str, float], ...] = DEFAULT_MEMBERS,
+    members: tuple[tuple[str, float], ...] | None = None,
     fusion: str = "soft",
 ) -> Ensemble:
-    built = [build_member(name, settings) for name, _ in members]
+    """Members by name (``MEMBERS``); with none given, the configured ensemble (not routed)."""
+    if members is None:
+        if settings.ensemble_members:
+            return build_ensemble(settings, parse_members(settings.ensemble_members), fusion)
+        return load_ensemble(settings.ensemble, settings)
+    builder = MemberBuilder(settings)
+    built = []
+    for name, _ in members:
+        if name not in MEMBERS:
+            raise ModelError(f"unknown member {name!r}; choose one of {sorted(MEMBERS)}")
+        built.append(builder.build(MEMBERS[name]))
     return Ensemble(built, [w for _, w in members], fusion=fusion, name="default")

@@ -84,10 +84,12 @@ class LexiconMember(Member):
         name: str = "finlex",
         neutral_prior: float = 1.0,
         scale: float = 1.2,
+        terms: dict[tuple[str, ...], float] | None = None,
     ) -> None:
+        """A lexicon from a ``term<TAB>weight`` file, or given ``terms`` that ``path`` came from."""
         self.name = name
         self.path = path
-        self.lexicon = load_lexicon(path)
+        self.lexicon = load_lexicon(path) if terms is None else terms
         self.neutral_prior = neutral_prior
         self.scale = scale
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:10]

@@ -6,6 +6,7 @@ Deterministic: full-batch L-BFGS from zeros, so the same data and encoder give t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Sequence
@@ -22,6 +23,16 @@ log = logging.getLogger(__name__)
 DEFAULT_TRAIN_SET = Path(__file__).resolve().parent / "data" / "train.jsonl"
 
 
+SPLITS = {"train": (0, 70), "val": (70, 85), "test": (85, 100)}
+
+
+def split_of(text: str) -> str:
+    """train / val / test by a hash of the normalised text: stable across runs and machines, and
+    a sentence repeated in a set (FPB has some) always lands in the same split."""
+    bucket = int(hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()[:8], 16) % 100
+    return next(name for name, (lo, hi) in SPLITS.items() if lo <= bucket < hi)
+
+
 @dataclass(frozen=True)
 class LabelledSet:
     texts: list[str]
@@ -30,25 +41,66 @@ class LabelledSet:
 
     @classmethod
     def read(cls, path: Path) -> LabelledSet:
-        texts, labels = [], []
+        """JSONL (one object per line) or CSV (a header with ``text`` and ``label``)."""
         raw = path.read_bytes()
-        # split on newlines only: str.splitlines also breaks at U+2028 and friends inside tweets
-        for number, line in enumerate(raw.decode("utf-8").split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ModelError(f"{path}:{number}: not valid JSON: {exc}") from exc
+        rows = _csv_rows(path, raw) if path.suffix.lower() == ".csv" else _jsonl_rows(path, raw)
+        texts, labels = [], []
+        for where, row in rows:
             if (
                 not isinstance(row, dict)
                 or row.get("label") not in LABELS
                 or not str(row.get("text", "")).strip()
             ):
-                raise ModelError(f"{path}:{number}: needs 'text' and a label in {LABELS}")
+                raise ModelError(f"{path}:{where}: needs 'text' and a label in {LABELS}")
             texts.append(str(row["text"]))
             labels.append(LABELS.index(row["label"]))
-        return cls(texts, np.asarray(labels), hashlib.sha256(raw).hexdigest())
+        return cls(texts, np.asarray(labels, dtype=np.int64), hashlib.sha256(raw).hexdigest())
+
+    @classmethod
+    def read_many(cls, paths: Sequence[Path]) -> LabelledSet:
+        parts = [cls.read(p) for p in paths]
+        if len(parts) == 1:
+            return parts[0]
+        digest = hashlib.sha256("".join(p.sha256 for p in parts).encode()).hexdigest()
+        return cls(
+            [t for p in parts for t in p.texts],
+            np.concatenate([p.labels for p in parts]),
+            digest,
+        )
+
+    def split(self, name: str) -> LabelledSet:
+        """One of ``SPLITS``; its hash says which rows of this set it holds."""
+        if name not in SPLITS:
+            raise ModelError(f"unknown split {name!r}; choose one of {sorted(SPLITS)}")
+        keep = [i for i, t in enumerate(self.texts) if split_of(t) == name]
+        digest = hashlib.sha256(f"{self.sha256}:{name}".encode()).hexdigest()
+        return LabelledSet([self.texts[i] for i in keep], self.labels[keep], digest)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _jsonl_rows(path: Path, raw: bytes) -> list[tuple[int, object]]:
+    rows = []
+    # split on newlines only: str.splitlines also breaks at U+2028 and friends inside tweets
+    for number, line in enumerate(raw.decode("utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{path}:{number}: not valid JSON: {exc}") from exc
+    return rows
+
+
+def _csv_rows(path: Path, raw: bytes) -> list[tuple[int, object]]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline=""))
+    if not reader.fieldnames or not {"text", "label"} <= set(reader.fieldnames):
+        raise ModelError(f"{path}: a CSV needs a header with 'text' and 'label' columns")
+    return [(reader.line_num, row) for row in reader]
 
 
 def fit_softmax(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 200) -> Head:
@@ -80,7 +132,11 @@ def accuracy(head: Head, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def train_head(
-    encoder: SentenceEncoder, data: LabelledSet, l2: float = 1e-3, folds: int = 5
+    encoder: SentenceEncoder,
+    data: LabelledSet,
+    l2: float = 1e-4,
+    folds: int = 5,
+    name: str = "minilm-head",
 ) -> Head:
     """Fit on all rows; report k-fold cross-validated accuracy in the head's metadata."""
     x = encoder.encode(data.texts)
@@ -95,7 +151,7 @@ def train_head(
     head = fit_softmax(x, y, l2)
     digest = hashlib.sha256(head.weight.tobytes() + head.bias.tobytes()).hexdigest()[:10]
     head.meta = {
-        "version": f"minilm-head-{digest}",
+        "version": f"{name}-{digest}",
         "encoder": encoder.name,
         "train_sha256": data.sha256,
         "train_rows": len(y),
@@ -106,13 +162,53 @@ def train_head(
 
 
 def evaluate(member_proba: np.ndarray, labels: Sequence[int] | np.ndarray) -> dict[str, float]:
-    """Accuracy and macro F1 of probabilities against class indices."""
+    """Accuracy, macro and weighted F1 and expected calibration error against class indices."""
     y = np.asarray(labels)
-    pred = np.argmax(member_proba, axis=1)
-    f1s = []
+    probs = np.asarray(member_proba)
+    pred = np.argmax(probs, axis=1)
+    f1s, support = [], []
     for c in range(3):
         tp = float(((pred == c) & (y == c)).sum())
         fp = float(((pred == c) & (y != c)).sum())
         fn = float(((pred != c) & (y == c)).sum())
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"accuracy": float((pred == y).mean()), "macro_f1": float(np.mean(f1s)), "n": len(y)}
+        support.append(float((y == c).sum()))
+    total = max(sum(support), 1.0)
+    return {
+        "accuracy": float((pred == y).mean()) if len(y) else 0.0,
+        "macro_f1": float(np.mean(f1s)),
+        "weighted_f1": float(sum(f * s for f, s in zip(f1s, support, strict=True)) / total),
+        "ece": expected_calibration_error(probs, y),
+        "n": len(y),
+    }
+
+
+def reliability(
+    probs: np.ndarray, labels: np.ndarray, bins: int = 10
+) -> list[tuple[float, float, int]]:
+    """Per confidence bin: (mean confidence, accuracy, count), for the top-label probability."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    out = []
+    for lo, hi in itertools.pairwise(edges):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            out.append((float(confidence[inside].mean()), float(correct[inside].mean()),
+                        int(inside.sum())))  # fmt: skip
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """Top-label ECE: the count-weighted gap between confidence and accuracy over 10 equal bins."""
+    n = len(labels)
+    if not n:
+        return 0.0
+    return float(sum(c * abs(conf - acc) for conf, acc, c in reliability(probs, labels, bins)) / n)
+
+
+def confusion(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """counts[true, predicted]."""
+    counts = np.zeros((3, 3), dtype=np.int64)
+    np.add.at(counts, (np.asarray(labels), np.asarray(probs).argmax(axis=1)), 1)
+    return counts

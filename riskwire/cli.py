@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from riskwire.exceptions import RiskwireError
+from riskwire.records import LABELS as LABELS_
 from riskwire.records import Kind
 from riskwire.settings import Settings, load_settings
 
@@ -202,35 +203,221 @@ def demo(
     run_demo(_settings(), console, sample, timeout)
 
 
+DataOption = Annotated[
+    list[Path], typer.Option("--data", exists=True, dir_okay=False, help="labelled JSONL or CSV")
+]
+SplitOption = Annotated[
+    str,
+    typer.Option(help="which hash split of --data: train, val, test, or all (the whole file)"),
+]
+
+
+def _labelled(paths: list[Path], split: str) -> Any:
+    from models.training import LabelledSet
+
+    data = LabelledSet.read_many(paths)
+    return data if split == "all" else data.split(split)
+
+
+def _register(settings: Settings, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
+    from storage.repository import register_model_versions
+
+    with _sessions(settings)() as session, session.begin():
+        register_model_versions(session, entries, datetime.now(UTC))
+
+
+@models_app.command("split")
+def models_split(
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="folder for NAME.train/val/test.jsonl")],
+) -> None:
+    """Write the train / val / test splits (70/15/15 by a hash of each text) of labelled sets."""
+    from models.training import SPLITS, LabelledSet
+
+    out.mkdir(parents=True, exist_ok=True)
+    for path in data:
+        labelled = LabelledSet.read(path)
+        for name in SPLITS:
+            part = labelled.split(name)
+            target = out / f"{path.stem}.{name}.jsonl"
+            with target.open("w", encoding="utf-8") as handle:
+                for text, label in zip(part.texts, part.labels, strict=True):
+                    row = {"text": text, "label": LABELS_[int(label)]}
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            console.print(f"{target}: {len(part):,} rows")
+
+
 @models_app.command("train")
 def models_train(
-    data: Annotated[Path | None, typer.Option(help="labelled JSONL (text, label)")] = None,
-    out: Annotated[Path | None, typer.Option(help="where to write the head")] = None,
+    data: DataOption,
+    name: Annotated[str, typer.Option(help="member name, e.g. minilm-fpb")],
+    out: Annotated[Path, typer.Option(help="artefact folder (head: a .json file)")],
+    kind: Annotated[
+        str, typer.Option(help="head (linear head on frozen embeddings) or finetune")
+    ] = "head",
+    base: Annotated[
+        str | None, typer.Option(help="base encoder: local path or hub id; default packaged MiniLM")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    max_minutes: Annotated[float | None, typer.Option(help="stop fine-tuning after this")] = None,
+    max_length: Annotated[int, typer.Option(min=16)] = 128,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    learning_rate: Annotated[float, typer.Option()] = 5e-5,
+    seed: Annotated[int, typer.Option()] = 0,
+    register: Annotated[bool, typer.Option(help="record the version in the database")] = True,
 ) -> None:
-    """Fit the MiniLM embedding head on a labelled set (default: the bundled one)."""
-    from models.embedding import DEFAULT_HEAD, SentenceEncoder
-    from models.training import DEFAULT_TRAIN_SET, LabelledSet, train_head
+    """Train a member on the train split of --data, validate on its val split, register it."""
+    from models.embedding import SentenceEncoder, default_encoder_path
+    from models.training import LabelledSet, evaluate, train_head
 
     settings = _settings()
-    labelled = LabelledSet.read(data or DEFAULT_TRAIN_SET)
-    with console.status(f"embedding {len(labelled.texts)} texts and fitting the head"):
-        head = train_head(SentenceEncoder(settings.encoder_path, settings.device), labelled)
-    head.save(out or DEFAULT_HEAD)
+    full = LabelledSet.read_many(data)
+    train, val = full.split("train"), full.split("val")
+    console.print(f"{len(train):,} training rows, {len(val):,} validation rows")
+    if kind == "head":
+        encoder = SentenceEncoder(base or settings.encoder_path, settings.device)
+        with console.status(f"embedding {len(train):,} texts and fitting the head"):
+            head = train_head(encoder, train, name=name)
+            scores = evaluate(_head_proba(encoder, head, val.texts), val.labels)
+        head.meta.update(name=name, base=encoder.name, data_sha256=full.sha256,
+                         metrics={f"val_{k}": round(float(v), 4) for k, v in scores.items()})  # fmt: skip
+        head.save(out)
+        version, description = (
+            head.version,
+            {"kind": "embedding-head", "path": str(out), **head.meta},
+        )
+    elif kind == "finetune":
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        from models.finetune import FinetuneConfig, finetune
+        from models.hf import HFClassifierMember
+
+        config = FinetuneConfig(
+            epochs=epochs, max_minutes=max_minutes, max_length=max_length, batch_size=batch_size,
+            learning_rate=learning_rate, seed=seed,
+        )  # fmt: skip
+        columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
+            task = bar.add_task("fine-tuning", total=None)
+
+            def progress(step: int, total: int, figures: dict[str, float]) -> None:
+                bar.update(task, completed=step, total=total)
+                if figures:
+                    bar.console.print(
+                        f"step {step}: train loss {figures['train_loss']:.3f}, val macro-F1 "
+                        f"{figures['val_macro_f1']:.3f}, val accuracy {figures['val_accuracy']:.3f}"
+                    )
+
+            result = finetune(base or default_encoder_path(), train, val, out, config, progress)
+        scores = result.best_val
+        member = HFClassifierMember(str(out), name=name, device=settings.device)
+        version, description = member.version, member.describe() | {"path": str(out)}
+    else:
+        raise RiskwireError(f"--kind {kind!r}: choose head or finetune")
     console.print(
-        f"{head.version}: cross-validated accuracy {head.meta['cv_accuracy']:.3f}, "
-        f"written to {out or DEFAULT_HEAD}"
+        f"{name} {version}: validation macro-F1 {scores['macro_f1']:.3f}, accuracy "
+        f"{scores['accuracy']:.3f}, written to {out}"
     )
+    if register:
+        _register(settings, [(name, version, description)])
 
 
-@models_app.command("evaluate")
+def _head_proba(encoder: Any, head: Any, texts: list[str]) -> Any:
+    from models.base import softmax
+
+    return softmax((encoder.encode(texts) @ head.weight + head.bias).astype(float))
+
+
+@models_app.command("fuse")
+def models_fuse(
+    members: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="ensemble file naming the members")
+    ],
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="the fitted ensemble file to write")],
+    fusion: Annotated[
+        str, typer.Option(help="majority, soft, stacking or dawid-skene")
+    ] = "stacking",
+    split: SplitOption = "val",
+    name: Annotated[str | None, typer.Option(help="ensemble name; default: the file's")] = None,
+    register: Annotated[bool, typer.Option(help="record the version in the database")] = True,
+) -> None:
+    """Fit an ensemble's fusion (temperatures and weights, stacker, Dawid-Skene) on a split."""
+    from models.ensemble import Ensemble
+    from models.factory import MemberBuilder, read_spec, spec_of
+    from models.fusion import get_fusion
+    from riskwire.evaluate import evaluate_ensemble, table
+
+    settings = _settings()
+    spec = read_spec(members)
+    builder = MemberBuilder(settings, members.parent)
+    built = [builder.build(m) for m in spec["members"]]
+    ensemble = Ensemble(
+        built, [float(m.get("weight", 1.0)) for m in spec["members"]], fusion=get_fusion(fusion),
+        name=name or str(spec.get("name", "ensemble")),
+    )  # fmt: skip
+    labelled = _labelled(data, split)
+    with console.status(f"scoring {len(labelled):,} texts with {len(built)} members and fitting"):
+        ensemble.fit_fusion(labelled.texts, labelled.labels)
+        evaluation = evaluate_ensemble(ensemble, labelled, f"{split} split")
+    console.print(table(evaluation))
+    # paths in the written file stay as they were, relative to the members file's folder
+    written = spec_of(
+        ensemble, spec["members"], fitted_on={"data_sha256": labelled.sha256, "rows": len(labelled)},
+        metrics={"fused": evaluation.fused, "members": evaluation.members},
+    )  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(written, indent=1) + "\n", encoding="utf-8")
+    console.print(f"{ensemble.version} written to {out}")
+    if register:
+        entries = ensemble.registry_entries()
+        entries[0] = (entries[0][0], entries[0][1], entries[0][2] | {
+            "path": str(out), "data_sha256": labelled.sha256, "metrics": evaluation.fused})  # fmt: skip
+        _register(settings, entries)
+
+
+@models_app.command("eval")
+def models_eval(
+    data: DataOption,
+    ensemble: Annotated[
+        str | None, typer.Option(help="shipped ensemble name or ensemble file; default: configured")
+    ] = None,
+    split: SplitOption = "all",
+    limit: Annotated[int, typer.Option(help="at most this many rows (0 = all)")] = 0,
+    report: Annotated[
+        Path | None, typer.Option(help="report folder; default: DATA_DIR/reports/eval-TIME")
+    ] = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Accuracy, macro/weighted F1, ECE and docs/s of each member and the fused ensemble."""
+    from models.factory import build_ensemble, load_ensemble
+    from riskwire.evaluate import evaluate_ensemble, table, write_report
+
+    settings = _settings()
+    out = Console(stderr=True) if as_json else console
+    built = load_ensemble(ensemble, settings) if ensemble else build_ensemble(settings)
+    labelled = _labelled(data, split)
+    if limit:
+        labelled = type(labelled)(labelled.texts[:limit], labelled.labels[:limit], labelled.sha256)
+    names = "+".join(p.stem for p in data) + ("" if split == "all" else f" ({split} split)")
+    evaluation = evaluate_ensemble(built, labelled, names, out)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    folder = report or settings.data_dir / "reports" / f"eval-{stamp}"
+    png = write_report(evaluation, folder)
+    if as_json:
+        typer.echo(json.dumps(evaluation.as_json() | {"report": str(png)}))
+        return
+    out.print(table(evaluation))
+    out.print(f"report: {png}")
+
+
+@models_app.command("evaluate", hidden=True)
 def models_evaluate(
     data: Annotated[Path, typer.Argument(exists=True, help="labelled JSONL (text, label)")],
     limit: Annotated[int, typer.Option(help="at most this many rows (0 = all)")] = 0,
 ) -> None:
-    """Accuracy and macro F1 of each member and the fused ensemble on a labelled set."""
-    from riskwire.evaluate import evaluate_file
-
-    evaluate_file(_settings(), console, data, limit)
+    """The old name of `models eval`."""
+    models_eval([data], limit=limit)
 
 
 def _when(value: str | None, option: str) -> datetime | None:
@@ -581,6 +768,34 @@ def bench_delivery(
         f"{result['burst_seconds']:.1f}s = {result['capacity_per_s']:,.0f}/s; sequential POSTs "
         f"without the outbox: {result['baseline_sequential_per_s']:,.0f}/s "
         f"(outbox {result['outbox_vs_baseline']:.2f}x)"
+    )
+
+
+@bench_app.command("infer")
+def bench_infer(
+    data: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="texts (JSONL); default: FPB or bundled"),
+    ] = None,
+    n: Annotated[int, typer.Option(help="documents for the ensemble (a quarter for naive)")] = 2000,
+    device: Annotated[
+        str | None, typer.Option(help="also run 3 x BERT-base on this CUDA device")
+    ] = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Docs/s of the default ensemble against a naive one-document-at-a-time pipeline baseline."""
+    import sys
+
+    from bench.infer import run
+
+    settings = _settings()
+    result = run(settings, data, n, device, say=lambda line: print(line, file=sys.stderr))
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(
+        f"infer: ensemble {result['ensemble_docs_per_s']:,.1f} docs/s, naive "
+        f"{result['naive_docs_per_s']:,.1f} docs/s: {result['ratio']:.2f}x"
     )
 
 

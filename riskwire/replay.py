@@ -37,6 +37,7 @@ from sqlalchemy.types import NullType
 
 from ingest.files import JsonlSource
 from models.ensemble import Ensemble
+from models.routing import Scorer
 from riskwire.delivery.model import sector_map
 from riskwire.exceptions import InvalidRecord, RiskwireError
 from riskwire.records import DeadLetter, Document, Kind, Score, TickerLink, group_key
@@ -283,7 +284,7 @@ class ReplayRunner:
         self.settings = settings
         self.sessions = sessions
         self._ensemble_factory = ensemble_factory
-        self._ensemble: Ensemble | None = None
+        self._ensemble: Scorer | None = None
         self.page_size = page_size
         self._sector_of: dict[str, str] | None = None
         # jobs with this many documents to go write from a child process (a second core); the
@@ -291,7 +292,7 @@ class ReplayRunner:
         self.process_writer_from = process_writer_from
         self.process_start = process_start  # "fork" or "spawn"; None: fork when that is safe
 
-    def ensemble(self) -> Ensemble:
+    def ensemble(self) -> Scorer:
         if self._ensemble is None:
             from models.factory import make_ensemble
 

@@ -76,9 +76,17 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="cpu, cuda or cuda:N for transformer members")
     score_batch_size: int = Field(64, ge=1, le=4096)
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)
+    ensemble: str = Field(
+        "default",
+        description="the live ensemble: a shipped ensemble's name or an ensemble file (.json)",
+    )
     ensemble_members: str = Field(
-        "finlex:1,minilm-head:1.5",
-        description="the live ensemble: members and weights (finlex, minilm-head, null)",
+        "",
+        description="instead of an ensemble file, members by name and weight, soft vote "
+        "(e.g. 'finlex:1,minilm-head:1.5'; names: finlex, lm, finvader, minilm-head, null)",
+    )
+    routing_file: Path | None = Field(
+        None, description="YAML routing documents to ensembles by kind and language"
     )
     encoder_path: str | None = Field(
         None, description="local path or hub id of the sentence encoder; unset = packaged MiniLM"

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from models.ensemble import Ensemble
+from models.routing import Scorer
 from riskwire.delivery.model import sector_map
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Record
@@ -112,14 +113,14 @@ class WorkerContext:
             sector_of=sector_map(settings),
         )
         self._ensemble_factory = ensemble_factory
-        self._ensemble: Ensemble | None = None
+        self._ensemble: Scorer | None = None
         self._ensemble_lock = asyncio.Lock()
 
     @property
     def ensemble_loaded(self) -> bool:
         return self._ensemble is not None
 
-    def load_ensemble(self) -> Ensemble:
+    def load_ensemble(self) -> Scorer:
         """Build the ensemble now (before the worker starts), instead of at the first batch."""
         if self._ensemble is None:
             started = time.perf_counter()
@@ -129,11 +130,11 @@ class WorkerContext:
             )
         return self._ensemble
 
-    async def ensemble(self) -> Ensemble:
+    async def ensemble(self) -> Scorer:
         async with self._ensemble_lock:
             return await asyncio.to_thread(self.load_ensemble)
 
-    def _build_ensemble(self) -> Ensemble:
+    def _build_ensemble(self) -> Scorer:
         from models.factory import make_ensemble
 
         ensemble = make_ensemble(self.settings, self._ensemble_factory)

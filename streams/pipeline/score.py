@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from models.ensemble import Ensemble
+from models.routing import Router
 from riskwire.records import Document, Score
 from streams.pipeline.normalise import scoring_text
 
 
 def score_documents(
-    ensemble: Ensemble, docs: Sequence[Document], run_id: str = "live"
+    ensemble: Ensemble | Router, docs: Sequence[Document], run_id: str = "live"
 ) -> list[Score]:
-    """One Score per document (``ticker`` unset), in input order."""
-    judgements = ensemble.judge([scoring_text(d) for d in docs])
+    """One Score per document (``ticker`` unset), in input order; a router sends each document to
+    the ensemble for its kind and language."""
+    judgements = ensemble.judge_routed(
+        [scoring_text(d) for d in docs], [(d.kind.value, d.lang) for d in docs]
+    )
     return [
         Score(
             document_id=d.id, ticker=None, kind=d.kind, published_at=d.published_at,

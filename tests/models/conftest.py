@@ -55,3 +55,31 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return Path(path)
+
+
+def save_tiny_classifier(path: Path, id2label: dict[int, str], seed: int = 0) -> Path:
+    """A randomly initialised 2-layer BERT classifier with the MiniLM tokenizer, as a model dir."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from models.embedding import default_encoder_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32, max_position_embeddings=128,
+        num_labels=len(id2label), id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Labels in FinBERT's order (positive, negative, neutral), so the mapping is exercised."""
+    return save_tiny_classifier(
+        tmp_path_factory.mktemp("tiny-classifier"), {0: "positive", 1: "negative", 2: "neutral"}
+    )

@@ -1,0 +1,167 @@
+"""Inference throughput: the default ensemble against a naive baseline, in the same run.
+
+    riskwire bench infer [--data FILE.jsonl] [--n 2000] [--json]
+
+- **ensemble**: the configured default ensemble as the stream runs it: ``judge`` on batches of
+  ``score_batch_size`` texts (length-sorted micro-batches, ``inference_mode``, one embedding pass
+  shared by the heads over one encoder, all members' votes fused).
+- **naive**: the same members, one document at a time, each transformer member through a
+  ``transformers.pipeline`` (``text-classification`` for classifier members; ``feature-extraction``
+  plus mean pooling and the head for embedding heads), lexicon members on one text per call, and
+  the same fusion per document. This is how a first version of a scoring service is often
+  written.
+
+Prints docs/s of both and the ratio. With a CUDA device (or ``--device cuda``) it also measures a
+3-member ensemble of BERT-base-sized classifiers (random weights from a config: speed only) in
+half precision.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.base import Member
+from models.ensemble import Ensemble
+from riskwire.settings import Settings
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fpb_dev.jsonl"
+BUNDLED = Path(__file__).resolve().parent.parent / "models" / "data" / "train.jsonl"
+
+
+def load_texts(path: Path, n: int) -> list[str]:
+    texts = [
+        str(json.loads(line).get("text") or "")
+        for line in path.read_text(encoding="utf-8").split("\n")
+        if line.strip()
+    ]
+    return (texts * (n // max(len(texts), 1) + 1))[:n]
+
+
+def naive_scorer(member: Member, device: str) -> Callable[[str], np.ndarray]:
+    """One text -> probabilities, the straightforward way for this kind of member."""
+    from transformers import pipeline
+
+    from models.embedding import EmbeddingHeadMember
+    from models.hf import HFClassifierMember
+
+    pipe_device = -1 if device == "cpu" else int(device.partition(":")[2] or 0)
+    if isinstance(member, HFClassifierMember):
+        classify = pipeline(
+            "text-classification", model=member.path, device=pipe_device, top_k=None,
+            truncation=True, max_length=member.max_length,
+        )  # fmt: skip
+        names = [member.model.config.id2label[i] for i in member.order]
+
+        def run_classifier(text: str) -> np.ndarray:
+            scores = {d["label"]: d["score"] for d in classify(text)[0]}  # type: ignore[index]
+            return np.array([scores[n] for n in names])
+
+        return run_classifier
+    if isinstance(member, EmbeddingHeadMember):
+        extract = pipeline(
+            "feature-extraction", model=member.encoder.path, device=pipe_device,
+            tokenize_kwargs={"truncation": True, "max_length": member.encoder.max_length},
+        )  # fmt: skip
+        head = member.head
+
+        def run_head(text: str) -> np.ndarray:
+            tokens = np.asarray(extract(text)[0])  # (tokens, dim)
+            pooled = tokens.mean(axis=0)
+            pooled /= max(float(np.linalg.norm(pooled)), 1e-9)
+            logits = pooled @ head.weight + head.bias
+            e = np.exp(logits - logits.max())
+            return np.asarray(e / e.sum())
+
+        return run_head
+    return lambda text: member.predict_proba([text])[0]
+
+
+def naive_rate(ensemble: Ensemble, texts: Sequence[str], device: str) -> float:
+    scorers = [naive_scorer(m, device) for m in ensemble.members]
+    for scorer in scorers:  # warm up
+        scorer(texts[0])
+    started = time.perf_counter()
+    for text in texts:
+        probs = np.stack([scorer(text) for scorer in scorers])[:, None, :]
+        ensemble.fusion(probs, ensemble.weights)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def batched_rate(ensemble: Ensemble, texts: Sequence[str], batch: int) -> float:
+    ensemble.judge(list(texts[:batch]))  # warm up
+    started = time.perf_counter()
+    for start in range(0, len(texts), batch):
+        ensemble.judge(list(texts[start : start + batch]))
+    return len(texts) / (time.perf_counter() - started)
+
+
+def bert_base_ensemble(device: str, members: int = 3) -> Ensemble:
+    """``members`` BERT-base-sized classifiers with random weights, saved and loaded as hf members."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from models.embedding import default_encoder_path
+    from models.hf import HFClassifierMember
+
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
+    folder = Path(tempfile.mkdtemp(prefix="riskwire-bert-base-"))
+    built = []
+    for k in range(members):
+        torch.manual_seed(k)
+        config = BertConfig(  # type: ignore[call-arg]
+            num_labels=3, id2label={0: "negative", 1: "neutral", 2: "positive"},
+            label2id={"negative": 0, "neutral": 1, "positive": 2},
+        )  # fmt: skip
+        path = folder / f"bert-base-{k}"
+        BertForSequenceClassification(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        built.append(HFClassifierMember(str(path), name=f"bert-base-{k}", device=device,
+                                        batch_size=128))  # fmt: skip
+    return Ensemble(built, fusion="soft", name="bert-base-x3")
+
+
+def run(
+    settings: Settings, data: Path | None, n: int, device: str | None, say: Callable[[str], None]
+) -> dict[str, Any]:
+    import torch
+
+    from models.factory import build_ensemble
+
+    source = data or (SHARED if SHARED.exists() else BUNDLED)
+    texts = load_texts(source, n)
+    ensemble = build_ensemble(settings)
+    batch = settings.score_batch_size
+    say(f"{len(texts):,} texts from {source.name}; ensemble {ensemble.version}: "
+        f"{', '.join(m.name for m in ensemble.members)}; {torch.get_num_threads()} threads")  # fmt: skip
+    fast = batched_rate(ensemble, texts, batch)
+    say(f"  ensemble, batches of {batch}: {fast:,.1f} docs/s")
+    naive_texts = texts[: max(100, len(texts) // 4)]
+    slow = naive_rate(ensemble, naive_texts, settings.device)
+    say(f"  naive, one document at a time through pipelines: {slow:,.1f} docs/s")
+    out: dict[str, Any] = {
+        "ensemble": ensemble.version,
+        "members": [m.name for m in ensemble.members],
+        "texts": len(texts),
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "device": settings.device,
+        "ensemble_docs_per_s": round(fast, 1),
+        "naive_docs_per_s": round(slow, 1),
+        "ratio": round(fast / slow, 2),
+    }
+    say(f"  ratio: {out['ratio']:.2f}x")
+    gpu = device or ("cuda" if torch.cuda.is_available() else None)
+    if gpu and gpu.startswith("cuda"):
+        big = bert_base_ensemble(gpu)
+        rate = batched_rate(big, texts, 256)
+        out["gpu"] = {"device": torch.cuda.get_device_name(gpu), "ensemble": "3 x BERT-base fp16",
+                      "docs_per_s": round(rate, 1)}  # fmt: skip
+        say(f"  3 x BERT-base on {out['gpu']['device']} (fp16): {rate:,.1f} docs/s")
+    return out

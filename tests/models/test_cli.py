@@ -1,0 +1,71 @@
+"""`riskwire models train | fuse | eval` end to end on tiny models, with the model registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.riskwire.test_cli import riskwire
+
+
+def registry(data_dir: Path) -> dict[str, dict]:
+    engine = create_engine(f"sqlite:///{data_dir / 'riskwire.db'}")
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT name, version, description FROM model_versions"))
+        return {r.name: {"version": r.version, **json.loads(r.description)} for r in rows}
+
+
+@pytest.mark.slow
+def test_train_fuse_and_evaluate_through_the_cli(
+    tmp_path: Path, tiny_encoder_dir: Path, fixtures_dir: Path
+) -> None:
+    env = {"RISKWIRE_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "250"}
+    data = str(fixtures_dir / "labelled.jsonl")
+    head = tmp_path / "heads" / "tiny-head.json"
+    result = riskwire("models", "train", "--kind", "head", "--data", data, "--name", "tiny-head",
+                      "--base", str(tiny_encoder_dir), "--out", str(head), env=env)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validation macro-F1" in result.stdout and head.is_file()
+    tuned = tmp_path / "tuned"
+    result = riskwire("models", "train", "--kind", "finetune", "--data", data, "--name", "tuned",
+                      "--base", str(tiny_encoder_dir), "--out", str(tuned), "--epochs", "2",
+                      "--batch-size", "8", "--max-length", "32", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "step " in result.stdout and (tuned / "riskwire.json").is_file()
+    known = registry(tmp_path / "data")
+    assert known["tiny-head"]["data_sha256"] and "val_macro_f1" in known["tiny-head"]["metrics"]
+    assert known["tuned"]["kind"] == "hf-classifier" and known["tuned"]["base"]
+
+    members = tmp_path / "members.json"
+    members.write_text(json.dumps({"name": "tiny", "members": [
+        {"member": "finlex"}, {"member": "finvader"},
+        {"member": "head", "name": "tiny-head", "head": "heads/tiny-head.json",
+         "encoder": str(tiny_encoder_dir)},
+        {"member": "hf", "name": "tuned", "model": "tuned", "max_length": 32},
+    ]}))  # fmt: skip
+    fitted = tmp_path / "fitted.json"
+    result = riskwire("models", "fuse", "--members", str(members), "--data", data, "--split",
+                      "all", "--fusion", "stacking", "--out", str(fitted), env=env)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    spec = json.loads(fitted.read_text())
+    assert spec["fusion"]["strategy"] == "stacking" and len(spec["fusion"]["params"]["bias"]) == 3
+    assert registry(tmp_path / "data")["tiny"]["version"] == spec["version"]
+
+    report = tmp_path / "report"
+    result = riskwire("models", "eval", "--data", data, "--ensemble", str(fitted), "--json",
+                      "--report", str(report), env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)  # exactly one JSON object on stdout
+    assert body["n"] == 30 and set(body["members"]) == {"finlex", "finvader", "tiny-head", "tuned"}
+    keys = {"accuracy", "macro_f1", "weighted_f1", "ece", "docs_per_s"}
+    assert all(set(m) == keys for m in [*body["members"].values(), body["fused"]])
+    # the stacker was fitted on these very rows: it must at least match its best member here
+    assert body["fused"]["macro_f1"] >= max(m["macro_f1"] for m in body["members"].values())
+    assert (report / "report.png").stat().st_size > 10_000
+    assert "| **fused** |" in (report / "report.md").read_text()
+
+    result = riskwire("models", "eval", "--data", data, "--ensemble", "nonesuch", env=env)
+    assert result.returncode != 0 and "no ensemble 'nonesuch'" in result.stdout + result.stderr

@@ -1,0 +1,95 @@
+"""The Hugging Face classifier member: label mapping, refusal, chunking of long texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.base import softmax
+from models.exceptions import ModelError
+from models.hf import HFClassifierMember, canonical_order
+from tests.models.conftest import save_tiny_classifier
+
+
+def raw_probs(member: HFClassifierMember, text: str) -> np.ndarray:
+    """The model's own softmax, in its own label order, on one un-chunked text."""
+    import torch
+
+    batch = member.tokenizer([text], return_tensors="pt")
+    with torch.inference_mode():
+        return softmax(member.model(**batch).logits.double().numpy())[0]
+
+
+def test_finbert_label_order_is_mapped_onto_the_canonical_one(tiny_classifier_dir: Path) -> None:
+    member = HFClassifierMember(str(tiny_classifier_dir))
+    text = "Profit warning sends the shares lower"
+    raw = raw_probs(member, text)  # positive, negative, neutral
+    assert np.allclose(member.predict_proba([text])[0], [raw[1], raw[2], raw[0]], atol=1e-6)
+    assert member.describe()["labels"] == ["negative", "neutral", "positive"]
+
+
+def test_label_synonyms_and_explicit_names() -> None:
+    assert canonical_order({0: "Bearish", 1: "Neutral", 2: "Bullish"}) == [0, 1, 2]
+    assert canonical_order({0: "POS", 1: "NEG", 2: "NEU"}) == [1, 2, 0]
+    names = {"LABEL_0": "neutral", "LABEL_1": "positive", "LABEL_2": "negative"}
+    assert canonical_order({0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}, names) == [2, 0, 1]
+
+
+def test_a_model_whose_labels_cannot_be_mapped_is_refused(tmp_path: Path) -> None:
+    opaque = save_tiny_classifier(tmp_path / "opaque", {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"})
+    with pytest.raises(ModelError, match=r"cannot map the model's label 'LABEL_0'.*label_names"):
+        HFClassifierMember(str(opaque))
+    names = {"LABEL_0": "negative", "LABEL_1": "neutral", "LABEL_2": "positive"}
+    assert HFClassifierMember(str(opaque), label_names=names).order == [0, 1, 2]
+    binary = save_tiny_classifier(tmp_path / "binary", {0: "negative", 1: "positive"})
+    with pytest.raises(ModelError, match="do not cover"):
+        HFClassifierMember(str(binary))
+    doubled = save_tiny_classifier(tmp_path / "doubled", {0: "neg", 1: "negative", 2: "pos"})
+    with pytest.raises(ModelError, match="two of the model's labels map onto 'negative'"):
+        HFClassifierMember(str(doubled))
+    with pytest.raises(ModelError, match="cannot load classifier"):
+        HFClassifierMember(str(tmp_path / "nowhere"))
+
+
+def test_long_texts_are_scored_in_windows_and_combined_by_token_count(
+    tiny_classifier_dir: Path,
+) -> None:
+    member = HFClassifierMember(str(tiny_classifier_dir), max_length=16, stride=4)
+    short = "Quarterly revenue rose"
+    long = " ".join(f"word{i} revenue fell sharply at the plant" for i in range(12))
+    # a short text is one window: exactly the model's own answer
+    raw = raw_probs(member, short)
+    assert np.allclose(member.predict_proba([short])[0], raw[[1, 2, 0]], atol=1e-6)
+    batch = member.preprocess([long])
+    windows = int(batch["encoding"]["input_ids"].shape[0])
+    assert windows > 3 and set(batch["owner"].tolist()) == {0}
+    assert batch["encoding"]["input_ids"].shape[1] <= 16
+    # the combination is the token-weighted mean of the windows' probabilities
+    import torch
+
+    with torch.inference_mode():
+        logits = member.model(**batch["encoding"]).logits.double().numpy()
+    per_window = softmax(logits)[:, member.order]
+    expected = (per_window * batch["tokens"][:, None]).sum(0) / batch["tokens"].sum()
+    assert np.allclose(member.predict_proba([long])[0], expected, atol=1e-6)
+    # and it does not depend on the company it keeps in a batch
+    assert np.allclose(member.predict_proba([short, long])[1], expected, atol=1e-6)
+
+
+def test_settings_that_cannot_work_are_refused(tiny_classifier_dir: Path) -> None:
+    with pytest.raises(ModelError, match="stride"):
+        HFClassifierMember(str(tiny_classifier_dir), max_length=16, stride=8)
+    with pytest.raises(ModelError, match="half precision is for GPU"):
+        HFClassifierMember(str(tiny_classifier_dir), half=True)
+
+
+def test_version_follows_the_weights_and_the_variant(tmp_path: Path, tiny_classifier_dir: Path):
+    same = HFClassifierMember(str(tiny_classifier_dir))
+    assert same.version == HFClassifierMember(str(tiny_classifier_dir)).version
+    other = save_tiny_classifier(
+        tmp_path / "tiny-classifier", {0: "positive", 1: "negative", 2: "neutral"}, seed=1
+    )
+    assert HFClassifierMember(str(other), name=same.name).version != same.version
+    assert HFClassifierMember(str(tiny_classifier_dir), quantize=True).version.endswith("q8-L256")
