@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.riskwire-installed
 
-.PHONY: demo test test-fast lint bench clean services
+.PHONY: demo test test-fast lint bench clean services models heads
 
 # Debian packages some integration tests run (a real Alertmanager; Chromium for the live page);
 # installed when missing and this is a Debian machine we may install on, else those tests skip
@@ -36,6 +36,44 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/riskwire demo
+
+# The models: labelled sets by path (never copied here), 70/15/15 hash splits of each; heads and
+# fine-tuned members learn on the train splits, fusions on the val splits, figures on the test splits.
+# `make heads` refits the shipped heads and ensembles (a few minutes): `news` (fusion fitted on
+# Financial PhraseBank), `social` (on the tweets), `mixed` (on both); `default.yaml` routes to them.
+# `make models` also fine-tunes three MiniLM members (about 40 minutes on 2 cores) into
+# riskwire-data/models and fits the same three ensembles with them there, where the worker and the
+# demo find them before the shipped ones.
+DATA ?= ../shared/data
+FPB := $(DATA)/fpb_dev.jsonl
+TWEETS := $(DATA)/tfns_train.jsonl
+TRAINED := riskwire-data/models
+FUSE = $(BIN)/riskwire models fuse --fusion stacking
+heads: $(STAMP)
+	$(BIN)/riskwire models train --kind head --data $(FPB) --name minilm-fpb \
+		--out models/artifacts/heads/minilm-fpb.json
+	$(BIN)/riskwire models train --kind head --data $(TWEETS) --name minilm-tweets \
+		--out models/artifacts/heads/minilm-tweets.json
+	$(FUSE) --members models/recipes/shipped.json --data $(FPB) --name news \
+		--out models/artifacts/ensembles/news.json
+	$(FUSE) --members models/recipes/shipped.json --data $(TWEETS) --name social \
+		--out models/artifacts/ensembles/social.json
+	$(FUSE) --members models/recipes/shipped.json --data $(FPB) --data $(TWEETS) --name mixed \
+		--out models/artifacts/ensembles/mixed.json
+
+models: heads
+	$(BIN)/riskwire models train --kind finetune --data $(FPB) --data $(TWEETS) --name minilm-ft \
+		--out $(TRAINED)/minilm-ft --epochs 3 --max-length 96
+	$(BIN)/riskwire models train --kind finetune --data $(FPB) --name minilm-ft-fpb \
+		--out $(TRAINED)/minilm-ft-fpb --epochs 4 --max-length 96
+	$(BIN)/riskwire models train --kind finetune --data $(TWEETS) --name minilm-ft-tweets \
+		--out $(TRAINED)/minilm-ft-tweets --epochs 3 --max-length 64
+	$(FUSE) --members models/recipes/finetuned.json --data $(FPB) --name news \
+		--out $(TRAINED)/ensembles/news.json
+	$(FUSE) --members models/recipes/finetuned.json --data $(TWEETS) --name social \
+		--out $(TRAINED)/ensembles/social.json
+	$(FUSE) --members models/recipes/finetuned.json --data $(FPB) --data $(TWEETS) --name mixed \
+		--out $(TRAINED)/ensembles/mixed.json
 
 test: $(STAMP) services
 	$(BIN)/python -m pytest

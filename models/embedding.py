@@ -83,6 +83,10 @@ class SentenceEncoder:
             self._memo = (key, self.encode(texts))
         return self._memo[1]
 
+    def forget(self) -> None:
+        """Drop the remembered batch (benchmarks time each member on its own)."""
+        self._memo = None
+
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))

@@ -17,6 +17,8 @@ classifier: hub id or local path), ``null``. Relative paths are read from the fi
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,7 @@ from riskwire.settings import Settings
 if TYPE_CHECKING:
     from models.routing import Router
 
+log = logging.getLogger(__name__)
 ENSEMBLE_DIR = ARTIFACT_DIR / "ensembles"
 Spec = dict[str, Any]
 
@@ -147,18 +150,45 @@ def parse_members(spec: str) -> tuple[tuple[str, float], ...]:
     return tuple(members)
 
 
-def ensemble_path(name_or_path: str) -> Path:
-    """An ensemble file: a path, or the name of a shipped one."""
+def trained_dir(settings: Settings) -> Path:
+    """Where ``make models`` puts what it trains here (too large for the repository)."""
+    return settings.data_dir / "models"
+
+
+def ensemble_path(name_or_path: str, settings: Settings | None = None) -> Path:
+    """An ensemble file (``.json``) or a routing file (``.yaml``): a path, or a name looked up among
+    those trained on this machine (``DATA_DIR/models/ensembles``) first, then the shipped ones; a
+    routing file of that name comes before an ensemble file."""
     path = Path(name_or_path)
-    if path.suffix == ".json" or path.exists():
+    if path.suffix in (".json", ".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ModelError(f"no ensemble file {path}")
         return path
-    shipped = ENSEMBLE_DIR / f"{name_or_path}.json"
-    if not shipped.is_file():
-        known = sorted(p.stem for p in ENSEMBLE_DIR.glob("*.json"))
-        raise ModelError(f"no ensemble {name_or_path!r}; shipped: {known}, or give a .json path")
-    return shipped
+    folders = ([trained_dir(settings) / "ensembles"] if settings else []) + [ENSEMBLE_DIR]
+    for folder in folders:
+        for suffix in (".yaml", ".json"):
+            if (folder / f"{name_or_path}{suffix}").is_file():
+                return folder / f"{name_or_path}{suffix}"
+    known = sorted({p.stem for folder in folders for p in folder.glob("*.*")})
+    raise ModelError(f"no ensemble {name_or_path!r}; known: {known}, or give a .json path")
+
+
+def is_routing(path: Path) -> bool:
+    return path.suffix in (".yaml", ".yml")
+
+
+def relocate(member_specs: list[Spec], source: Path, target: Path) -> list[Spec]:
+    """Member specs read relative to folder ``source``, rewritten relative to folder ``target``."""
+    out = []
+    for spec in member_specs:
+        moved = dict(spec)
+        for key in ("head", "model", "encoder"):
+            value = spec.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                if (source / value).exists():
+                    moved[key] = os.path.relpath((source / value).resolve(), target.resolve())
+        out.append(moved)
+    return out
 
 
 def read_spec(path: Path) -> Spec:
@@ -188,7 +218,14 @@ def ensemble_from_spec(
 def load_ensemble(
     name_or_path: str, settings: Settings, builder: MemberBuilder | None = None
 ) -> Ensemble:
-    path = ensemble_path(name_or_path)
+    """One ensemble; given a routing file, the ensemble of its default route."""
+    path = ensemble_path(name_or_path, settings)
+    log.info("ensemble file %s", path)
+    if is_routing(path):
+        from models.routing import load_router
+
+        router = load_router(path, settings)
+        return router.ensembles[router.default]
     return ensemble_from_spec(read_spec(path), settings, path.parent, builder)
 
 
@@ -209,17 +246,19 @@ def spec_of(ensemble: Ensemble, member_specs: list[Spec], **extra: Any) -> Spec:
 def make_ensemble(
     settings: Settings, factory: Callable[[], Ensemble] | None = None
 ) -> Ensemble | Router:
-    """What a worker or a replay scores with: the given factory's ensemble, else the routing file's
-    ensembles, else the configured ensemble."""
+    """What a worker or a replay scores with: the given factory's ensemble, else the members named
+    in ``ensemble_members``, else the configured ensemble or routing file."""
     if factory is not None:
         return factory()
-    if settings.routing_file is not None:
-        from models.routing import load_router
-
-        return load_router(settings.routing_file, settings)
     if settings.ensemble_members:
         return build_ensemble(settings, parse_members(settings.ensemble_members))
-    return load_ensemble(settings.ensemble, settings)
+    path = ensemble_path(settings.ensemble, settings)
+    if is_routing(path):
+        from models.routing import load_router
+
+        log.info("routing file %s", path)
+        return load_router(path, settings)
+    return load_ensemble(str(path), settings)
 
 
 def build_ensemble(
@@ -227,7 +266,8 @@ def build_ensemble(
     members: tuple[tuple[str, float], ...] | None = None,
     fusion: str = "soft",
 ) -> Ensemble:
-    """Members by name (``MEMBERS``); with none given, the configured ensemble (not routed)."""
+    """Members by name (``MEMBERS``); with none given, the configured ensemble (for a routing
+    file, the ensemble of its default route)."""
     if members is None:
         if settings.ensemble_members:
             return build_ensemble(settings, parse_members(settings.ensemble_members), fusion)

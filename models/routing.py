@@ -2,7 +2,7 @@
 
 A routing file (YAML)::
 
-    ensembles:            # name -> a shipped ensemble's name or an ensemble file
+    ensembles:            # name -> an ensemble file, or an ensemble's name (trained, then shipped)
       news: default
       social: ensembles/social.json
     routes:               # first match wins; a missing key matches anything
@@ -118,7 +118,9 @@ def load_router(path: Path, settings: Settings) -> Router:
     ensembles = {}
     for name, where in config["ensembles"].items():
         local = path.parent / str(where)
-        file = ensemble_path(str(local) if local.is_file() else str(where))
+        file = ensemble_path(str(local) if local.is_file() else str(where), settings)
+        if file.suffix != ".json":
+            raise ModelError(f"{path}: ensemble {name!r} must be an ensemble file, got {file}")
         ensembles[str(name)] = ensemble_from_spec(read_spec(file), settings, file.parent, builder)
     routes = []
     for number, raw in enumerate(config.get("routes") or [], 1):

@@ -344,7 +344,7 @@ def models_fuse(
 ) -> None:
     """Fit an ensemble's fusion (temperatures and weights, stacker, Dawid-Skene) on a split."""
     from models.ensemble import Ensemble
-    from models.factory import MemberBuilder, read_spec, spec_of
+    from models.factory import MemberBuilder, read_spec, relocate, spec_of
     from models.fusion import get_fusion
     from riskwire.evaluate import evaluate_ensemble, table
 
@@ -361,9 +361,10 @@ def models_fuse(
         ensemble.fit_fusion(labelled.texts, labelled.labels)
         evaluation = evaluate_ensemble(ensemble, labelled, f"{split} split")
     console.print(table(evaluation))
-    # paths in the written file stay as they were, relative to the members file's folder
+    # relative paths in the written file are rewritten for its own folder
     written = spec_of(
-        ensemble, spec["members"], fitted_on={"data_sha256": labelled.sha256, "rows": len(labelled)},
+        ensemble, relocate(spec["members"], members.parent, out.parent),
+        fitted_on={"data_sha256": labelled.sha256, "rows": len(labelled)},
         metrics={"fused": evaluation.fused, "members": evaluation.members},
     )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -78,15 +78,13 @@ class Settings(BaseSettings):
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)
     ensemble: str = Field(
         "default",
-        description="the live ensemble: a shipped ensemble's name or an ensemble file (.json)",
+        description="what scores documents: an ensemble file (.json), a routing file (.yaml), or "
+        "the name of one (trained here first, then shipped)",
     )
     ensemble_members: str = Field(
         "",
         description="instead of an ensemble file, members by name and weight, soft vote "
         "(e.g. 'finlex:1,minilm-head:1.5'; names: finlex, lm, finvader, minilm-head, null)",
-    )
-    routing_file: Path | None = Field(
-        None, description="YAML routing documents to ensembles by kind and language"
     )
     encoder_path: str | None = Field(
         None, description="local path or hub id of the sentence encoder; unset = packaged MiniLM"

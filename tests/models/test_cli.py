@@ -46,7 +46,7 @@ def test_train_fuse_and_evaluate_through_the_cli(
          "encoder": str(tiny_encoder_dir)},
         {"member": "hf", "name": "tuned", "model": "tuned", "max_length": 32},
     ]}))  # fmt: skip
-    fitted = tmp_path / "fitted.json"
+    fitted = tmp_path / "elsewhere" / "fitted.json"  # relative member paths are rewritten
     result = riskwire("models", "fuse", "--members", str(members), "--data", data, "--split",
                       "all", "--fusion", "stacking", "--out", str(fitted), env=env)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

@@ -76,7 +76,7 @@ def test_a_routing_file_builds_the_configured_router(tmp_path: Path) -> None:
         "ensembles:\n  news: finlex.json\n  social: lexicons.json\n"
         "routes:\n  - {kind: social, ensemble: social}\ndefault: news\n"
     )
-    settings = Settings(data_dir=tmp_path, routing_file=routing)
+    settings = Settings(data_dir=tmp_path, ensemble=str(routing))
     built = make_ensemble(settings)
     assert isinstance(built, Router)
     assert [m.name for m in built.ensembles["social"].members] == ["finlex", "finvader"]
