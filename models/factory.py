@@ -98,10 +98,11 @@ class MemberBuilder:
         name: str = "minilm-head",
         head: str = "minilm-head.json",
         encoder: str | None = None,
-        quantize: bool = False,
+        quantize: bool | None = None,
     ) -> Member:
         from models.embedding import EmbeddingHeadMember, Head
 
+        quantize = self.settings.quantize if quantize is None else quantize
         enc = self.encoder(self.path(encoder) if encoder else self.settings.encoder_path, quantize)
         return EmbeddingHeadMember(enc, Head.load(Path(self.path(head))), name=name)
 
@@ -109,6 +110,7 @@ class MemberBuilder:
         from models.hf import HFClassifierMember
 
         options.setdefault("device", self.settings.device)
+        options.setdefault("quantize", self.settings.quantize)
         return HFClassifierMember(self.path(model), **options)
 
     def _null(self, name: str = "null") -> Member:

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     )
 
     device: str = Field("cpu", description="cpu, cuda or cuda:N for transformer members")
+    quantize: bool = Field(
+        False, description="int8 dynamic quantisation of transformer members on the CPU"
+    )
     score_batch_size: int = Field(64, ge=1, le=4096)
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)
     ensemble: str = Field(

@@ -154,3 +154,20 @@ def test_fixed_member_helper_is_sane() -> None:
     member = FixedMember("f", [0.2, 0.5, 0.3], {"bad": [0.8, 0.1, 0.1]})
     probs = member.predict_proba(["ok", "bad news"])
     assert np.allclose(probs, [[0.2, 0.5, 0.3], [0.8, 0.1, 0.1]])
+
+
+def test_quantize_setting_reaches_transformer_members_unless_their_spec_says(
+    tmp_path: Path, tiny_encoder_dir: Path, tiny_classifier_dir: Path
+) -> None:
+    from models.factory import MemberBuilder
+    from riskwire.settings import Settings
+
+    random_head(16).save(tmp_path / "head.json")
+    builder = MemberBuilder(Settings(data_dir=tmp_path, quantize=True), tmp_path)
+    classifier = builder.build({"member": "hf", "model": str(tiny_classifier_dir)})
+    head = builder.build({"member": "head", "head": "head.json", "encoder": str(tiny_encoder_dir)})
+    assert isinstance(classifier, HFClassifierMember) and classifier.quantized
+    assert head.version.endswith("-q8") and head.describe()["quantized"]
+    plain = builder.build({"member": "hf", "model": str(tiny_classifier_dir), "quantize": False})
+    assert isinstance(plain, HFClassifierMember) and not plain.quantized
+    assert plain.version != classifier.version

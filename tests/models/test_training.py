@@ -33,6 +33,43 @@ def test_evaluate_reports_accuracy_and_macro_f1() -> None:
     assert scores["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
 
 
+def test_weighted_f1_and_calibration_error_on_known_cases() -> None:
+    from models.training import confusion, expected_calibration_error, reliability
+
+    probs = np.eye(3)[[0, 1, 2, 2]]
+    scores = evaluate(probs, [0, 1, 2, 1])
+    # class F1s 1, 2/3, 2/3 with supports 1, 2, 1
+    assert scores["weighted_f1"] == pytest.approx((1 + 2 * 2 / 3 + 2 / 3) / 4)
+    # fully confident and 75% right: the gap is 0.25
+    assert scores["ece"] == pytest.approx(0.25)
+    assert confusion(probs, np.array([0, 1, 2, 1])).tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    honest = np.array([[0.7, 0.2, 0.1]] * 10)
+    labels = np.array([0] * 7 + [1] * 3)  # 70% confident, 70% right: calibrated
+    assert expected_calibration_error(honest, labels) == pytest.approx(0.0, abs=1e-9)
+    assert reliability(honest, labels) == [(pytest.approx(0.7), pytest.approx(0.7), 10)]
+
+
+def test_splits_are_stable_disjoint_and_cover_the_set(fixtures_dir: Path) -> None:
+    data = LabelledSet.read(fixtures_dir / "labelled.jsonl")
+    parts = {name: data.split(name) for name in ("train", "val", "test")}
+    assert sum(len(p) for p in parts.values()) == len(data)
+    texts = [set(p.texts) for p in parts.values()]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    assert data.split("train").texts == parts["train"].texts
+    with pytest.raises(ModelError, match="unknown split"):
+        data.split("holdout")
+
+
+def test_labelled_csv_is_read_like_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\n"Profit rose, again",positive\nFlat quarter,neutral\n')
+    data = LabelledSet.read(path)
+    assert data.texts == ["Profit rose, again", "Flat quarter"] and data.labels.tolist() == [2, 1]
+    path.write_text("sentence,sentiment\nx,positive\n")
+    with pytest.raises(ModelError, match="'text' and 'label' columns"):
+        LabelledSet.read(path)
+
+
 def test_labelled_set_refuses_unknown_labels_and_broken_lines(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"text": "x", "label": "bullish"}) + "\n")
