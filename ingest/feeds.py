@@ -14,7 +14,11 @@
 
 Health per feed (table ``feed_health``): last poll and success, last new item, consecutive errors,
 items per minute, and a status: ``ok``, ``failing`` (3 errors in a row or more), ``silent`` (no new
-item for ``silent_after_s``). A dead feed must never look like a quiet market.
+item for ``silent_after_s``). A dead feed must never look like a quiet market: a feed turning
+``failing`` or ``silent`` fires an alert (rule ``feed_failing`` or ``feed_silent``, group
+``feed:<name>``, family ``feed-health``), resolved when the feed is ``ok`` again. These alerts take
+the same road as the risk rules' alerts: stored with their events in the feed-health transaction,
+delivered to matching subscriptions, Grafana and Alertmanager, and muted by silences.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from ingest.jsonapi import JsonApiSource, Mapping, Pagination
 from ingest.polled import PolledSource, PollOutcome
 from ingest.rss import RssSource
 from riskwire.exceptions import RiskwireError
-from storage.tables import FeedHealthRow
+from riskwire.records import FEED_PREFIX, Alert, AlertState, Severity, stable_id
+from storage import delivery, repository
+from storage.tables import AlertRow, FeedHealthRow
 
 log = logging.getLogger(__name__)
 FAILING_AFTER = 3
@@ -180,6 +186,56 @@ class Health:
         }  # fmt: skip
 
 
+FEED_FAMILY = "feed-health"
+
+
+def health_alert(health: Health, status: str, now: datetime) -> Alert:
+    """The firing alert for a feed that has just turned ``failing`` or ``silent``."""
+    quiet_since = health.last_item_at or health.started_at
+    silent_for = (now - quiet_since).total_seconds()
+    values = {"consecutive_errors": float(health.consecutive_errors), "silent_for_s": silent_for,
+              "items_per_minute": round(health.items_per_minute, 4)}  # fmt: skip
+    if status == "failing":
+        thresholds = {"consecutive_errors": float(FAILING_AFTER)}
+        explanation = (
+            f"feed {health.source} failed {health.consecutive_errors} polls in a row "
+            f"(last error: {health.last_error}); its silence is not a quiet market"
+        )
+    else:
+        thresholds = {"silent_for_s": health.silent_after_s}
+        explanation = (
+            f"feed {health.source} has produced no new item for {silent_for:,.0f} s (expected "
+            f"within {health.silent_after_s:,.0f} s); its silence is not a quiet market"
+        )
+    return Alert(
+        id=stable_id("feed-health", status, health.source, now.isoformat()),
+        rule=f"feed_{status}", ticker=FEED_PREFIX + health.source,
+        severity=Severity.CRITICAL if status == "failing" else Severity.WARNING,
+        state=AlertState.FIRING, window_start=quiet_since if status == "silent" else now,
+        window_end=now, event_time=now, values=values, thresholds=thresholds, evidence=(),
+        explanation=explanation, family=FEED_FAMILY,
+    )  # fmt: skip
+
+
+def resolved(alert: Alert, now: datetime, why: str) -> Alert:
+    update = {
+        "state": AlertState.RESOLVED, "event_time": now, "window_end": now,
+        "explanation": f"{alert.explanation}; resolved: {why}",
+    }  # fmt: skip
+    return alert.model_copy(update=update)
+
+
+def firing_feed_alerts(session: Session) -> dict[str, Alert]:
+    """The feed-health alerts still firing, by feed, so a restarted runner resolves them."""
+    rows = session.scalars(
+        select(AlertRow).where(
+            AlertRow.run_id == "live", AlertRow.state == "firing",
+            AlertRow.ticker.startswith(FEED_PREFIX),
+        )
+    )  # fmt: skip
+    return {row.ticker.removeprefix(FEED_PREFIX): repository.alert_of(row) for row in rows}
+
+
 def health_worst_first(session: Session) -> list[FeedHealthRow]:
     """Every feed's stored health, failing feeds first, then silent ones, then by name."""
     order = {"failing": 0, "silent": 1, "ok": 2}
@@ -201,6 +257,7 @@ class FeedRunner:
         publish: Callable[[list[SourceItem]], Any],
         sessions: sessionmaker[Session] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        targets: delivery.Targets | None = None,
     ) -> None:
         self.feeds = list(feeds)
         self.publish = publish
@@ -216,12 +273,18 @@ class FeedRunner:
         }  # fmt: skip
         self.due = {f.source.name: now for f in self.feeds}
         self.status = {f.source.name: "ok" for f in self.feeds}
+        self.targets = targets or delivery.Targets()
+        self.alerts: dict[str, Alert] = {}  # firing feed-health alerts, by feed
+        if sessions is not None:
+            with sessions() as session:
+                self.alerts = firing_feed_alerts(session)
         self.client = httpx.Client(follow_redirects=True)
 
     def poll_due(self) -> int:
         """Poll the feeds that are due; returns how many items they produced."""
         produced = 0
         rows = []
+        events: list[Alert] = []
         for feed in self.feeds:
             source = feed.source
             now = self.clock()
@@ -240,17 +303,43 @@ class FeedRunner:
                 log.log(level, "feed %s is %s%s", source.name, status,
                         f": {health.last_error}" if health.last_error else "")  # fmt: skip
                 self.status[source.name] = status
+            events += self._alerts(source.name, status, self.clock())
             rows.append(health.row(self.clock()))
         now = self.clock()
         for name, health in self.health.items():  # silence grows without any poll
             if health.status(now) != self.status[name]:
                 self.status[name] = health.status(now)
                 log.warning("feed %s is %s", name, self.status[name])
+                events += self._alerts(name, self.status[name], now)
                 rows.append(health.row(now))
-        if rows and self.sessions is not None:
+        if (rows or events) and self.sessions is not None:
             with self.sessions.begin() as session:
                 store_health(session, rows)
+                repository.upsert_alerts(session, events)
+                delivery.record_alert_events(session, events, self.targets, now)
         return produced
+
+    def _alerts(self, name: str, status: str, now: datetime) -> list[Alert]:
+        """Fire when a feed turns failing or silent, resolve when it is ok (or turns the other)."""
+        current = self.alerts.get(name)
+        wanted = None if status == "ok" else f"feed_{status}"
+        if current is not None and current.rule == wanted:
+            return []
+        health = self.health[name]
+        if current is not None and wanted is None:
+            # one restored from before a restart stays until the feed shows it is back: a
+            # success for a failing feed, a new item for a silent one
+            back = health.last_success_at if current.rule == "feed_failing" else health.last_item_at
+            if back is None:
+                return []
+        out = []
+        if current is not None:
+            out.append(resolved(current, now, f"the feed is {status}"))
+            del self.alerts[name]
+        if wanted is not None:
+            self.alerts[name] = health_alert(health, status, now)
+            out.append(self.alerts[name])
+        return out
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -161,6 +161,7 @@ def ingest_run(
     recording each feed's health, until Ctrl-C."""
     from ingest import RawProducer
     from ingest.feeds import FeedRunner, load_feeds
+    from riskwire.delivery.model import delivery_targets
 
     settings = _settings()
     if settings.kafka_bootstrap is None:
@@ -170,7 +171,7 @@ def ingest_run(
     with RawProducer(
         settings.kafka_bootstrap, settings.topics, settings.topic_partitions
     ) as producer:
-        runner = FeedRunner(feeds, producer.publish, sessions)
+        runner = FeedRunner(feeds, producer.publish, sessions, targets=delivery_targets(settings))
         console.print(f"polling {len(feeds)} feeds: {', '.join(f.source.name for f in feeds)}")
         try:
             if once:

@@ -36,6 +36,7 @@ Probabilities = tuple[float, float, float]
 # ``sector:<name>``; the whole market is ``market``.
 MARKET = "market"
 SECTOR_PREFIX = "sector:"
+FEED_PREFIX = "feed:"  # feed-health alerts are kept under "feed:<source>"
 GROUP_KINDS = ("ticker", "sector", "market")
 
 
@@ -53,6 +54,8 @@ def group_key(kind: str, value: str = "") -> str:
 def group_kind(key: str) -> str:
     if key == MARKET:
         return "market"
+    if key.startswith(FEED_PREFIX):
+        return "feed"
     return "sector" if key.startswith(SECTOR_PREFIX) else "ticker"
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from models.ensemble import Ensemble
 from models.routing import Scorer
-from riskwire.delivery.model import sector_map
+from riskwire.delivery.model import delivery_targets
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Record
 from riskwire.settings import Settings
@@ -107,11 +107,7 @@ class WorkerContext:
         self.risk = build_risk_engine(settings, sessions=self.sessions)  # ticker groups
         self.group_risk = build_risk_engine(settings, sessions=self.sessions)  # sectors, market
         entities.configure(settings.companies_file)  # normalise links with this table
-        self.targets = Targets(
-            grafana=settings.grafana_url is not None,
-            alertmanager=settings.alertmanager_url is not None,
-            sector_of=sector_map(settings),
-        )
+        self.targets: Targets = delivery_targets(settings)
         self._ensemble_factory = ensemble_factory
         self._ensemble: Scorer | None = None
         self._ensemble_lock = asyncio.Lock()

@@ -86,6 +86,17 @@ def sector_map(settings: Settings) -> dict[str, str]:
     return ReferenceTable.load(settings.companies_file).sector_of()
 
 
+def delivery_targets(settings: Settings) -> Any:
+    """Where the alerts of a process with these settings go, besides webhook subscriptions."""
+    from storage.delivery import Targets
+
+    return Targets(
+        grafana=settings.grafana_url is not None,
+        alertmanager=settings.alertmanager_url is not None,
+        sector_of=sector_map(settings),
+    )
+
+
 # --- webhook signatures ---------------------------------------------------------------------------
 
 SIGNATURE_HEADER = "X-Riskwire-Signature"

@@ -405,3 +405,84 @@ def test_a_live_feed_flows_through_the_same_pipeline_as_files(
     assert [d.source for d in docs] == ["markets", "markets"]
     assert docs[0].url == "https://news.example.com/markets/acme-warning" and docs[0].lang == "en"
     assert {t for _, t in links} == {"ACME", "BETA"}
+
+
+def test_failing_and_silent_feeds_raise_alerts_that_resolve_when_they_recover(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """A dead feed is an alert with a lifecycle and deliveries, never a quiet market."""
+    from riskwire.records import Alert
+    from storage.delivery import create_silence
+    from storage.tables import AlertEventRow, AlertRow, DeliveryRow
+    from tests.delivery.conftest import add_key, add_subscription
+
+    upgrade(database_url)
+    sessions = session_factory(make_engine(database_url))
+    add_key(sessions)  # a subscriber to feed health
+    add_subscription(sessions, "ops", "http://ops.invalid/hook",
+                     rules=["feed_failing", "feed_silent"])  # fmt: skip
+    clock = Clock()
+    config = write_config(tmp_path, server.url)
+    runner = FeedRunner(load_feeds(config), lambda items: None, sessions, clock)
+
+    def alerts() -> dict[tuple[str, str], Alert]:
+        from storage.repository import alert_of
+
+        with sessions() as session:
+            return {(r.ticker, r.rule): alert_of(r) for r in session.scalars(select(AlertRow))}
+
+    def states() -> dict[tuple[str, str], str]:
+        with sessions() as session:
+            return {(r.ticker, r.rule): r.state for r in session.scalars(select(AlertRow))}
+
+    try:
+        for _ in range(100):
+            clock.now = min(runner.due.values())
+            runner.poll_due()
+            if runner.status["broken"] == "failing" and runner.status["malformed"] == "failing":
+                break
+        fired = alerts()
+        assert set(fired) == {("feed:broken", "feed_failing"), ("feed:malformed", "feed_failing")}
+        broken = fired[("feed:broken", "feed_failing")]
+        assert broken.severity == "critical" and broken.family == "feed-health"
+        assert broken.values["consecutive_errors"] >= 3 == broken.thresholds["consecutive_errors"]
+        assert "HTTP 500" in broken.explanation and "not a quiet market" in broken.explanation
+        with sessions() as session:
+            events = session.scalars(select(AlertEventRow)).all()
+            assert {e.state for e in events} == {"firing"} and len(events) == 2
+            deliveries = session.scalars(select(DeliveryRow)).all()
+            assert {d.subscription_id for d in deliveries} == {"ops"} and len(deliveries) == 2
+
+        # markets (and twits) stay quiet past silent_after_s; a silence mutes the markets one
+        with sessions.begin() as session:
+            create_silence(session, ticker="feed:markets", rule=None, family=None,
+                           duration=timedelta(days=1), comment="known outage", created_by="ops",
+                           now=clock.now)  # fmt: skip
+        clock.now = Clock().now + timedelta(seconds=3700)
+        runner.poll_due()
+        assert states()[("feed:markets", "feed_silent")] == "firing"
+        with sessions() as session:
+            muted = session.scalars(
+                select(AlertEventRow).where(AlertEventRow.ticker == "feed:markets")
+            ).one()
+            assert muted.suppressed is not None and "known outage" in muted.suppressed
+            queued = {d.event_id for d in session.scalars(select(DeliveryRow))}
+            assert muted.id not in queued  # stored, nobody notified
+
+        # a restarted runner picks the firing alerts up, and resolves one once its feed is back
+        runner.close()
+        server.routes["/broken"] = static("markets.rss", "application/rss+xml")
+        runner = FeedRunner(load_feeds(config), lambda items: None, sessions, clock)
+        assert set(runner.alerts) == {"broken", "malformed", "markets", "twits"}
+        runner.poll_due()
+        assert states()[("feed:broken", "feed_failing")] == "resolved"
+        assert states()[("feed:malformed", "feed_failing")] == "firing"  # still failing
+        with sessions() as session:
+            resolved = session.scalars(
+                select(AlertEventRow).where(AlertEventRow.state == "resolved")
+            ).all()
+        # markets and twits hand a fresh runner their items again: not silent any more
+        assert {e.ticker for e in resolved} == {"feed:broken", "feed:markets", "feed:twits"}
+        assert alerts()[("feed:broken", "feed_failing")].id == broken.id
+    finally:
+        runner.close()
