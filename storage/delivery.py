@@ -31,6 +31,7 @@ from storage.tables import (
 )
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+CANCELLED = "cancelled"  # withdrawn before any attempt: its event was inhibited after it was queued
 WEBHOOK, GRAFANA, ALERTMANAGER = "webhook", "grafana", "alertmanager"
 
 
@@ -77,6 +78,7 @@ def record_alert_events(
         event["suppressed"] = why.get(event["id"])
     _insert_ignore(session, AlertEventRow, events)
     events = [e for e in events if e["suppressed"] is None]  # stored, but nobody is notified
+    inhibit_queued(session, [a for a in live if event_id(a) not in why], targets.sector_of, now)
     subscriptions = session.scalars(
         select(SubscriptionRow).where(
             SubscriptionRow.channel == WEBHOOK, SubscriptionRow.active.is_(True)
@@ -102,6 +104,53 @@ def record_alert_events(
         ]  # fmt: skip
     _insert_ignore(session, DeliveryRow, deliveries)
     return len(events)
+
+
+def inhibit_queued(
+    session: Session, alerts: Sequence[Alert], sector_of: Mapping[str, str], now: datetime
+) -> int:
+    """A sector or market alert that fires also mutes the single-name alerts of its family that
+    are already queued: events of firing alerts whose deliveries have not been tried yet. Their
+    deliveries are cancelled and the events marked, so their resolutions stay quiet too. One that
+    some target has already been sent (or tried) is left as it is. Returns how many it muted."""
+    inhibitors = [
+        a for a in alerts
+        if a.state == AlertState.FIRING and a.family and group_kind(a.ticker) in ("sector", "market")
+    ]  # fmt: skip
+    muted = 0
+    for inhibitor in inhibitors:
+        candidates = session.execute(
+            select(AlertEventRow.id, AlertEventRow.ticker)
+            .join(AlertRow, AlertRow.id == AlertEventRow.alert_id)
+            .where(
+                AlertEventRow.state == "firing", AlertEventRow.suppressed.is_(None),
+                AlertRow.state == "firing", AlertRow.run_id == "live",
+                AlertRow.family == inhibitor.family,
+            )
+        ).all()  # fmt: skip
+        sector = inhibitor.ticker.removeprefix(group_key("sector", ""))
+        names = {
+            event: ticker for event, ticker in candidates
+            if group_kind(ticker) == "ticker"
+            and (group_kind(inhibitor.ticker) == "market" or sector_of.get(ticker) == sector)
+        }  # fmt: skip
+        if not names:
+            continue
+        rows = session.scalars(select(DeliveryRow).where(DeliveryRow.event_id.in_(names))).all()
+        tried = {r.event_id for r in rows if r.status != PENDING or r.attempts > 0}
+        reason = (
+            f"inhibited by {inhibitor.ticker} alert {inhibitor.id} ({inhibitor.family}), "
+            "after it was queued"
+        )
+        for event in set(names) - tried:
+            session.execute(
+                update(AlertEventRow).where(AlertEventRow.id == event).values(suppressed=reason)
+            )
+            muted += 1
+        for row in rows:
+            if row.event_id not in tried:
+                row.status, row.last_error, row.updated_at = CANCELLED, reason, now
+    return muted
 
 
 def active_silences(session: Session, now: datetime) -> list[SilenceRow]:

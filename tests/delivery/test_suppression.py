@@ -108,3 +108,40 @@ def test_a_sector_or_market_alert_inhibits_single_name_alerts_of_its_family(
     again = make_alert(ticker="XOM", family="negative_surge")
     store_alerts(sessions, [again], now)
     assert firing_event(sessions, again).suppressed is None
+
+
+def test_a_sector_alert_withdraws_queued_single_name_alerts_of_its_family(
+    sessions: sessionmaker[Session],
+) -> None:
+    add_key(sessions)
+    add_subscription(sessions, "all", "http://127.0.0.1:9/a")
+    now = datetime.now(UTC)
+    queued = make_alert(ticker="XOM", family="negative_surge")
+    sent = make_alert(ticker="CVX", family="negative_surge")
+    other_family = make_alert(ticker="XOM", rule="volume_spike", family="volume")
+    other_sector = make_alert(ticker="AAPL", family="negative_surge")
+    store_alerts(sessions, [queued, sent, other_family, other_sector], now)
+    with sessions.begin() as session:  # CVX's notification has gone out already
+        event = firing_event(sessions, sent).id
+        store.mark_delivered(
+            session, [(d.id, None) for d in deliveries(sessions) if d.event_id == event], now
+        )
+
+    sector = make_alert(ticker="sector:Energy", family="negative_surge")
+    store_alerts(sessions, [sector], now + timedelta(seconds=5))
+    why = firing_event(sessions, queued).suppressed
+    assert why is not None and "sector:Energy" in why and "after it was queued" in why
+    assert firing_event(sessions, sent).suppressed is None  # too late: it was sent
+    assert firing_event(sessions, other_family).suppressed is None
+    assert firing_event(sessions, other_sector).suppressed is None
+    name = {firing_event(sessions, a).id: f"{a.ticker}/{a.family}"
+            for a in (queued, sent, other_family, other_sector)}  # fmt: skip
+    status = {name[d.event_id]: d.status for d in deliveries(sessions) if d.event_id in name}
+    assert status == {
+        "XOM/negative_surge": store.CANCELLED, "CVX/negative_surge": store.DELIVERED,
+        "XOM/volume": store.PENDING, "AAPL/negative_surge": store.PENDING,
+    }  # fmt: skip
+    # the cancelled one's resolution stays quiet too
+    store_alerts(sessions, [queued.model_copy(update={"state": AlertState.RESOLVED})],
+                 now + timedelta(minutes=1))  # fmt: skip
+    assert suppressed(sessions)[("XOM", "resolved")] == "its firing was not notified"
