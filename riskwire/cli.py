@@ -343,7 +343,8 @@ def models_fuse(
     name: Annotated[str | None, typer.Option(help="ensemble name; default: the file's")] = None,
     register: Annotated[bool, typer.Option(help="record the version in the database")] = True,
 ) -> None:
-    """Fit an ensemble's fusion (temperatures and weights, stacker, Dawid-Skene) on a split."""
+    """Fit an ensemble's fusion (temperatures and weights, stacker, Dawid-Skene) on a split of
+    --data (default val), and report it on the test split."""
     from models.ensemble import Ensemble
     from models.factory import MemberBuilder, read_spec, relocate, spec_of
     from models.fusion import get_fusion
@@ -360,13 +361,18 @@ def models_fuse(
     labelled = _labelled(data, split)
     with console.status(f"scoring {len(labelled):,} texts with {len(built)} members and fitting"):
         ensemble.fit_fusion(labelled.texts, labelled.labels)
-        evaluation = evaluate_ensemble(ensemble, labelled, f"{split} split")
+    # figures on held-out rows: the test split when fitted on val, else the rows it was fitted on
+    held = "test" if split == "val" else split
+    check = _labelled(data, held)
+    with console.status(f"evaluating on {len(check):,} {held} rows"):
+        evaluation = evaluate_ensemble(ensemble, check, f"{held} split")
     console.print(table(evaluation))
     # relative paths in the written file are rewritten for its own folder
     written = spec_of(
         ensemble, relocate(spec["members"], members.parent, out.parent),
         fitted_on={"data_sha256": labelled.sha256, "rows": len(labelled)},
-        metrics={"fused": evaluation.fused, "members": evaluation.members},
+        metrics={"split": held, "rows": len(check), "fused": evaluation.fused,
+                 "members": evaluation.members},
     )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(written, indent=1) + "\n", encoding="utf-8")
