@@ -68,7 +68,7 @@ models: heads
 		--out $(TRAINED)/minilm-ft-fpb --epochs 4 --max-length 96
 	$(BIN)/riskwire models train --kind finetune --data $(TWEETS) --name minilm-ft-tweets \
 		--out $(TRAINED)/minilm-ft-tweets --epochs 3 --max-length 64
-	$(FUSE) --members models/recipes/finetuned.json --data $(FPB) --name news \
+	$(FUSE) --members models/recipes/finetuned.json --data $(FPB) --name news --fusion soft \
 		--out $(TRAINED)/ensembles/news.json
 	$(FUSE) --members models/recipes/finetuned.json --data $(TWEETS) --name social \
 		--out $(TRAINED)/ensembles/social.json

@@ -58,14 +58,15 @@ class LabelledSet:
 
     @classmethod
     def read_many(cls, paths: Sequence[Path]) -> LabelledSet:
-        parts = [cls.read(p) for p in paths]
+        return cls.concat([cls.read(p) for p in paths])
+
+    @classmethod
+    def concat(cls, parts: Sequence[LabelledSet]) -> LabelledSet:
         if len(parts) == 1:
             return parts[0]
         digest = hashlib.sha256("".join(p.sha256 for p in parts).encode()).hexdigest()
         return cls(
-            [t for p in parts for t in p.texts],
-            np.concatenate([p.labels for p in parts]),
-            digest,
+            [t for p in parts for t in p.texts], np.concatenate([p.labels for p in parts]), digest
         )
 
     def split(self, name: str) -> LabelledSet:

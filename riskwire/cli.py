@@ -388,7 +388,12 @@ def models_fuse(
 def models_eval(
     data: DataOption,
     ensemble: Annotated[
-        str | None, typer.Option(help="shipped ensemble name or ensemble file; default: configured")
+        str | None,
+        typer.Option(help="ensemble or routing file, or a name; default: the configured one"),
+    ] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(help="document kind of each --data file, in order, for a routing file"),
     ] = None,
     split: SplitOption = "all",
     limit: Annotated[int, typer.Option(help="at most this many rows (0 = all)")] = 0,
@@ -397,18 +402,30 @@ def models_eval(
     ] = None,
     as_json: JsonOutput = False,
 ) -> None:
-    """Accuracy, macro/weighted F1, ECE and docs/s of each member and the fused ensemble."""
-    from models.factory import build_ensemble, load_ensemble
-    from riskwire.evaluate import evaluate_ensemble, table, write_report
+    """Accuracy, macro/weighted F1, ECE and docs/s of each member and the fused ensemble; a
+    routing file sends each file's rows to the ensemble for its --kind."""
+    from models.factory import ensemble_path, is_routing, load_ensemble
+    from models.routing import load_router
+    from riskwire.evaluate import evaluate_ensemble, evaluate_router, table, write_report
 
     settings = _settings()
     out = Console(stderr=True) if as_json else console
-    built = load_ensemble(ensemble, settings) if ensemble else build_ensemble(settings)
-    labelled = _labelled(data, split)
+    path = ensemble_path(ensemble or settings.ensemble, settings)
+    kinds = kind or ["news"] * len(data)
+    if len(kinds) != len(data):
+        raise RiskwireError(f"{len(kinds)} --kind for {len(data)} --data files")
+    parts = [_labelled([p], split) for p in data]
+    labelled = type(parts[0]).concat(parts)
+    row_kinds = [k for k, part in zip(kinds, parts, strict=True) for _ in range(len(part))]
     if limit:
         labelled = type(labelled)(labelled.texts[:limit], labelled.labels[:limit], labelled.sha256)
+        row_kinds = row_kinds[:limit]
     names = "+".join(p.stem for p in data) + ("" if split == "all" else f" ({split} split)")
-    evaluation = evaluate_ensemble(built, labelled, names, out)
+    if is_routing(path):
+        router = load_router(path, settings)
+        evaluation = evaluate_router(router, labelled, row_kinds, names, out)
+    else:
+        evaluation = evaluate_ensemble(load_ensemble(str(path), settings), labelled, names, out)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     folder = report or settings.data_dir / "reports" / f"eval-{stamp}"
     png = write_report(evaluation, folder)

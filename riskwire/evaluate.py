@@ -19,7 +19,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from models.base import Member
 from models.ensemble import Ensemble
+from models.routing import Router
 from models.training import LabelledSet, confusion, evaluate, reliability
 from riskwire.records import LABELS
 
@@ -80,6 +82,40 @@ def evaluate_ensemble(
         probs={**{m.name: member_probs[i] for i, m in enumerate(ensemble.members)},
                f"fused ({ensemble.fusion_name})": fused},
         labels=labels,
+    )  # fmt: skip
+
+
+def evaluate_router(
+    router: Router, data: LabelledSet, kinds: list[str], name: str, console: Console | None = None
+) -> Evaluation:
+    """Each row judged by the ensemble its kind routes to (language: English). Members are every
+    ensemble's members by name, each timed and scored alone on all rows."""
+    texts, labels = data.texts, data.labels
+    members: dict[str, Member] = {}
+    for ensemble in router.ensembles.values():
+        for member in ensemble.members:
+            members.setdefault(member.name, member)
+    member_probs, figures = {}, {}
+    for member_name, member in members.items():
+        if console:
+            console.log(f"scoring {len(texts):,} texts with {member_name}")
+        for ensemble in router.ensembles.values():
+            forget_embeddings(ensemble)
+        started = time.perf_counter()
+        member_probs[member_name] = member.predict_proba(texts)
+        figures[member_name] = _figures(
+            member_probs[member_name], labels, time.perf_counter() - started
+        )
+    for ensemble in router.ensembles.values():
+        forget_embeddings(ensemble)
+    started = time.perf_counter()
+    judged = router.judge_routed(texts, [(k, "en") for k in kinds])
+    fused = np.array([j.probabilities for j in judged]).reshape(-1, 3)
+    seconds = time.perf_counter() - started
+    return Evaluation(
+        data=name, n=len(texts), ensemble=router.version, members=figures,
+        fused=_figures(fused, labels, seconds),
+        probs={**member_probs, "fused (routed)": fused}, labels=labels,
     )  # fmt: skip
 
 

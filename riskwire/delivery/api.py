@@ -38,7 +38,9 @@ from storage.tables import (
 )
 
 Severity = Literal["info", "warning", "critical"]
-DeliveryStatus = Annotated[Literal["pending", "delivered", "dead", "cancelled"] | None, Query(alias="status")]
+DeliveryStatus = Annotated[
+    Literal["pending", "delivered", "dead", "cancelled"] | None, Query(alias="status")
+]
 LIVE_PAGE = Path(__file__).resolve().parent / "static" / "live.html"
 
 

@@ -67,5 +67,23 @@ def test_train_fuse_and_evaluate_through_the_cli(
     assert (report / "report.png").stat().st_size > 10_000
     assert "| **fused** |" in (report / "report.md").read_text()
 
+    # a routing file: each file's rows go to the ensemble for their kind
+    routing = tmp_path / "elsewhere" / "routing.yaml"
+    majority = tmp_path / "elsewhere" / "lexicons.json"
+    majority.write_text(json.dumps({"name": "lexicons", "members": [
+        {"member": "finlex"}, {"member": "finvader"}], "fusion": {"strategy": "majority"}}))  # fmt: skip
+    routing.write_text("ensembles: {news: fitted.json, social: lexicons.json}\n"
+                       "routes: [{kind: social, ensemble: social}]\ndefault: news\n")  # fmt: skip
+    result = riskwire("models", "eval", "--data", data, "--data", data, "--kind", "news",
+                      "--kind", "social", "--ensemble", str(routing), "--json",
+                      "--report", str(tmp_path / "routed"), env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    routed = json.loads(result.stdout)
+    assert routed["n"] == 60 and routed["ensemble"].startswith("router-")
+    assert set(routed["members"]) == {"finlex", "finvader", "tiny-head", "tuned"}
+    result = riskwire("models", "eval", "--data", data, "--kind", "news", "--kind", "social",
+                      "--ensemble", str(routing), env=env)  # fmt: skip
+    assert result.returncode != 0 and "2 --kind for 1 --data" in result.stdout + result.stderr
+
     result = riskwire("models", "eval", "--data", data, "--ensemble", "nonesuch", env=env)
     assert result.returncode != 0 and "no ensemble 'nonesuch'" in result.stdout + result.stderr
