@@ -160,8 +160,14 @@ def write_report(evaluation: Evaluation, folder: Path) -> Path:
     (folder / "report.json").write_text(json.dumps(evaluation.as_json(), indent=1) + "\n")
     (folder / "report.md").write_text(markdown(evaluation))
     models = list(evaluation.probs)
-    columns = len(models) + 1
-    fig, axes = plt.subplots(1, columns, figsize=(3.3 * columns, 3.6))
+    panels = len(models) + 1
+    columns = min(4, panels)
+    rows = -(-panels // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.3 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[panels:]:
+        ax.set_axis_off()
+    axes = axes[:panels]
     for ax, name in zip(axes[:-1], models, strict=True):
         counts = confusion(evaluation.probs[name], evaluation.labels)
         ax.imshow(counts, cmap="Blues")
