@@ -123,7 +123,7 @@ def bert_base_ensemble(device: str, members: int = 3) -> Ensemble:
         BertForSequenceClassification(config).save_pretrained(path)
         tokenizer.save_pretrained(path)
         built.append(HFClassifierMember(str(path), name=f"bert-base-{k}", device=device,
-                                        batch_size=128))  # fmt: skip
+                                        batch_size=128, precision="fp16"))  # fmt: skip
     return Ensemble(built, fusion="soft", name="bert-base-x3")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from models.exceptions import ModelError
 from riskwire.records import LABELS, Vote
 
 
@@ -92,15 +93,56 @@ class NullMember(Member):
         return {"kind": "null"}
 
 
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): then bf16 autocast runs
+    transformer members 2-3 times faster than fp32, with the same labels."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: fp16 on a GPU, bf16 on a CPU that has it, else fp32."""
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return "fp16"
+        return "bf16" if cpu_has_bf16() else "fp32"
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision {precision!r}: choose auto or one of {PRECISIONS}")
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise ModelError("fp16 (half precision) is for GPU members; use bf16 or int8 on the CPU")
+    if precision == "int8" and device != "cpu":
+        raise ModelError("int8 dynamic quantisation is for CPU members")
+    return precision
+
+
+def autocast(precision: str) -> Any:
+    """The context a forward pass runs in: bf16 autocast on the CPU, else nothing."""
+    import contextlib
+
+    if precision == "bf16":
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 class TorchMember(Member):
     """A member whose forward pass runs under ``torch.inference_mode()`` on its own device."""
 
     device: str = "cpu"
+    precision: str = "fp32"
 
     def _run(self, batch: Any) -> Any:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision):
             batch = _to_device(batch, self.device)
             return self._forward(batch).float().cpu().numpy()
 

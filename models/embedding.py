@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import TorchMember, softmax
+from models.base import TorchMember, autocast, resolve_precision, softmax
 from models.exceptions import ModelError
 
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
@@ -37,6 +37,7 @@ class SentenceEncoder:
         device: str = "cpu",
         max_length: int = 128,
         quantize: bool = False,
+        precision: str = "fp32",
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -49,9 +50,12 @@ class SentenceEncoder:
             self.model = AutoModel.from_pretrained(self.path).to(device).eval()
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load encoder {self.path!r}: {exc}") from exc
-        if device.startswith("cuda"):
+        # fp32, bf16 (CPU autocast), int8 (CPU dynamic quantisation; quantize=True), fp16 (GPU)
+        self.precision = resolve_precision("int8" if quantize else precision, device)
+        if device.startswith("cuda") and self.precision in ("fp16", "fp32"):
             self.model = self.model.half()
-        self.quantized = quantize and device == "cpu"
+            self.precision = "fp16"
+        self.quantized = self.precision == "int8"
         if self.quantized:
             self.model = torch.ao.quantization.quantize_dynamic(
                 self.model, {torch.nn.Linear}, dtype=torch.qint8
@@ -90,7 +94,7 @@ class SentenceEncoder:
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with self._torch.inference_mode():
+        with self._torch.inference_mode(), autocast(self.precision):
             for start in range(0, len(order), batch_size):
                 index = order[start : start + batch_size]
                 batch = self.tokenize([texts[i] for i in index]).to(self.device)
@@ -148,7 +152,8 @@ class EmbeddingHeadMember(TorchMember):
                 f"head expects {head.weight.shape[0]}-d embeddings, encoder gives {encoder.dim}"
             )
         self.name = name
-        self.version = head.version + ("-q8" if encoder.quantized else "")
+        suffix = {"int8": "-q8", "bf16": "-bf16", "fp16": "-fp16"}.get(encoder.precision, "")
+        self.version = head.version + suffix
         self.head = head
         self.encoder = encoder
         self.device = encoder.device
@@ -158,7 +163,7 @@ class EmbeddingHeadMember(TorchMember):
             "kind": "embedding-head",
             "encoder_path": self.encoder.path,
             "device": self.device,
-            "quantized": self.encoder.quantized,
+            "precision": self.encoder.precision,
             **self.head.meta,
         }
 

@@ -44,19 +44,26 @@ class MemberBuilder:
     def __init__(self, settings: Settings, base: Path | None = None) -> None:
         self.settings = settings
         self.base = base or ARTIFACT_DIR
-        self._encoders: dict[tuple[str | None, bool], Any] = {}
+        self._encoders: dict[tuple[str | None, str], Any] = {}
 
     def path(self, value: str) -> str:
         candidate = self.base / value
         return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
 
-    def encoder(self, path: str | None, quantize: bool) -> Any:
+    def precision(self, precision: str | None, quantize: bool | None) -> str:
+        """A member's precision: its spec's (``quantize: true`` is int8), else the settings'."""
+        from models.base import resolve_precision
+
+        chosen = "int8" if quantize else (precision or self.settings.precision)
+        return resolve_precision(chosen, self.settings.device)
+
+    def encoder(self, path: str | None, precision: str) -> Any:
         from models.embedding import SentenceEncoder
 
-        key = (path, quantize)
+        key = (path, precision)
         if key not in self._encoders:
             self._encoders[key] = SentenceEncoder(
-                path, device=self.settings.device, quantize=quantize
+                path, device=self.settings.device, precision=precision
             )
         return self._encoders[key]
 
@@ -98,19 +105,22 @@ class MemberBuilder:
         name: str = "minilm-head",
         head: str = "minilm-head.json",
         encoder: str | None = None,
+        precision: str | None = None,
         quantize: bool | None = None,
     ) -> Member:
         from models.embedding import EmbeddingHeadMember, Head
 
-        quantize = self.settings.quantize if quantize is None else quantize
-        enc = self.encoder(self.path(encoder) if encoder else self.settings.encoder_path, quantize)
+        chosen = self.precision(precision, quantize)
+        enc = self.encoder(self.path(encoder) if encoder else self.settings.encoder_path, chosen)
         return EmbeddingHeadMember(enc, Head.load(Path(self.path(head))), name=name)
 
     def _hf(self, model: str, **options: Any) -> Member:
         from models.hf import HFClassifierMember
 
         options.setdefault("device", self.settings.device)
-        options.setdefault("quantize", self.settings.quantize)
+        options["precision"] = self.precision(
+            options.get("precision"), options.pop("quantize", None)
+        )
         return HFClassifierMember(self.path(model), **options)
 
     def _null(self, name: str = "null") -> Member:

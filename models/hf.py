@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import TorchMember, softmax
+from models.base import TorchMember, autocast, resolve_precision, softmax
 from models.exceptions import ModelError
 from riskwire.records import LABELS
 
@@ -79,7 +79,7 @@ class HFClassifierMember(TorchMember):
         max_length: int = 256,
         stride: int | None = None,
         batch_size: int = 32,
-        half: bool | None = None,
+        precision: str = "fp32",
         quantize: bool = False,
         label_names: Mapping[str, str] | None = None,
     ) -> None:
@@ -104,14 +104,14 @@ class HFClassifierMember(TorchMember):
         if not getattr(self.tokenizer, "is_fast", False):
             raise ModelError(f"{model!r} has no fast tokenizer; chunking needs one")
         self.order = canonical_order(net.config.id2label, label_names)
-        self.half = device.startswith("cuda") if half is None else half
-        self.quantized = quantize and device == "cpu"
+        # fp32, bf16 (CPU autocast), int8 (CPU dynamic quantisation; quantize=True) or fp16 (GPU)
+        self.precision = resolve_precision("int8" if quantize else precision, device)
+        self.quantized = self.precision == "int8"
+        self.half = self.precision == "fp16"
         if self.quantized:
             net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
         net = net.to(device).eval()
         if self.half:
-            if device == "cpu":
-                raise ModelError("half precision is for GPU members; use quantize on the CPU")
             net = net.half()
         self.model = net
         local = Path(model)
@@ -121,7 +121,7 @@ class HFClassifierMember(TorchMember):
             else str(getattr(net.config, "_commit_hash", None) or "hub")[:10]
         )
         self.name = name or (local.name if local.is_dir() else model.split("/")[-1])
-        variant = "q8" if self.quantized else ("fp16" if self.half else "fp32")
+        variant = "q8" if self.quantized else self.precision
         self.version = f"{self.name}-{origin}-{variant}-L{max_length}"
         meta = local / "riskwire.json"
         self.meta = json.loads(meta.read_text()) if meta.is_file() else {}
@@ -133,8 +133,7 @@ class HFClassifierMember(TorchMember):
             "labels": [self.model.config.id2label[i] for i in self.order],
             "max_length": self.max_length,
             "device": self.device,
-            "quantized": self.quantized,
-            "half": self.half,
+            "precision": self.precision,
             **{k: v for k, v in self.meta.items() if k in ("base", "data_sha256", "metrics")},
         }
 
@@ -153,7 +152,7 @@ class HFClassifierMember(TorchMember):
         encoding = batch["encoding"]
         chunks = encoding["input_ids"].shape[0]
         logits = []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision):
             for start in range(0, chunks, self.batch_size):
                 part = {k: v[start : start + self.batch_size].to(self.device) for k, v in
                         encoding.items()}  # fmt: skip

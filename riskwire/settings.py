@@ -74,8 +74,11 @@ class Settings(BaseSettings):
     )
 
     device: str = Field("cpu", description="cpu, cuda or cuda:N for transformer members")
-    quantize: bool = Field(
-        False, description="int8 dynamic quantisation of transformer members on the CPU"
+    precision: str = Field(
+        "auto",
+        pattern=r"^(auto|fp32|bf16|int8|fp16)$",
+        description="transformer members' arithmetic: auto (fp16 on a GPU, bf16 on a CPU that "
+        "has it, else fp32), fp32, bf16, int8 (CPU dynamic quantisation) or fp16 (GPU)",
     )
     score_batch_size: int = Field(64, ge=1, le=4096)
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)

@@ -81,8 +81,10 @@ def test_long_texts_are_scored_in_windows_and_combined_by_token_count(
 def test_settings_that_cannot_work_are_refused(tiny_classifier_dir: Path) -> None:
     with pytest.raises(ModelError, match="stride"):
         HFClassifierMember(str(tiny_classifier_dir), max_length=16, stride=8)
-    with pytest.raises(ModelError, match="half precision is for GPU"):
-        HFClassifierMember(str(tiny_classifier_dir), half=True)
+    with pytest.raises(ModelError, match=r"fp16 \(half precision\) is for GPU"):
+        HFClassifierMember(str(tiny_classifier_dir), precision="fp16")
+    with pytest.raises(ModelError, match="precision 'fp8'"):
+        HFClassifierMember(str(tiny_classifier_dir), precision="fp8")
 
 
 def test_version_follows_the_weights_and_the_variant(tmp_path: Path, tiny_classifier_dir: Path):

@@ -156,18 +156,23 @@ def test_fixed_member_helper_is_sane() -> None:
     assert np.allclose(probs, [[0.2, 0.5, 0.3], [0.8, 0.1, 0.1]])
 
 
-def test_quantize_setting_reaches_transformer_members_unless_their_spec_says(
+def test_precision_setting_reaches_transformer_members_unless_their_spec_says(
     tmp_path: Path, tiny_encoder_dir: Path, tiny_classifier_dir: Path
 ) -> None:
     from models.factory import MemberBuilder
     from riskwire.settings import Settings
 
     random_head(16).save(tmp_path / "head.json")
-    builder = MemberBuilder(Settings(data_dir=tmp_path, quantize=True), tmp_path)
+    builder = MemberBuilder(Settings(data_dir=tmp_path, precision="int8"), tmp_path)
     classifier = builder.build({"member": "hf", "model": str(tiny_classifier_dir)})
     head = builder.build({"member": "head", "head": "head.json", "encoder": str(tiny_encoder_dir)})
     assert isinstance(classifier, HFClassifierMember) and classifier.quantized
-    assert head.version.endswith("-q8") and head.describe()["quantized"]
-    plain = builder.build({"member": "hf", "model": str(tiny_classifier_dir), "quantize": False})
-    assert isinstance(plain, HFClassifierMember) and not plain.quantized
+    assert head.version.endswith("-q8") and head.describe()["precision"] == "int8"
+    plain = builder.build({"member": "hf", "model": str(tiny_classifier_dir), "precision": "fp32"})
+    assert isinstance(plain, HFClassifierMember) and plain.precision == "fp32"
     assert plain.version != classifier.version
+    bf16 = builder.build({"member": "hf", "model": str(tiny_classifier_dir), "precision": "bf16"})
+    assert isinstance(bf16, HFClassifierMember) and bf16.version.endswith("bf16-L256")
+    # bf16 arithmetic: the same labels as fp32, probabilities within a few hundredths
+    assert np.array_equal(bf16.predict_proba(TEXTS).argmax(1), plain.predict_proba(TEXTS).argmax(1))
+    assert np.allclose(bf16.predict_proba(TEXTS), plain.predict_proba(TEXTS), atol=0.03)
