@@ -2,9 +2,10 @@
 
     riskwire bench infer [--data FILE.jsonl] [--n 2000] [--json]
 
-- **ensemble**: the configured default ensemble as the stream runs it: ``judge`` on batches of
-  ``score_batch_size`` texts (length-sorted micro-batches, ``inference_mode``, one embedding pass
-  shared by the heads over one encoder, all members' votes fused).
+- **ensemble**: the configured ensemble (for a routing file, its default route's) as the stream runs
+  it: ``judge`` on batches of ``score_batch_size`` texts (length-sorted micro-batches,
+  ``inference_mode``, the configured precision, one embedding pass shared by the heads over one
+  encoder, all members' votes fused).
 - **naive**: the same members, one document at a time, each transformer member through a
   ``transformers.pipeline`` (``text-classification`` for classifier members; ``feature-extraction``
   plus mean pooling and the head for embedding heads), lexicon members on one text per call, and
