@@ -436,6 +436,40 @@ def models_eval(
     out.print(f"report: {png}")
 
 
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Option(help="only versions of this name")] = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """The model registry: every member, ensemble and router version trained or loaded here."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from storage.tables import ModelVersionRow
+
+    with _sessions(_settings())() as session:
+        query = select(ModelVersionRow).order_by(ModelVersionRow.registered_at.desc())
+        if name:
+            query = query.where(ModelVersionRow.name == name)
+        rows = list(session.scalars(query))
+    if as_json:
+        print(json.dumps([{"name": r.name, "version": r.version, "kind": r.kind,
+                           "registered_at": r.registered_at.isoformat(),
+                           "description": r.description} for r in rows]))  # fmt: skip
+        return
+    listing = Table("name", "version", "kind", "registered", "data", "metrics")
+    for r in rows:
+        metrics = r.description.get("metrics") or {}
+        shown = {k.removeprefix("val_"): v for k, v in metrics.items()
+                 if k.removeprefix("val_") in ("macro_f1", "accuracy", "ece")}  # fmt: skip
+        listing.add_row(
+            r.name, r.version, r.kind, f"{r.registered_at:%Y-%m-%d %H:%M}",
+            str(r.description.get("data_sha256") or "")[:12],
+            ", ".join(f"{k} {v:.3f}" for k, v in shown.items() if isinstance(v, int | float)),
+        )  # fmt: skip
+    console.print(listing)
+
+
 @models_app.command("evaluate", hidden=True)
 def models_evaluate(
     data: Annotated[Path, typer.Argument(exists=True, help="labelled JSONL (text, label)")],

@@ -67,6 +67,14 @@ def test_train_fuse_and_evaluate_through_the_cli(
     assert (report / "report.png").stat().st_size > 10_000
     assert "| **fused** |" in (report / "report.md").read_text()
 
+    result = riskwire("models", "list", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    listed = {row["name"]: row for row in json.loads(result.stdout)}
+    assert {"tiny-head", "tuned", "tiny", "finlex"} <= set(listed)
+    assert listed["tiny"]["version"] == spec["version"]
+    result = riskwire("models", "list", "--name", "tuned", env=env)
+    assert result.returncode == 0 and "tuned" in result.stdout and "tiny-head" not in result.stdout
+
     # a routing file: each file's rows go to the ensemble for their kind
     routing = tmp_path / "elsewhere" / "routing.yaml"
     majority = tmp_path / "elsewhere" / "lexicons.json"
