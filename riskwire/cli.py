@@ -364,8 +364,9 @@ def models_fuse(
     # figures on held-out rows: the test split when fitted on val, else the rows it was fitted on
     held = "test" if split == "val" else split
     check = _labelled(data, held)
-    with console.status(f"evaluating on {len(check):,} {held} rows"):
-        evaluation = evaluate_ensemble(ensemble, check, f"{held} split")
+    title = f"{held} split" if held != "all" else "the rows it was fitted on (not held out)"
+    with console.status(f"evaluating on {len(check):,} rows"):
+        evaluation = evaluate_ensemble(ensemble, check, title)
     console.print(table(evaluation))
     # relative paths in the written file are rewritten for its own folder
     written = spec_of(

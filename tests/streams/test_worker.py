@@ -98,7 +98,14 @@ def test_every_good_record_is_stored_once_and_every_bad_one_is_dead_lettered(
             select(ScoreRow.document_id, func.count()).group_by(ScoreRow.document_id)
         ).all()
         assert {d: n for d, n in scored} == {d: 1 for d in ids}
-        assert session.scalar(select(func.count()).select_from(VoteRow)) == 2 * len(ids)
+        # every document has one vote per member of the ensemble that scored it, each member once
+        votes = session.execute(
+            select(VoteRow.document_id, func.count(), func.count(VoteRow.member.distinct()))
+            .group_by(VoteRow.document_id)
+        ).all()  # fmt: skip
+        assert {d for d, _, _ in votes} == ids
+        # the shipped news and social ensembles have five members each
+        assert {n for _, n, _ in votes} == {5} and all(n == m for _, n, m in votes)
         mentions = session.scalar(select(func.count()).select_from(DocumentTickerRow))
         assert mentions == 12  # 11 linked documents, one of them naming two tickers
         assert session.scalar(select(func.count()).select_from(TickerSentimentRow)) == mentions
