@@ -140,14 +140,6 @@ MEMBERS: dict[str, Spec] = {
 }
 
 
-def build_member(name: str, settings: Settings) -> Member:
-    try:
-        spec = MEMBERS[name]
-    except KeyError:
-        raise ModelError(f"unknown member {name!r}; choose one of {sorted(MEMBERS)}") from None
-    return MemberBuilder(settings).build(spec)
-
-
 def parse_members(spec: str) -> tuple[tuple[str, float], ...]:
     """``"finlex:1,minilm-head:1.5"`` -> members and their weights (weight 1 when left out)."""
     members = []
@@ -262,15 +254,14 @@ def make_ensemble(
     in ``ensemble_members``, else the configured ensemble or routing file."""
     if factory is not None:
         return factory()
-    if settings.ensemble_members:
-        return build_ensemble(settings, parse_members(settings.ensemble_members))
-    path = ensemble_path(settings.ensemble, settings)
-    if is_routing(path):
-        from models.routing import load_router
+    if not settings.ensemble_members:
+        path = ensemble_path(settings.ensemble, settings)
+        if is_routing(path):
+            from models.routing import load_router
 
-        log.info("routing file %s", path)
-        return load_router(path, settings)
-    return load_ensemble(str(path), settings)
+            log.info("routing file %s", path)
+            return load_router(path, settings)
+    return build_ensemble(settings)
 
 
 def build_ensemble(
