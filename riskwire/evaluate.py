@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,29 +60,15 @@ def evaluate_ensemble(
     ensemble: Ensemble, data: LabelledSet, name: str, console: Console | None = None
 ) -> Evaluation:
     texts, labels = data.texts, data.labels
-    member_probs, seconds = [], []
-    for member in ensemble.members:
-        if console:
-            console.log(f"scoring {len(texts):,} texts with {member.name}")
-        forget_embeddings(ensemble)  # each member's docs/s is its own, encoder included
-        started = time.perf_counter()
-        member_probs.append(member.predict_proba(texts))
-        seconds.append(time.perf_counter() - started)
+    probs, figures = score_members(ensemble.members, data, console)
     # the ensemble as the stream runs it: heads over one encoder share its embeddings
-    forget_embeddings(ensemble)
+    forget_embeddings(ensemble.members)
     started = time.perf_counter()
     fused = ensemble.fusion(ensemble.member_proba(texts), ensemble.weights)
-    fused_s = time.perf_counter() - started
-    members = {
-        m.name: _figures(member_probs[i], labels, seconds[i])
-        for i, m in enumerate(ensemble.members)
-    }
     return Evaluation(
-        data=name, n=len(texts), ensemble=ensemble.version, members=members,
-        fused=_figures(fused, labels, fused_s),
-        probs={**{m.name: member_probs[i] for i, m in enumerate(ensemble.members)},
-               f"fused ({ensemble.fusion_name})": fused},
-        labels=labels,
+        data=name, n=len(texts), ensemble=ensemble.version, members=figures,
+        fused=_figures(fused, labels, time.perf_counter() - started),
+        probs={**probs, f"fused ({ensemble.fusion_name})": fused}, labels=labels,
     )  # fmt: skip
 
 
@@ -95,32 +82,38 @@ def evaluate_router(
     for ensemble in router.ensembles.values():
         for member in ensemble.members:
             members.setdefault(member.name, member)
-    member_probs, figures = {}, {}
-    for member_name, member in members.items():
-        if console:
-            console.log(f"scoring {len(texts):,} texts with {member_name}")
-        for ensemble in router.ensembles.values():
-            forget_embeddings(ensemble)
-        started = time.perf_counter()
-        member_probs[member_name] = member.predict_proba(texts)
-        figures[member_name] = _figures(
-            member_probs[member_name], labels, time.perf_counter() - started
-        )
-    for ensemble in router.ensembles.values():
-        forget_embeddings(ensemble)
+    probs, figures = score_members(list(members.values()), data, console)
+    forget_embeddings(members.values())
     started = time.perf_counter()
     judged = router.judge_routed(texts, [(k, "en") for k in kinds])
     fused = np.array([j.probabilities for j in judged]).reshape(-1, 3)
-    seconds = time.perf_counter() - started
     return Evaluation(
         data=name, n=len(texts), ensemble=router.version, members=figures,
-        fused=_figures(fused, labels, seconds),
-        probs={**member_probs, "fused (routed)": fused}, labels=labels,
+        fused=_figures(fused, labels, time.perf_counter() - started),
+        probs={**probs, "fused (routed)": fused}, labels=labels,
     )  # fmt: skip
 
 
-def forget_embeddings(ensemble: Ensemble) -> None:
-    for member in ensemble.members:
+def score_members(
+    members: Sequence[Member], data: LabelledSet, console: Console | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    """Each member's probabilities and figures, its docs/s its own (encoder included)."""
+    probs, figures = {}, {}
+    for member in members:
+        if console:
+            console.log(f"scoring {len(data.texts):,} texts with {member.name}")
+        forget_embeddings(members)
+        started = time.perf_counter()
+        probs[member.name] = member.predict_proba(data.texts)
+        figures[member.name] = _figures(
+            probs[member.name], data.labels, time.perf_counter() - started
+        )
+    return probs, figures
+
+
+def forget_embeddings(members: Iterable[Member]) -> None:
+    """Drop the embeddings encoders remember, so the next timing pays for its own."""
+    for member in members:
         encoder = getattr(member, "encoder", None)
         if encoder is not None:
             encoder.forget()
