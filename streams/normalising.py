@@ -1,8 +1,10 @@
 """raw.news + raw.social -> docs: validate, normalise, drop exact duplicates, link cashtags, and
 cluster near-duplicates into stories.
 
-The story index lives in this worker: copies that arrive at another worker (raw topics are keyed by
-the source's item id) start stories of their own there.
+The story index is in the database (``storage.stories``): raw topics are keyed by each source's
+item id, so one story's copies from different outlets reach different workers, and all of them
+look in the same index; a restarted worker forgets nothing, and a redelivered record gets the
+story it had.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Document, RawRecord
 from streams.context import WorkerContext, event_batches, send_dead
 from streams.pipeline import normalise
-from streams.pipeline.stories import with_story
+from streams.pipeline.stories import in_story
 from streams.watermarks import RawProgress
 
 log = logging.getLogger(__name__)
@@ -56,13 +58,19 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             times = [r.published_at if isinstance(r, Document) else None for r in results]
             touched = progress.note(events, times)
             await send_dead(dead, [r for r in results if isinstance(r, DeadLetter)])
-            for event, doc in zip(events, results, strict=True):
-                if isinstance(doc, Document) and ctx.dedupe.is_new(doc.id):
-                    doc = with_story(ctx.stories, doc)  # near-duplicates: one story
-                    # co-partitioned with the raw record, so each docs partition keeps the order
-                    # of its raw partition (the risk stage's watermarks rely on it)
-                    partition = event.message.partition % ctx.settings.topic_partitions
-                    await docs.send(key=doc.id.encode(), value=doc.to_json(), partition=partition)
+            fresh = [
+                (event, doc)
+                for event, doc in zip(events, results, strict=True)
+                if isinstance(doc, Document) and ctx.dedupe.is_new(doc.id)
+            ]
+            # near-duplicates: one story, in the index every worker shares
+            stories = await ctx.assign_stories([doc for _, doc in fresh])
+            for (event, doc), story in zip(fresh, stories, strict=True):
+                doc = in_story(doc, story)
+                # co-partitioned with the raw record, so each docs partition keeps the order
+                # of its raw partition (the risk stage's watermarks rely on it)
+                partition = event.message.partition % ctx.settings.topic_partitions
+                await docs.send(key=doc.id.encode(), value=doc.to_json(), partition=partition)
             await progress.send(touched, [docs], fan_out=False)
 
     @app.timer(interval=0.1)
@@ -70,7 +78,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in raw_topics]
         quiet = await progress.newly_idle(app.consumer, assigned)
         if quiet:
-            await progress.send(quiet, [docs], fan_out=False, force=True)
+            await progress.resend(quiet, [docs], fan_out=False)
         await progress.flush()
 
     async def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -81,6 +89,6 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             if tp.topic in raw_topics
         }
         # for the new owners downstream
-        await progress.send(owned, [docs], fan_out=False, force=True)
+        await progress.resend(owned, [docs], fan_out=False)
 
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]

@@ -92,7 +92,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
                     continue
                 marks.saw(q, upstream.event_time)
                 if upstream.idle:
-                    marks.idle.add(q)
+                    marks.saw_idle(q)
             docs = [d for _, d in decoded]
             await send_dead(dead, bad)
             if not docs:
@@ -126,6 +126,6 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
         # partitions moved: new owners downstream need the markers again
         owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == ctx.topics.docs}
         marks.idle.clear()  # docs partitions are read again from their committed offsets
-        await marks.send(owned, outputs, fan_out=True, force=True)
+        await marks.resend(owned, outputs, fan_out=True)
 
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]

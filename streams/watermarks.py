@@ -41,7 +41,12 @@ MIN_INTERVAL_S = 0.25  # markers per source partition at most this often (idle o
 
 class Marks:
     """Per source partition q: the newest event time seen, the newest whose records are all sent
-    on (what markers say: set when a batch is done), and whether q is idle.
+    on (what markers say), and whether q is idle.
+
+    What a batch in flight saw becomes what markers say only when the batch is done (``send``):
+    a marker that goes out meanwhile (``resend`` after a rebalance, ``flush`` of a held-back one,
+    an idle marker from a timer) says only what was true before the batch, or the risk stage
+    would release other partitions' scores past the batch's and get the batch out of order.
 
     Markers are throttled: a partition's marker goes out at most every ``MIN_INTERVAL_S``; one held
     back is sent by ``flush`` (a timer), with what was done by then."""
@@ -51,13 +56,23 @@ class Marks:
         self.newest: dict[int, datetime] = {}
         self.done: dict[int, datetime] = {}
         self.idle: set[int] = set()
+        self.inflight: set[int] = set()  # partitions the batch in flight has read from
+        self.idle_seen: set[int] = set()  # ... whose last word in it was upstream's idle marker
         self.last_sent: dict[int, float] = {}
         self.pending: dict[int, tuple[Sequence[faust.TopicT], bool]] = {}
 
     def saw(self, q: int, t: datetime | None) -> None:
-        self.idle.discard(q)
+        """A record (or upstream marker) of q, at event time ``t``, in the batch in flight."""
+        self.inflight.add(q)
+        self.idle.discard(q)  # not idle any more: saying so at once is always safe
+        self.idle_seen.discard(q)
         if t is not None and (q not in self.newest or t > self.newest[q]):
             self.newest[q] = t
+
+    def saw_idle(self, q: int) -> None:
+        """Upstream's idle marker for q, in the batch in flight (after what it read before)."""
+        self.inflight.add(q)
+        self.idle_seen.add(q)
 
     def marker(self, q: int) -> bytes:
         return Watermark(
@@ -67,16 +82,30 @@ class Marks:
     async def send(
         self, qs: Iterable[int], topics: Sequence[faust.TopicT], fan_out: bool, force: bool = False
     ) -> None:
-        """After a batch is sent on: markers for ``qs``, into the same partition of each topic or
-        into all of them (now, or by ``flush`` if one went out very recently)."""
+        """After a batch is sent on: what it saw of ``qs`` is done; markers for them, into the same
+        partition of each topic or into all of them (now, or by ``flush`` if one went out very
+        recently)."""
         now = time.monotonic()
         for q in sorted(set(qs)):
             if q in self.newest:
                 self.done[q] = self.newest[q]
+            if q in self.idle_seen:
+                self.idle.add(q)
+            self.idle_seen.discard(q)
+            self.inflight.discard(q)
             if force or q in self.idle or now - self.last_sent.get(q, 0.0) >= MIN_INTERVAL_S:
                 await self._send(q, topics, fan_out, now)
             else:
                 self.pending[q] = (topics, fan_out)
+
+    async def resend(
+        self, qs: Iterable[int], topics: Sequence[faust.TopicT], fan_out: bool
+    ) -> None:
+        """Markers for ``qs`` now, saying what is already done (after a rebalance, or when a
+        partition turns idle): nothing of a batch in flight."""
+        now = time.monotonic()
+        for q in sorted(set(qs)):
+            await self._send(q, topics, fan_out, now)
 
     async def flush(self) -> None:
         now = time.monotonic()
@@ -136,7 +165,9 @@ class RawProgress(Marks):
             by_q.setdefault(tp.partition % self.partitions, []).append(tp)
         out = set()
         for q, tps in by_q.items():
-            if q in self.idle or now - self.last_input.get(q, self.started) < self.idle_after:
+            if q in self.idle or q in self.inflight:
+                continue
+            if now - self.last_input.get(q, self.started) < self.idle_after:
                 continue
             if all([await self._at_end(consumer, tp) for tp in tps]):
                 out.add(q)

@@ -203,9 +203,13 @@ def alerts_on_topic(settings: Settings) -> list[tuple[str, str]]:
 
 def assert_same(got: dict[str, list[Any]], want: dict[str, list[Any]]) -> None:
     for table, rows in want.items():
-        missing = sorted(set(rows) - set(got[table]), key=repr)[:3]
-        extra = sorted(set(got[table]) - set(rows), key=repr)[:3]
-        assert got[table] == rows, f"{table}: missing {missing}, unexpected {extra}"
+        missing = sorted(set(rows) - set(got[table]), key=repr)
+        extra = sorted(set(got[table]) - set(rows), key=repr)
+        same = got[table] == rows  # a compact message: the full lists are thousands of rows
+        assert same, (
+            f"{table}: {len(got[table])} rows, {len(rows)} wanted; {len(missing)} missing, "
+            f"{len(extra)} unexpected; missing {missing[:5]}, unexpected {extra[:5]}"
+        )
 
 
 def start(

@@ -1,0 +1,117 @@
+"""Watermark markers say only what is true: nothing of a batch still in flight.
+
+The risk stage releases held scores up to the lowest marker of every source partition, so a marker
+that ran ahead of the scores it vouches for (sent by a rebalance or a timer while a batch was still
+being scored and sent) would let other partitions' later scores through first: the crash test's
+rebalance once caught exactly that, as rolling rows that differed from an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from riskwire.records import Watermark
+from streams.watermarks import Marks, RawProgress
+
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+class Sink:
+    """Where markers go: (partition, marker) in the order sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, Watermark]] = []
+
+    async def send(self, value: bytes, partition: int) -> None:
+        self.sent.append((partition, Watermark.from_json(value)))
+
+    def last(self, q: int) -> Watermark:
+        return [m for _, m in self.sent if m.source_partition == q][-1]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_batch_is_vouched_for_only_once_it_is_sent() -> None:
+    marks, sink = Marks(2), Sink()
+    marks.saw(0, T0)
+    run(marks.send([0], [sink], fan_out=False, force=True))
+    assert sink.last(0).event_time == T0
+
+    marks.saw(0, T0 + timedelta(hours=3))  # a new batch, its scores not sent yet
+    run(marks.resend([0, 1], [sink], fan_out=False))  # a rebalance meanwhile
+    assert sink.last(0).event_time == T0 and not sink.last(0).idle
+    assert sink.last(1).event_time is None  # nothing of partition 1 was ever done
+
+    run(marks.send([0], [sink], fan_out=False, force=True))  # the batch is done
+    assert sink.last(0).event_time == T0 + timedelta(hours=3)
+
+
+def test_fanned_out_markers_reach_every_partition() -> None:
+    marks, sink = Marks(3), Sink()
+    marks.saw(1, T0)
+    run(marks.send([1], [sink], fan_out=True, force=True))
+    assert sorted(p for p, _ in sink.sent) == [0, 1, 2]
+
+
+def test_a_held_back_marker_flushed_mid_batch_says_what_was_done() -> None:
+    marks, sink = Marks(1), Sink()
+    marks.saw(0, T0)
+    run(marks.send([0], [sink], fan_out=False, force=True))
+    marks.saw(0, T0 + timedelta(minutes=5))
+    run(marks.send([0], [sink], fan_out=False))  # throttled: held back
+    assert sink.last(0).event_time == T0
+    marks.saw(0, T0 + timedelta(hours=1))  # the next batch, in flight
+    marks.last_sent[0] = 0.0  # long enough ago
+    run(marks.flush())
+    assert sink.last(0).event_time == T0 + timedelta(minutes=5)
+
+
+def test_upstream_idle_is_passed_on_only_after_the_batch_that_read_it() -> None:
+    marks, sink = Marks(1), Sink()
+    marks.saw(0, T0)  # a document, then upstream's idle marker, in one batch
+    marks.saw_idle(0)
+    run(marks.resend([0], [sink], fan_out=False))
+    assert not sink.last(0).idle  # the document's score is not sent yet
+    run(marks.send([0], [sink], fan_out=False, force=True))
+    assert sink.last(0).idle
+    marks.saw(0, T0 + timedelta(hours=1))  # more input: not idle any more, at once
+    run(marks.resend([0], [sink], fan_out=False))
+    assert not sink.last(0).idle
+
+
+class Consumer:
+    """The two things ``RawProgress`` asks a consumer: high water and position."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+
+    def highwater(self, tp: Any) -> int:
+        return self.end
+
+    async def position(self, tp: Any) -> int:
+        return self.end
+
+
+def event(partition: int, offset: int) -> Any:
+    tp = TopicPartition("raw", partition)
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, partition=partition, offset=offset))
+
+
+def test_a_raw_partition_is_idle_only_when_read_to_its_end_quiet_and_not_in_flight() -> None:
+    progress = RawProgress(2, idle_after=0.0)
+    tp = event(0, 9).message.tp
+    progress.note([event(0, 9)], [T0])  # read to the end (offset 9 of 10), batch in flight
+    assert run(progress.newly_idle(Consumer(10), [tp])) == set()
+    sink = Sink()
+    run(progress.send([0], [sink], fan_out=False, force=True))
+    assert run(progress.newly_idle(Consumer(11), [tp])) == set()  # one more record came
+    assert run(progress.newly_idle(Consumer(10), [tp])) == {0}
+    run(progress.resend({0}, [sink], fan_out=False))
+    assert sink.last(0).idle and sink.last(0).event_time == T0
