@@ -2,7 +2,12 @@
 story clustering (MinHash/LSH) + novelty, per document, as the ingest path runs them; and entity
 linking's precision and recall on the packaged labelled samples.
 
-    riskwire bench ingest [--documents 20000] [--json]
+    riskwire bench ingest [--documents 20000] [--database-url URL] [--json]
+
+The worker keeps its story index in the database, shared by every worker (``storage.stories``):
+that index is measured too, in batches of 256 as a worker assigns them, on a throw-away SQLite file
+or on ``--database-url`` (a PostgreSQL database it may write to), and must cluster exactly as the
+in-memory index does.
 
 The corpus is synthetic RSS-like items over 200 tickers with HTML markup, tracking parameters and a
 fifth of them syndicated copies or retweets of earlier items. Baseline in the same run: decoding the
@@ -13,15 +18,20 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from riskwire.records import Kind, RawRecord
+from sqlalchemy import delete
+
+from riskwire.records import Document, Kind, RawRecord
 from streams.pipeline import normalise
-from streams.pipeline.stories import StoryIndex
+from streams.pipeline.stories import StoryAssignment, StoryIndex
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
+BATCH = 256  # documents per story-index transaction, as a worker's batches
 TICKERS = [a + b + c for a in "QXZ" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" for c in "AEIOUY"][:200]
 WORDS = (
     "revenue margin guidance analysts investors quarter growth debt bond yield merger acquisition "
@@ -68,7 +78,33 @@ def corpus(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
     return [json.dumps(item) for item in items], origin
 
 
-def run(documents: int = 20_000) -> dict[str, Any]:
+def shared_index(docs: list[Document], url: str | None) -> tuple[float, list[StoryAssignment]]:
+    """Seconds to assign ``docs`` through the database-backed index, in worker-sized batches, and
+    what it assigned."""
+    from storage import make_engine, session_factory, upgrade
+    from storage.stories import SharedStoryIndex
+    from storage.tables import StoryKeyRow, StoryMemberRow, StoryRow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = url or f"sqlite:///{Path(tmp) / 'stories.db'}"
+        upgrade(url)
+        engine = make_engine(url)
+        sessions = session_factory(engine)
+        with sessions.begin() as session:  # a clean index: nothing from an earlier run
+            for table in (StoryMemberRow, StoryKeyRow, StoryRow):
+                session.execute(delete(table))
+        index = SharedStoryIndex()
+        out: list[StoryAssignment] = []
+        started = time.perf_counter()
+        for start in range(0, len(docs), BATCH):
+            with sessions.begin() as session:
+                out += index.assign(session, docs[start : start + BATCH])
+        took = time.perf_counter() - started
+        engine.dispose()
+    return took, out
+
+
+def run(documents: int = 20_000, database_url: str | None = None) -> dict[str, Any]:
     lines, origin = corpus(documents)
     fetched = T0 + timedelta(days=30)
     started = time.perf_counter()
@@ -90,6 +126,7 @@ def run(documents: int = 20_000) -> dict[str, Any]:
         index.assign(d.id, d.text, d.published_at, [t.ticker for t in d.tickers]) for d in docs
     ]
     cluster_s = time.perf_counter() - started
+    shared_s, shared = shared_index(docs, database_url)
     copies = sum(1 for s in stories if s.copy)
     # clustering quality against the corpus's truth: a copy is right when its story began with
     # (a copy of) the item it copies; a true copy is found when it joined a story at all
@@ -116,6 +153,11 @@ def run(documents: int = 20_000) -> dict[str, Any]:
         "copy_precision": right / max(1, len(claimed)),
         "copy_recall": found / max(1, len(true_copies)),
         "ingest_vs_decode": decode_s / total,
+        "shared_cluster_per_s": documents / shared_s,
+        "shared_database": "postgresql"
+        if database_url and "postgresql" in database_url
+        else "sqlite",
+        "shared_same_stories": shared == stories,
         "linking_tuned": tuned,
         "linking_heldout": heldout,
         "companies": len(linker.table),

@@ -862,13 +862,17 @@ def bench_infer(
 @bench_app.command("ingest")
 def bench_ingest(
     documents: Annotated[int, typer.Option(help="synthetic items")] = 20_000,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="where to measure the shared story index (default: a temporary SQLite)"),
+    ] = None,
     as_json: JsonOutput = False,
 ) -> None:
     """Documents/s for normalise + link + cluster on this machine, against a bare JSON decode."""
     from bench.ingest import run
 
     _settings()
-    result = run(documents)
+    result = run(documents, database_url)
     if as_json:
         print(json.dumps(result))
         return
@@ -882,6 +886,11 @@ def bench_ingest(
         f"stories: {result['copies_found']:,} copies found of {result['true_copies']:,} "
         f"({result['stories']:,} stories); precision {result['copy_precision']:.3f}, recall "
         f"{result['copy_recall']:.3f}"
+    )
+    same = "the same stories" if result["shared_same_stories"] else "DIFFERENT stories"
+    console.print(
+        f"shared story index (as the worker runs it, on {result['shared_database']}): "
+        f"{result['shared_cluster_per_s']:,.0f} documents/s, {same} as in memory"
     )
     for name, key in (("tuning sample", "linking_tuned"), ("held-out sample", "linking_heldout")):
         m = result[key]

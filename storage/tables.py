@@ -358,3 +358,39 @@ class RuleSetRow(Base):
     rules: Mapped[dict[str, Any]]
     source: Mapped[str] = mapped_column(Text)
     loaded_at: Mapped[datetime]
+
+
+class StoryRow(Base):
+    """The story index that every normalise worker shares (``storage.stories``): one row per story,
+    with what a near-duplicate is matched against. Kept for the index's horizon of event time."""
+
+    __tablename__ = "stories"
+
+    story_id: Mapped[str] = mapped_column(ID, primary_key=True)  # its first document
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    tickers: Mapped[str] = mapped_column(Text)  # space-separated, sorted
+    numbers: Mapped[str] = mapped_column(Text)  # space-separated, sorted
+    signature: Mapped[str] = mapped_column(Text)  # the MinHash signature, hex
+    copies: Mapped[int] = mapped_column(Integer)
+
+
+class StoryKeyRow(Base):
+    """A story's LSH band keys: a document's keys find the stories it may copy."""
+
+    __tablename__ = "story_keys"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)  # hex
+    story_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class StoryMemberRow(Base):
+    """Which story a document was put in, so a redelivered document gets the same answer."""
+
+    __tablename__ = "story_members"
+
+    document_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    story_id: Mapped[str] = mapped_column(ID)
+    copy: Mapped[int] = mapped_column(Integer)  # 0 for the story's first document
+    similarity: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(index=True)  # the story's

@@ -17,14 +17,15 @@ from models.ensemble import Ensemble
 from models.routing import Scorer
 from riskwire.delivery.model import delivery_targets
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import DeadLetter, Record
+from riskwire.records import DeadLetter, Document, Record
 from riskwire.settings import Settings
 from storage.delivery import Targets
 from storage.engine import make_engine, session_factory
 from storage.repository import register_model_versions
+from storage.stories import SharedStoryIndex
 from streams.pipeline import Deduplicator, entities
 from streams.pipeline.rules import build_risk_engine
-from streams.pipeline.stories import StoryIndex
+from streams.pipeline.stories import StoryAssignment
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,7 +104,7 @@ class WorkerContext:
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions = session_factory(self.engine)
         self.dedupe = Deduplicator(settings.dedupe_cache_size)
-        self.stories = StoryIndex()
+        self.stories = SharedStoryIndex()  # in the database: shared by every worker
         self.risk = build_risk_engine(settings, sessions=self.sessions)  # ticker groups
         self.group_risk = build_risk_engine(settings, sessions=self.sessions)  # sectors, market
         entities.configure(settings.companies_file)  # normalise links with this table
@@ -163,6 +164,21 @@ class WorkerContext:
                 return [(items[0], exc)]
         return [refused for item in items for refused in self._write_sync([item], write)]
 
+    async def assign_stories(self, docs: Sequence[Document]) -> list[StoryAssignment]:
+        """Each document's story, from the shared index (waiting out an unavailable database).
+        Should the index fail otherwise, each document stands alone: never lost for its story."""
+        result: list[StoryAssignment] = []
+
+        def work(session: Session, batch: Sequence[Document]) -> None:
+            result[:] = self.stories.assign(session, batch)  # a retry starts over
+
+        try:
+            await asyncio.to_thread(self._transact, docs, work)
+        except Exception:
+            log.exception("the story index failed on %d documents; each stands alone", len(docs))
+            return [StoryAssignment(d.id, 1.0, 0, 1.0) for d in docs]
+        return result
+
     def transact(self, items: Sequence[T], work: Callable[[Session, Sequence[T]], None]) -> None:
         """Run ``work`` in one transaction, waiting out an unavailable database (blocking)."""
         self._transact(items, work)
@@ -200,5 +216,7 @@ def _transient(exc: DBAPIError) -> bool:
             "server closed",
             "terminating",
             "timeout",
+            "deadlock detected",  # PostgreSQL aborted one of two transactions: run it again
+            "could not serialize",
         )
     )

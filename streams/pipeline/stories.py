@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -83,6 +84,55 @@ class _Story:
     members: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class Fingerprint:
+    """What story matching reads of a document (``StoryIndex.fingerprint``)."""
+
+    names: frozenset[str]  # its tickers
+    numbers: frozenset[str]  # the numbers in its text
+    signature: np.ndarray
+    keys: list[bytes]  # LSH band keys, one set per ticker scope
+
+
+class Candidate(Protocol):
+    """A story a document may join: the in-memory index's own, or one read from the database."""
+
+    @property
+    def story_id(self) -> str: ...
+    @property
+    def started(self) -> datetime: ...
+    @property
+    def signature(self) -> np.ndarray: ...
+    @property
+    def tickers(self) -> frozenset[str]: ...
+    @property
+    def numbers(self) -> frozenset[str]: ...
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+def best_match(candidates: Iterable[C], fp: Fingerprint) -> tuple[C | None, float]:
+    """The candidate most similar to the document, among those it may join (a ticker in common, or
+    neither names one; numbers that agree), and the estimated similarity; between equally similar
+    ones the oldest story, whatever order the candidates come in."""
+    best: C | None = None
+    best_similarity = 0.0
+    for story in candidates:
+        if story.tickers != fp.names and not fp.names & story.tickers:
+            continue
+        if not (fp.numbers <= story.numbers or story.numbers <= fp.numbers):
+            continue  # "$2 billion" is not "$4 billion": another fact, another story
+        similarity = float(np.mean(story.signature == fp.signature))
+        if similarity > best_similarity or (
+            best is not None
+            and similarity == best_similarity
+            and (story.started, story.story_id) < (best.started, best.story_id)
+        ):
+            best, best_similarity = story, similarity
+    return best, best_similarity
+
+
 class StoryIndex:
     """Assigns each document to a story (its own, or an earlier one it nearly duplicates)."""
 
@@ -100,7 +150,7 @@ class StoryIndex:
         self.bands, self.rows, self.threshold, self.horizon = bands, rows, threshold, horizon
         self._buckets: dict[bytes, list[_Story]] = {}
         self._stories: deque[_Story] = deque()
-        self._by_document: dict[str, _Story] = {}
+        self._by_document: dict[str, StoryAssignment] = {}  # what each document was told
 
     def __len__(self) -> int:
         return len(self._stories)
@@ -109,6 +159,15 @@ class StoryIndex:
         r = self.rows
         return [bytes([band]) + signature[band * r : (band + 1) * r].tobytes()
                 for band in range(self.bands)]  # fmt: skip
+
+    def fingerprint(self, text: str, tickers: Iterable[str] = ()) -> Fingerprint:
+        """What matching needs of a document: names, numbers, MinHash signature, LSH keys."""
+        names = frozenset(tickers)
+        numbers = frozenset(_NUMBER.findall(fingerprint_text(text)))
+        scopes = sorted(names) or [""]  # buckets per ticker: candidates share one
+        signature = self.hasher.signature(text)
+        keys = [scope.encode() + b"\x00" + key for key in self._keys(signature) for scope in scopes]
+        return Fingerprint(names, numbers, signature, keys)
 
     def assign(
         self,
@@ -120,38 +179,28 @@ class StoryIndex:
         """The document's story; the same answer again for a document seen before. A document
         joins a story only if they name a ticker in common (or neither names one): templated
         headlines ("X beats estimates") about different companies are different stories."""
-        names = frozenset(tickers)
-        numbers = frozenset(_NUMBER.findall(fingerprint_text(text)))
-        scopes = sorted(names) or [""]  # buckets per ticker: candidates share one
         known = self._by_document.get(document_id)
         if known is not None:
-            return StoryAssignment(known.story_id, 1.0, 0, 1.0)
+            return known
         self._forget(published_at - self.horizon)
-        signature = self.hasher.signature(text)
-        keys = [scope.encode() + b"\x00" + key for key in self._keys(signature) for scope in scopes]
-        best, best_similarity = None, 0.0
-        for key in keys:
-            for story in self._buckets.get(key, ()):
-                if story.tickers != names and not names & story.tickers:
-                    continue
-                if not (numbers <= story.numbers or story.numbers <= numbers):
-                    continue  # "$2 billion" is not "$4 billion": another fact, another story
-                similarity = float(np.mean(story.signature == signature))
-                if similarity > best_similarity:
-                    best, best_similarity = story, similarity
+        fp = self.fingerprint(text, tickers)
+        candidates = (story for key in fp.keys for story in self._buckets.get(key, ()))
+        best, best_similarity = best_match(candidates, fp)
         if best is not None and best_similarity >= self.threshold:
             best.copies += 1
             best.members.add(document_id)
-            self._by_document[document_id] = best
-            return StoryAssignment(best.story_id, 0.5**best.copies, best.copies, best_similarity)
+            joined = StoryAssignment(best.story_id, 0.5**best.copies, best.copies, best_similarity)
+            self._by_document[document_id] = joined
+            return joined
         story = _Story(
-            document_id, published_at, signature, keys, names, numbers, members={document_id}
-        )
-        for key in keys:
+            document_id, published_at, fp.signature, fp.keys, fp.names, fp.numbers,
+            members={document_id},
+        )  # fmt: skip
+        for key in fp.keys:
             self._buckets.setdefault(key, []).append(story)
         self._stories.append(story)
-        self._by_document[document_id] = story
-        return StoryAssignment(document_id, 1.0, 0, 1.0)
+        self._by_document[document_id] = StoryAssignment(document_id, 1.0, 0, 1.0)
+        return self._by_document[document_id]
 
     def _forget(self, before: datetime) -> None:
         while self._stories and self._stories[0].started < before:
@@ -169,4 +218,8 @@ class StoryIndex:
 def with_story(index: StoryIndex, doc: Document) -> Document:
     """The document with its story and novelty, from ``index`` (which learns it)."""
     story = index.assign(doc.id, doc.text, doc.published_at, [t.ticker for t in doc.tickers])
+    return in_story(doc, story)
+
+
+def in_story(doc: Document, story: StoryAssignment) -> Document:
     return doc.model_copy(update={"story_id": story.story_id, "novelty": story.novelty})

@@ -52,6 +52,9 @@ TABLES = {
     "alert_events",
     "deliveries",
     "feed_health",
+    "stories",
+    "story_keys",
+    "story_members",
 }
 
 

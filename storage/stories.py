@@ -1,0 +1,183 @@
+"""The story index in the database: every normalise worker reads and writes the same one.
+
+Raw topics are keyed by each source's item id, so fifty outlets' copies of one story land on
+different partitions and, with several workers, in different processes; a story index in worker
+memory would make each a story of its own there, and a restarted worker would forget every story.
+Here the index is three tables (``stories``, their LSH band keys, and ``story_members``: which story
+each document was put in), and a batch of documents is assigned in one transaction:
+
+1. documents already assigned (a redelivery) get their stored answer again;
+2. the band keys of the rest find candidate stories (started within the horizon of event time);
+3. each document joins its best candidate (``stories.best_match``, as the in-memory index does) or
+   starts a story, which the batch's later documents can join at once;
+4. copy counts are taken with one atomic ``UPDATE ... RETURNING`` for all the stories joined, so two
+   workers adding copies to one story never lose a count (should their row locks deadlock, the
+   database aborts one transaction, and the worker retries it).
+
+Two workers that start the same story at the same moment (neither sees the other's uncommitted
+story) still make two; the next copy joins the more similar one. Rows older than the horizon behind
+the newest document seen are pruned every ``prune_every`` documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import case, delete, select, update
+from sqlalchemy.orm import Session
+
+from riskwire.records import Document
+from storage.repository import _insert_ignore
+from storage.tables import StoryKeyRow, StoryMemberRow, StoryRow
+from streams.pipeline.stories import StoryAssignment, StoryIndex, best_match
+
+CHUNK = 2000  # keys per IN list
+
+
+@dataclass
+class _Stored:
+    """A candidate story, as read from the database or started by this batch."""
+
+    story_id: str
+    started: datetime
+    signature: np.ndarray
+    tickers: frozenset[str]
+    numbers: frozenset[str]
+
+
+def _words(values: frozenset[str]) -> str:
+    return " ".join(sorted(values))
+
+
+class SharedStoryIndex:
+    """Assigns documents to stories kept in the database; matching is ``StoryIndex``'s (its
+    hasher, bands, threshold and horizon)."""
+
+    def __init__(self, index: StoryIndex | None = None, prune_every: int = 5000) -> None:
+        self.index = index if index is not None else StoryIndex()  # (an empty one is falsy)
+        self.prune_every = prune_every
+        self._since_prune = 0
+        self._newest: datetime | None = None
+
+    def assign(self, session: Session, docs: Sequence[Document]) -> list[StoryAssignment]:
+        """Each document's story, in order (see the module doc)."""
+        if not docs:
+            return []
+        horizon = self.index.horizon
+        known = {
+            m.document_id: StoryAssignment(m.story_id, 0.5**m.copy, m.copy, m.similarity)
+            for m in session.scalars(
+                select(StoryMemberRow).where(StoryMemberRow.document_id.in_({d.id for d in docs}))
+            )
+        }
+        fresh = [d for d in docs if d.id not in known]
+        prints = {
+            d.id: self.index.fingerprint(d.text, [t.ticker for t in d.tickers]) for d in fresh
+        }
+        buckets: dict[bytes, list[_Stored]] = {}
+        if fresh:
+            oldest = min(d.published_at for d in fresh) - horizon
+            keys = sorted({k for fp in prints.values() for k in fp.keys})
+            stories: dict[str, _Stored] = {}
+            for start in range(0, len(keys), CHUNK):
+                chunk = [k.hex() for k in keys[start : start + CHUNK]]
+                rows = session.execute(
+                    select(StoryKeyRow.key, StoryRow)
+                    .join(StoryRow, StoryRow.story_id == StoryKeyRow.story_id)
+                    .where(StoryKeyRow.key.in_(chunk), StoryKeyRow.started_at >= oldest)
+                )
+                for key, row in rows.tuples():
+                    story = stories.get(row.story_id)
+                    if story is None:
+                        story = stories[row.story_id] = _Stored(
+                            row.story_id, row.started_at,
+                            np.frombuffer(bytes.fromhex(row.signature), dtype=np.uint64),
+                            frozenset(row.tickers.split()), frozenset(row.numbers.split()),
+                        )  # fmt: skip
+                    buckets.setdefault(bytes.fromhex(key), []).append(story)
+
+        out: list[StoryAssignment | None] = []
+        joins: dict[str, list[tuple[int, float]]] = {}  # story -> (position, similarity)
+        new_stories: list[dict[str, object]] = []
+        new_keys: list[dict[str, object]] = []
+        placed: dict[str, int] = {}  # a document twice in one batch: its first position
+        for doc in docs:
+            if doc.id in known:
+                out.append(known[doc.id])
+                continue
+            if doc.id in placed:
+                out.append(None)  # filled in below, from its first position
+                continue
+            placed[doc.id] = len(out)
+            fp = prints[doc.id]
+            since = doc.published_at - horizon
+            candidates = (s for k in fp.keys for s in buckets.get(k, ()) if s.started >= since)
+            best, similarity = best_match(candidates, fp)
+            if best is not None and similarity >= self.index.threshold:
+                joins.setdefault(best.story_id, []).append((len(out), similarity))
+                out.append(None)
+                continue
+            story = _Stored(doc.id, doc.published_at, fp.signature, fp.names, fp.numbers)
+            for k in fp.keys:
+                buckets.setdefault(k, []).append(story)
+            new_stories.append({
+                "story_id": doc.id, "started_at": doc.published_at, "tickers": _words(fp.names),
+                "numbers": _words(fp.numbers), "signature": fp.signature.tobytes().hex(),
+                "copies": 0,
+            })  # fmt: skip
+            new_keys += [
+                {"key": k.hex(), "story_id": doc.id, "started_at": doc.published_at}
+                for k in dict.fromkeys(fp.keys)
+            ]
+            out.append(StoryAssignment(doc.id, 1.0, 0, 1.0))
+        _insert_ignore(session, StoryRow, new_stories)
+        _insert_ignore(session, StoryKeyRow, new_keys)
+
+        started = {s["story_id"]: s["started_at"] for s in new_stories}
+        counted: dict[str, tuple[int, datetime]] = {}
+        if joins:  # one atomic increment for every story the batch joined
+            ids = sorted(joins)
+            added = case({i: len(joins[i]) for i in ids}, value=StoryRow.story_id, else_=0)
+            counted = {
+                story_id: (copies, first)
+                for story_id, copies, first in session.execute(
+                    update(StoryRow)
+                    .where(StoryRow.story_id.in_(ids))
+                    .values(copies=StoryRow.copies + added)
+                    .returning(StoryRow.story_id, StoryRow.copies, StoryRow.started_at)
+                ).tuples()
+            }
+        for story_id, joined in joins.items():
+            # a story another worker pruned meanwhile: its copies are numbered from 1 again
+            total, first = counted.get(story_id, (len(joined), None))
+            if first is not None:
+                started.setdefault(story_id, first)
+            for n, (position, similarity) in enumerate(joined, start=total - len(joined) + 1):
+                out[position] = StoryAssignment(story_id, 0.5**n, n, similarity)
+        result = [a if a is not None else out[placed[d.id]] for d, a in zip(docs, out, strict=True)]
+        members = {}
+        for doc in fresh:
+            a = result[placed[doc.id]]
+            assert a is not None
+            members[doc.id] = {
+                "document_id": doc.id, "story_id": a.story_id, "copy": a.copy,
+                "similarity": a.similarity, "started_at": started.get(a.story_id, doc.published_at),
+            }  # fmt: skip
+        _insert_ignore(session, StoryMemberRow, list(members.values()))
+        self._prune(session, docs)
+        return [a for a in result if a is not None]  # every one is set by now
+
+    def _prune(self, session: Session, docs: Sequence[Document]) -> None:
+        newest = max(d.published_at for d in docs)
+        if self._newest is None or newest > self._newest:
+            self._newest = newest
+        self._since_prune += len(docs)
+        if self._since_prune < self.prune_every:
+            return
+        self._since_prune = 0
+        cut = self._newest - self.index.horizon
+        for table in (StoryMemberRow, StoryKeyRow, StoryRow):
+            session.execute(delete(table).where(table.started_at < cut))

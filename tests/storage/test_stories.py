@@ -1,0 +1,125 @@
+"""The shared story index, on SQLite and PostgreSQL: two workers' indexes over one database cluster
+one story's copies together, a redelivered document gets its first answer, copies are counted
+once each, and stories are forgotten after the horizon."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from riskwire.records import TickerLink
+from storage import make_engine, session_factory
+from storage.migrate import upgrade
+from storage.stories import SharedStoryIndex
+from storage.tables import StoryKeyRow, StoryMemberRow, StoryRow
+from streams.pipeline.stories import StoryAssignment, StoryIndex
+from tests.factories import T0, make_document
+
+ORIGINAL = "Acme Corp shares slump 12% after the drugmaker's late-stage trial misses its main goal"
+COPIES = [
+    "(Reuters) - Acme Corp shares slump 12% after the drugmaker's late-stage trial misses its main goal",
+    "RT @wire: Acme Corp shares slump 12% after the drugmaker's late-stage trial misses its main goal",
+    "Acme Corp shares slump 12% after drugmaker's late-stage trial misses its main goal",
+]
+OTHER = "Acme Corp opens a new research campus in Boston with 400 jobs"
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def doc(text: str, minutes: int = 0, ticker: str = "ACME"):  # type: ignore[no-untyped-def]
+    return make_document(
+        text=text, title=text, published_at=T0 + timedelta(minutes=minutes),
+        tickers=(TickerLink(ticker=ticker, relevance=1.0),),
+    )  # fmt: skip
+
+
+def assign(index: SharedStoryIndex, sessions: sessionmaker[Session], docs: list) -> list:  # type: ignore[type-arg]
+    with sessions.begin() as session:
+        return index.assign(session, docs)
+
+
+def test_copies_reaching_different_workers_join_one_story(
+    sessions: sessionmaker[Session],
+) -> None:
+    first_worker, second_worker = SharedStoryIndex(), SharedStoryIndex()
+    original = doc(ORIGINAL)
+    (a,) = assign(first_worker, sessions, [original])
+    assert a == StoryAssignment(original.id, 1.0, 0, 1.0)
+
+    copies = [doc(text, minutes=5 + i) for i, text in enumerate(COPIES)]
+    other = doc(OTHER, minutes=9)
+    got = assign(second_worker, sessions, [copies[0], other, copies[1]])
+    got += assign(first_worker, sessions, [copies[2]])
+    assert [g.story_id for g in got] == [original.id, other.id, original.id, original.id]
+    assert [g.copy for g in got] == [1, 0, 2, 3]
+    assert [g.novelty for g in got] == [0.5, 1.0, 0.25, 0.125]
+    assert all(g.similarity >= 0.5 for g in got)
+
+
+def test_a_redelivered_document_gets_its_first_answer_and_counts_once(
+    sessions: sessionmaker[Session],
+) -> None:
+    index = SharedStoryIndex()
+    original, copy = doc(ORIGINAL), doc(COPIES[0], minutes=1)
+    first = assign(index, sessions, [original, copy, copy])  # twice in one batch, too
+    again = assign(SharedStoryIndex(), sessions, [copy, original])  # a restarted worker
+    assert first[1] == first[2] == again[0] and again[1] == first[0]
+    assert first[1].story_id == original.id and first[1].copy == 1
+    with sessions() as session:
+        assert session.scalar(select(StoryRow.copies)) == 1
+        assert session.scalar(select(func.count()).select_from(StoryMemberRow)) == 2
+
+
+def test_a_copy_about_another_company_or_with_other_numbers_is_another_story(
+    sessions: sessionmaker[Session],
+) -> None:
+    index = SharedStoryIndex()
+    original = doc(ORIGINAL)
+    elsewhere = doc(ORIGINAL, minutes=1, ticker="BOLT")
+    other_number = doc(ORIGINAL.replace("12%", "21%"), minutes=2)
+    got = assign(index, sessions, [original, elsewhere, other_number])
+    assert [g.story_id for g in got] == [original.id, elsewhere.id, other_number.id]
+
+
+def test_stories_are_forgotten_after_the_horizon(sessions: sessionmaker[Session]) -> None:
+    index = SharedStoryIndex(StoryIndex(horizon=timedelta(days=1)), prune_every=1)
+    old = doc(ORIGINAL)
+    assign(index, sessions, [old])
+    later = doc(COPIES[0], minutes=2 * 24 * 60)
+    (got,) = assign(index, sessions, [later])
+    assert got.story_id == later.id  # too late to join: a story of its own
+    with sessions() as session:  # and the old story's rows are gone
+        assert set(session.scalars(select(StoryRow.story_id))) == {later.id}
+        assert set(session.scalars(select(StoryKeyRow.story_id))) == {later.id}
+        assert set(session.scalars(select(StoryMemberRow.document_id))) == {later.id}
+
+
+def test_the_shared_index_clusters_as_the_in_memory_one(sessions: sessionmaker[Session]) -> None:
+    texts = [ORIGINAL, OTHER, *COPIES, OTHER.replace("Boston", "Austin"), "RT @x: " + OTHER]
+    docs = [doc(t, minutes=i) for i, t in enumerate(texts)]
+    memory = StoryIndex()
+    want = [memory.assign(d.id, d.text, d.published_at, ["ACME"]) for d in docs]
+    shared = SharedStoryIndex()
+    got = assign(shared, sessions, docs[:3]) + assign(shared, sessions, docs[3:])
+    assert got == want
+
+
+def test_the_ingest_bench_measures_the_shared_index_as_the_worker_runs_it(
+    database_url: str,
+) -> None:
+    from bench.ingest import run
+
+    result = run(documents=600, database_url=database_url)
+    assert result["shared_same_stories"] is True
+    assert result["shared_cluster_per_s"] > 0 and result["copies_found"] > 50
+    assert result["shared_database"] == database_url.split(":")[0].split("+")[0]
