@@ -139,8 +139,10 @@ def run(documents: int = 20_000, database_url: str | None = None) -> dict[str, A
     from streams.pipeline.entities import default_linker, evaluate, labelled_sample
 
     linker = default_linker()
-    tuned, heldout = (evaluate(linker, labelled_sample(n))
-                      for n in ("linking_sample", "linking_heldout"))  # fmt: skip
+    tuned, heldout, heldout2 = (
+        evaluate(linker, labelled_sample(n))
+        for n in ("linking_sample", "linking_heldout", "linking_heldout2")
+    )
     return {
         "documents": documents,
         "decode_per_s": documents / decode_s,
@@ -160,5 +162,6 @@ def run(documents: int = 20_000, database_url: str | None = None) -> dict[str, A
         "shared_same_stories": shared == stories,
         "linking_tuned": tuned,
         "linking_heldout": heldout,
+        "linking_heldout2": heldout2,
         "companies": len(linker.table),
     }

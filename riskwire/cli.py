@@ -892,7 +892,11 @@ def bench_ingest(
         f"shared story index (as the worker runs it, on {result['shared_database']}): "
         f"{result['shared_cluster_per_s']:,.0f} documents/s, {same} as in memory"
     )
-    for name, key in (("tuning sample", "linking_tuned"), ("held-out sample", "linking_heldout")):
+    for name, key in (
+        ("tuning sample", "linking_tuned"),
+        ("first held-out sample", "linking_heldout"),
+        ("second held-out sample", "linking_heldout2"),
+    ):
         m = result[key]
         console.print(
             f"entity linking ({result['companies']} companies), {name}: precision "
