@@ -6,7 +6,8 @@ memory would make each a story of its own there, and a restarted worker would fo
 Here the index is three tables (``stories``, their LSH band keys, and ``story_members``: which story
 each document was put in), and a batch of documents is assigned in one transaction:
 
-1. documents already assigned (a redelivery) get their stored answer again;
+1. documents already assigned (a redelivery) get their stored answer again; the rest are taken in
+   event-time order;
 2. the band keys of the rest find candidate stories (started within the horizon of event time);
 3. each document joins its best candidate (``stories.best_match``, as the in-memory index does) or
    starts a story, which the batch's later documents can join at once;
@@ -21,12 +22,14 @@ the newest document seen are pruned every ``prune_every`` documents.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import BigInteger, bindparam, case, delete, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from riskwire.records import Document
@@ -46,6 +49,12 @@ class _Stored:
     signature: np.ndarray
     tickers: frozenset[str]
     numbers: frozenset[str]
+
+
+def key_id(key: bytes) -> int:
+    """An LSH band key as a signed 64-bit integer: a small, fast index. Two keys that collide
+    only add a candidate, which must still match on similarity, tickers and numbers."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)
 
 
 def _words(values: frozenset[str]) -> str:
@@ -77,17 +86,26 @@ class SharedStoryIndex:
         prints = {
             d.id: self.index.fingerprint(d.text, [t.ticker for t in d.tickers]) for d in fresh
         }
-        buckets: dict[bytes, list[_Stored]] = {}
+        band_keys_of = {
+            i: list(dict.fromkeys(key_id(k) for k in fp.keys)) for i, fp in prints.items()
+        }
+        buckets: dict[int, list[_Stored]] = {}
         if fresh:
             oldest = min(d.published_at for d in fresh) - horizon
-            keys = sorted({k for fp in prints.values() for k in fp.keys})
+            keys = sorted({k for ks in band_keys_of.values() for k in ks})
             stories: dict[str, _Stored] = {}
-            for start in range(0, len(keys), CHUNK):
-                chunk = [k.hex() for k in keys[start : start + CHUNK]]
+            postgres = session.connection().dialect.name == "postgresql"
+            for start in range(0, len(keys), len(keys) if postgres else CHUNK):
+                chunk = keys[start : start + CHUNK] if not postgres else keys
+                wanted = (
+                    StoryKeyRow.key == func.any(bindparam("band_keys", chunk, ARRAY(BigInteger)))
+                    if postgres  # one array parameter, not thousands of them
+                    else StoryKeyRow.key.in_(chunk)
+                )
                 rows = session.execute(
                     select(StoryKeyRow.key, StoryRow)
                     .join(StoryRow, StoryRow.story_id == StoryKeyRow.story_id)
-                    .where(StoryKeyRow.key.in_(chunk), StoryKeyRow.started_at >= oldest)
+                    .where(wanted, StoryKeyRow.started_at >= oldest)
                 )
                 for key, row in rows.tuples():
                     story = stories.get(row.story_id)
@@ -97,8 +115,12 @@ class SharedStoryIndex:
                             np.frombuffer(bytes.fromhex(row.signature), dtype=np.uint64),
                             frozenset(row.tickers.split()), frozenset(row.numbers.split()),
                         )  # fmt: skip
-                    buckets.setdefault(bytes.fromhex(key), []).append(story)
+                    buckets.setdefault(key, []).append(story)
 
+        # in event-time order within the batch (a batch interleaves partitions): the earliest of
+        # a story's copies in it is the story's first; answers go back in the batch's order
+        order = sorted(range(len(docs)), key=lambda i: (docs[i].published_at, docs[i].id))
+        docs = [docs[i] for i in order]
         out: list[StoryAssignment | None] = []
         joins: dict[str, list[tuple[int, float]]] = {}  # story -> (position, similarity)
         new_stories: list[dict[str, object]] = []
@@ -114,14 +136,15 @@ class SharedStoryIndex:
             placed[doc.id] = len(out)
             fp = prints[doc.id]
             since = doc.published_at - horizon
-            candidates = (s for k in fp.keys for s in buckets.get(k, ()) if s.started >= since)
+            band_keys = band_keys_of[doc.id]
+            candidates = (s for k in band_keys for s in buckets.get(k, ()) if s.started >= since)
             best, similarity = best_match(candidates, fp)
             if best is not None and similarity >= self.index.threshold:
                 joins.setdefault(best.story_id, []).append((len(out), similarity))
                 out.append(None)
                 continue
             story = _Stored(doc.id, doc.published_at, fp.signature, fp.names, fp.numbers)
-            for k in fp.keys:
+            for k in band_keys:
                 buckets.setdefault(k, []).append(story)
             new_stories.append({
                 "story_id": doc.id, "started_at": doc.published_at, "tickers": _words(fp.names),
@@ -129,8 +152,7 @@ class SharedStoryIndex:
                 "copies": 0,
             })  # fmt: skip
             new_keys += [
-                {"key": k.hex(), "story_id": doc.id, "started_at": doc.published_at}
-                for k in dict.fromkeys(fp.keys)
+                {"key": k, "story_id": doc.id, "started_at": doc.published_at} for k in band_keys
             ]
             out.append(StoryAssignment(doc.id, 1.0, 0, 1.0))
         _insert_ignore(session, StoryRow, new_stories)
@@ -139,13 +161,13 @@ class SharedStoryIndex:
         started = {s["story_id"]: s["started_at"] for s in new_stories}
         counted: dict[str, tuple[int, datetime]] = {}
         if joins:  # one atomic increment for every story the batch joined
-            ids = sorted(joins)
-            added = case({i: len(joins[i]) for i in ids}, value=StoryRow.story_id, else_=0)
+            joined_ids = sorted(joins)
+            added = case({i: len(joins[i]) for i in joined_ids}, value=StoryRow.story_id, else_=0)
             counted = {
                 story_id: (copies, first)
                 for story_id, copies, first in session.execute(
                     update(StoryRow)
-                    .where(StoryRow.story_id.in_(ids))
+                    .where(StoryRow.story_id.in_(joined_ids))
                     .values(copies=StoryRow.copies + added)
                     .returning(StoryRow.story_id, StoryRow.copies, StoryRow.started_at)
                 ).tuples()
@@ -168,7 +190,10 @@ class SharedStoryIndex:
             }  # fmt: skip
         _insert_ignore(session, StoryMemberRow, list(members.values()))
         self._prune(session, docs)
-        return [a for a in result if a is not None]  # every one is set by now
+        answers: list[StoryAssignment | None] = [None] * len(docs)
+        for position, i in enumerate(order):
+            answers[i] = result[position]
+        return [a for a in answers if a is not None]  # every one is set by now
 
     def _prune(self, session: Session, docs: Sequence[Document]) -> None:
         newest = max(d.published_at for d in docs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.base import Base
@@ -379,7 +379,7 @@ class StoryKeyRow(Base):
 
     __tablename__ = "story_keys"
 
-    key: Mapped[str] = mapped_column(String(200), primary_key=True)  # hex
+    key: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # ``stories.key_id``
     story_id: Mapped[str] = mapped_column(ID, primary_key=True)
     started_at: Mapped[datetime] = mapped_column(index=True)
 

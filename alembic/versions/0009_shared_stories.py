@@ -34,7 +34,7 @@ def upgrade() -> None:
     op.create_index("ix_stories_started_at", "stories", ["started_at"])
     op.create_table(
         "story_keys",
-        sa.Column("key", sa.String(200), nullable=False),
+        sa.Column("key", sa.BigInteger(), nullable=False),
         sa.Column("story_id", sa.String(32), nullable=False),
         sa.Column("started_at", TIME, nullable=False),
         sa.PrimaryKeyConstraint("key", "story_id", name="pk_story_keys"),

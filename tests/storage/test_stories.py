@@ -123,3 +123,14 @@ def test_the_ingest_bench_measures_the_shared_index_as_the_worker_runs_it(
     assert result["shared_same_stories"] is True
     assert result["shared_cluster_per_s"] > 0 and result["copies_found"] > 50
     assert result["shared_database"] == database_url.split(":")[0].split("+")[0]
+
+
+def test_within_a_batch_the_earliest_copy_is_the_story_s_first(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A batch interleaves partitions: its documents are taken in event-time order, and the
+    answers come back in the batch's order."""
+    copy, original = doc(COPIES[0], minutes=5), doc(ORIGINAL, minutes=0)
+    got = assign(SharedStoryIndex(), sessions, [copy, original])
+    assert got == [StoryAssignment(original.id, 0.5, 1, got[0].similarity),
+                   StoryAssignment(original.id, 1.0, 0, 1.0)]  # fmt: skip

@@ -44,16 +44,18 @@ def item(source: str, n: int, title: str) -> dict[str, object]:
     }  # fmt: skip
 
 
-def run_worker(settings: Settings, items: list[dict[str, object]], path: Path) -> None:
-    feed = path.with_suffix(".jsonl")
-    feed.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
+def run_worker(settings: Settings, batches: list[list[dict[str, object]]], path: Path) -> None:
+    """One worker process: publish each batch of items and wait until all of it is through."""
     worker = spawn_worker(settings, path.with_suffix(".log"))
     try:
-        with RawProducer(settings.kafka_bootstrap or "", settings.topics) as producer:
-            assert producer.publish(JsonlSource(feed).read()).raw == len(items)
-        t = settings.topics
-        wait_drained(settings.kafka_bootstrap or "", settings.consumer_group,
-                     [t.raw_news, t.docs, t.scored, t.groups], timeout=120)  # fmt: skip
+        for n, items in enumerate(batches):
+            feed = path.with_name(f"{path.name}-{n}.jsonl")
+            feed.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
+            with RawProducer(settings.kafka_bootstrap or "", settings.topics) as producer:
+                assert producer.publish(JsonlSource(feed).read()).raw == len(items)
+            t = settings.topics
+            wait_drained(settings.kafka_bootstrap or "", settings.consumer_group,
+                         [t.raw_news, t.docs, t.scored, t.groups], timeout=120)  # fmt: skip
     finally:
         assert stop_worker(worker) == 0
     assert "Traceback" not in path.with_suffix(".log").read_text(errors="replace")
@@ -69,10 +71,12 @@ def test_copies_read_by_another_worker_join_the_story_and_count_once(
         topic_prefix=f"stories-{run}", consumer_group=f"riskwire-{run}",
         ensemble_members="finlex:1", score_batch_wait_s=0.2, reorder_idle_s=1,
     )  # fmt: skip
+    # the story first, then copies (the order in which copies from different partitions are read
+    # is the broker's, so the original goes first on its own)
     first = [item("wire", 0, STORY), *(item(s, i + 1, t) for i, (s, t) in enumerate(COPIES[:2]))]
-    run_worker(settings, first, tmp_path / "worker-1")
+    run_worker(settings, [first[:1], first[1:]], tmp_path / "worker-1")
     second = [*(item(s, i + 3, t) for i, (s, t) in enumerate(COPIES[2:])), item("wire", 9, OTHER)]
-    run_worker(settings, second, tmp_path / "worker-2")
+    run_worker(settings, [second], tmp_path / "worker-2")
 
     titles = [str(i["title"]) for i in first + second]
     sessions = session_factory(make_engine(postgres_url))
