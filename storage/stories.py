@@ -76,12 +76,19 @@ class SharedStoryIndex:
         if not docs:
             return []
         horizon = self.index.horizon
-        known = {
-            m.document_id: StoryAssignment(m.story_id, 0.5**m.copy, m.copy, m.similarity)
-            for m in session.scalars(
-                select(StoryMemberRow).where(StoryMemberRow.document_id.in_({d.id for d in docs}))
+        ids = {d.id for d in docs}
+        known = {  # a story's first document is its story row; its copies are members
+            story_id: StoryAssignment(story_id, 1.0, 0, 1.0)
+            for story_id in session.scalars(
+                select(StoryRow.story_id).where(StoryRow.story_id.in_(ids))
             )
         }
+        known.update(
+            (m.document_id, StoryAssignment(m.story_id, 0.5**m.copy, m.copy, m.similarity))
+            for m in session.scalars(
+                select(StoryMemberRow).where(StoryMemberRow.document_id.in_(ids))
+            )
+        )
         fresh = [d for d in docs if d.id not in known]
         prints = {
             d.id: self.index.fingerprint(d.text, [t.ticker for t in d.tickers]) for d in fresh
@@ -184,6 +191,8 @@ class SharedStoryIndex:
         for doc in fresh:
             a = result[placed[doc.id]]
             assert a is not None
+            if not a.copy:
+                continue  # its story row says it
             members[doc.id] = {
                 "document_id": doc.id, "story_id": a.story_id, "copy": a.copy,
                 "similarity": a.similarity, "started_at": started.get(a.story_id, doc.published_at),

@@ -385,7 +385,8 @@ class StoryKeyRow(Base):
 
 
 class StoryMemberRow(Base):
-    """Which story a document was put in, so a redelivered document gets the same answer."""
+    """Which story a copy was put in, so a redelivered copy gets the same answer (a story's first
+    document has its story row)."""
 
     __tablename__ = "story_members"
 
