@@ -142,6 +142,7 @@ class RiskStage:
         self.last_input = time.monotonic()
         self.released = 0
         self.reported = 0.0
+        self.warned = 0
         self.lock = asyncio.Lock()
         self.alerts: faust.TopicT | None = None
         self.dead: faust.TopicT | None = None
@@ -283,7 +284,13 @@ class RiskStage:
         fresh = sorted({s.ticker for s in scores if s.ticker and s.ticker not in self.loaded})
         if fresh:
             await asyncio.to_thread(self._restore, fresh)
+        behind = self.engine.out_of_order
         updates, dead = apply_scores(self.engine, scores, now)
+        if self.engine.out_of_order > behind and self.warned < 20:
+            try:
+                self._warn_out_of_order(released)
+            except Exception:  # a diagnostic must never stop the stage
+                log.exception("could not describe out-of-order scores")
         aggregates = self.engine.drain_aggregates()
         refused = await self.ctx.write(
             updates,
@@ -295,6 +302,23 @@ class RiskStage:
         stored = [u for s, u in updates if (s.ticker, s.document_id) not in lost]
         for alert in (a for u in stored for a in u.alerts):
             await self._send_alert(alert)
+
+    def _warn_out_of_order(self, released: list[Held]) -> None:
+        """Scores behind their group's newest: the watermarks let something through too early.
+        Say what, and what the markers said, so the cause can be found (a few times at most)."""
+        self.warned += 1
+        newest = {k: w.high_water for k, w in self.engine.windows.items()}
+        first = released[0].score
+        log.warning(
+            "risk stage on %s: %d scores out of event-time order so far; this release: %d scores "
+            "from %s (%s, %s), groups' newest %s; marks %s",
+            self.topic, self.engine.out_of_order, len(released), first.published_at.isoformat(),
+            first.ticker, first.document_id,
+            {k: t.isoformat() for k, t in newest.items() if t is not None and k in
+             {h.score.ticker for h in released}},
+            {p: {q: (t.isoformat() if t else None, idle) for q, (t, idle) in m.items()}
+             for p, m in self.marks.items()},
+        )  # fmt: skip
 
     def _restore(self, keys: list[str]) -> None:
         self.ctx.transact(keys, lambda session, k: restore_groups(self.engine, session, k))

@@ -224,9 +224,25 @@ def start(
     return settings, rows_stored(url), worker
 
 
-def assert_as_uninterrupted(settings: Settings, url: str, want: dict[str, list[Any]]) -> None:
+def warnings_in(logs: Path) -> str:
+    """The workers' warnings (out-of-order scores say what the watermarks said), for a failure."""
+    lines = [
+        f"{path.name}: {line}"
+        for path in sorted(logs.glob("worker*.log"))
+        for line in path.read_text(errors="replace").splitlines()
+        if "WARNING" in line or "ERROR" in line
+    ]
+    return "\n".join(lines[:30])
+
+
+def assert_as_uninterrupted(
+    settings: Settings, url: str, want: dict[str, list[Any]], logs: Path
+) -> None:
     """Everything stored is as in the uninterrupted run, and no alert went out twice."""
-    assert_same(snapshot(url), want)
+    try:
+        assert_same(snapshot(url), want)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nworkers' warnings:\n{warnings_in(logs)}") from None
     on_topic = alerts_on_topic(settings)
     assert max(Counter(on_topic).values()) == 1, "an alert was emitted twice"
     events = {(a[0], "firing") for a in want["alerts"]}
@@ -285,7 +301,7 @@ def test_a_worker_killed_mid_stream_and_restarted_changes_nothing(
         drain(settings)
     finally:
         assert stop_worker(second) == 0
-    assert_as_uninterrupted(settings, postgres_url, uninterrupted)
+    assert_as_uninterrupted(settings, postgres_url, uninterrupted, tmp_path)
 
 
 def test_two_workers_with_rebalances_and_a_kill_change_nothing(
@@ -303,6 +319,6 @@ def test_two_workers_with_rebalances_and_a_kill_change_nothing(
         drain(settings)
     finally:
         assert stop_worker(second) == 0
-    assert_as_uninterrupted(settings, postgres_url, uninterrupted)
+    assert_as_uninterrupted(settings, postgres_url, uninterrupted, tmp_path)
     log = (tmp_path / "worker-2.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
