@@ -143,6 +143,7 @@ class RiskStage:
         self.released = 0
         self.reported = 0.0
         self.warned = 0
+        self.offsets: dict[int, int] = {}  # per partition: the last offset taken
         self.lock = asyncio.Lock()
         self.alerts: faust.TopicT | None = None
         self.dead: faust.TopicT | None = None
@@ -153,6 +154,16 @@ class RiskStage:
             now = datetime.now(UTC)
             bad: list[DeadLetter] = []
             for event in events:
+                partition, offset = event.message.partition, event.message.offset
+                last = self.offsets.get(partition)
+                if last is not None and offset <= last and self.warned < 20:
+                    self.warned += 1
+                    log.warning(
+                        "risk stage on %s: partition %d went back from offset %d to %d within "
+                        "one assignment (%d held there)", self.topic, partition, last, offset,
+                        len(self.held.get(partition, ())),
+                    )  # fmt: skip
+                self.offsets[partition] = offset
                 # every message is held, and acknowledged in offset order (see ``_ack``)
                 event.message.incref()
                 entry = [event, False]
@@ -236,6 +247,7 @@ class RiskStage:
         async with self.lock:
             gone = set(partitions)
             for p in gone:
+                self.offsets.pop(p, None)
                 self.held.pop(p, None)
                 self.marks.pop(p, None)
                 self.acks.pop(p, None)
