@@ -32,29 +32,97 @@ T = TypeVar("T")
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
 
 
+class Positions:
+    """Where each partition's events must resume after a rebalance.
+
+    After a rebalance Faust seeks every partition back to its committed offset, but events can
+    first come from where the fetcher was: past events that were fetched, then cleared from the
+    stream's buffer by the rebalance, and never processed. A stage that took those would run
+    ahead of what it processed: scoring and normalise would send watermarks vouching for documents
+    they never sent, and the risk stage would release scores before earlier ones it had dropped,
+    out of event-time order (the crash test's rebalance caught both). So, per partition, the next
+    offset owed is remembered (the one after the last event taken, or, for the risk stage, the
+    first score it dropped on a revoke); after a rebalance an event past it is left out, and the
+    partition is sought back to it. Partitions that were not this worker's in the previous
+    generation start wherever Faust starts them.
+    """
+
+    def __init__(self) -> None:
+        self.next: dict[Any, int] = {}  # tp -> the offset owed next
+        self.resync: set[Any] = set()  # partitions still waiting for that offset
+        self.assigned: set[Any] = set()  # the partitions of the current generation
+        self.sought: dict[Any, float] = {}
+
+    def rebalanced(self, assigned: set[Any]) -> None:
+        kept = self.assigned & assigned
+        self.next = {tp: o for tp, o in self.next.items() if tp in kept}
+        self.resync = set(self.next)
+        self.assigned = set(assigned)
+        self.sought.clear()
+
+    def rewind(self, tp: Any, offset: int) -> None:
+        """Owe ``offset`` again (an event from there on was dropped, not processed)."""
+        self.next[tp] = min(self.next.get(tp, offset), offset)
+
+    def accept(self, tp: Any, offset: int) -> bool:
+        owed = self.next.get(tp)
+        if tp in self.resync and owed is not None and offset > owed:
+            return False  # fetched from where the fetcher was: it comes again after the seek
+        self.resync.discard(tp)
+        self.next[tp] = offset + 1
+        return True
+
+    def seek_due(self, tp: Any) -> int | None:
+        """The offset to seek ``tp`` to, at most every few seconds while it is out of step."""
+        now = time.monotonic()
+        if tp not in self.resync or now - self.sought.get(tp, 0.0) < 5.0:
+            return None
+        self.sought[tp] = now
+        return self.next[tp]
+
+
 async def event_batches(
-    stream: faust.StreamT[bytes], settings: Settings
+    stream: faust.StreamT[bytes], settings: Settings, positions: Positions | None = None
 ) -> AsyncIterator[Sequence[Any]]:
     """Micro-batches of events (key, value and message), acknowledged after the loop body runs.
 
     Events fetched before a rebalance can still sit in the batch buffer afterwards. They are left
     out and never acknowledged: Faust seeks to the committed offsets after a rebalance, so they come
     again; acknowledging them would let Faust commit past the offsets before them (it does so on a
-    partition without a committed offset), and those would be lost.
+    partition without a committed offset), and those would be lost. Events fetched after it from
+    where the fetcher was, past offsets never processed, are left out too (``Positions``).
     """
     concrete = cast(faust.Stream[bytes], stream)  # take_events is missing from faust's StreamT
     app = concrete.app
+    positions = positions if positions is not None else Positions()
+    generation = None
     async for events in concrete.take_events(
         settings.score_batch_size, settings.score_batch_wait_s
     ):
-        generation = app.consumer_generation_id
+        if app.consumer_generation_id != generation:
+            generation = app.consumer_generation_id
+            positions.rebalanced(set(app.consumer.assignment()))
         current = []
+        stale: dict[Any, int] = {}
         for event in events:
             fetched = event.message.generation_id
             if fetched is not None and fetched != generation:
                 event.message.incref()  # the batch's acknowledgement will not finish it
+            elif not positions.accept(event.message.tp, event.message.offset):
+                event.message.incref()
+                stale[event.message.tp] = event.message.offset
             else:
                 current.append(event)
+        for tp, offset in stale.items():
+            owed = positions.seek_due(tp)
+            if owed is not None:
+                log.warning(
+                    "%s: events from offset %d after a rebalance, but %d is owed: seeking back",
+                    tp,
+                    offset,
+                    owed,
+                )
+                await app.consumer.seek(tp, owed)
         if current:
             yield current
 

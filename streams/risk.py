@@ -44,7 +44,13 @@ from sqlalchemy.orm import Session
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import Alert, DeadLetter, Score, Watermark, group_key
 from storage import delivery, repository
-from streams.context import WorkerContext, event_batches, send_dead, storage_refused
+from streams.context import (
+    Positions,
+    WorkerContext,
+    event_batches,
+    send_dead,
+    storage_refused,
+)
 from streams.pipeline import RiskEngine, RiskUpdate
 from streams.pipeline.risk import Event
 from streams.watermarks import is_marker
@@ -144,6 +150,7 @@ class RiskStage:
         self.reported = 0.0
         self.warned = 0
         self.offsets: dict[int, int] = {}  # per partition: the last offset taken
+        self.positions = Positions()  # where each partition resumes after a rebalance
         self.lock = asyncio.Lock()
         self.alerts: faust.TopicT | None = None
         self.dead: faust.TopicT | None = None
@@ -156,11 +163,10 @@ class RiskStage:
             for event in events:
                 partition, offset = event.message.partition, event.message.offset
                 last = self.offsets.get(partition)
-                if last is not None and offset <= last and self.warned < 20:
-                    self.warned += 1
-                    log.warning(
-                        "risk stage on %s: partition %d went back from offset %d to %d within "
-                        "one assignment (%d held there)", self.topic, partition, last, offset,
+                if last is not None and offset <= last:  # Faust sought back: repeats follow
+                    log.info(
+                        "risk stage on %s: partition %d went back from offset %d to %d (%d held "
+                        "there)", self.topic, partition, last, offset,
                         len(self.held.get(partition, ())),
                     )  # fmt: skip
                 self.offsets[partition] = offset
@@ -248,6 +254,10 @@ class RiskStage:
             gone = set(partitions)
             for p in gone:
                 self.offsets.pop(p, None)
+                unfinished = self.acks.get(p)
+                if unfinished:  # dropped, not processed: owed again from the first of them
+                    first = unfinished[0][0].message
+                    self.positions.rewind(first.tp, first.offset)
                 self.held.pop(p, None)
                 self.marks.pop(p, None)
                 self.acks.pop(p, None)
@@ -368,7 +378,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
 
     def agent_for(stage: RiskStage, name: str) -> None:
         async def risk_agent(stream: faust.StreamT[bytes]) -> None:
-            async for events in event_batches(stream, ctx.settings):
+            async for events in event_batches(stream, ctx.settings, stage.positions):
                 await stage.take(events)
 
         app.agent(app.topic(stage.topic), name=name)(risk_agent)

@@ -115,3 +115,36 @@ def test_a_raw_partition_is_idle_only_when_read_to_its_end_quiet_and_not_in_flig
     assert run(progress.newly_idle(Consumer(10), [tp])) == {0}
     run(progress.resend({0}, [sink], fan_out=False))
     assert sink.last(0).idle and sink.last(0).event_time == T0
+
+
+def test_after_a_rebalance_a_partition_resumes_where_it_is_owed_not_where_it_was_fetched() -> None:
+    from streams.context import Positions
+
+    kept, moved, new = (
+        TopicPartition("docs", 0),
+        TopicPartition("docs", 1),
+        TopicPartition("docs", 2),
+    )
+    positions = Positions()
+    positions.rebalanced({kept, moved})
+    assert all(positions.accept(kept, o) for o in range(100, 110))  # taken: 100..109
+    assert positions.accept(moved, 50)
+    positions.rebalanced({kept, new})  # events 110.. were fetched, then cleared from the buffer
+    assert not positions.accept(kept, 140)  # from where the fetcher was: not yet
+    assert positions.seek_due(kept) == 110 and positions.seek_due(kept) is None  # once a while
+    assert positions.accept(new, 7)  # not ours before: wherever Faust starts it
+    assert positions.accept(kept, 103)  # Faust's seek to the committed offset: repeats, fine
+    assert positions.accept(kept, 140)  # and onwards
+
+
+def test_a_risk_stage_owes_again_the_scores_it_dropped() -> None:
+    from streams.context import Positions
+
+    tp = TopicPartition("scored", 3)
+    positions = Positions()
+    positions.rebalanced({tp})
+    assert all(positions.accept(tp, o) for o in range(20, 30))  # taken, 24.. still held
+    positions.rewind(tp, 24)  # a revoke dropped the held ones
+    positions.rebalanced({tp})
+    assert not positions.accept(tp, 30)  # would release 30 before 24..29 come again
+    assert positions.accept(tp, 24)
