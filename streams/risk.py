@@ -163,12 +163,16 @@ class RiskStage:
             for event in events:
                 partition, offset = event.message.partition, event.message.offset
                 last = self.offsets.get(partition)
-                if last is not None and offset <= last:  # Faust sought back: repeats follow
+                if last is not None and offset <= last:
+                    # Faust sought back (to the committed offset): what this partition held, or
+                    # had marked, since then comes again; start it over from here, as a revoke
+                    # and reassignment would, so nothing is released ahead of what comes back
                     log.info(
                         "risk stage on %s: partition %d went back from offset %d to %d (%d held "
-                        "there)", self.topic, partition, last, offset,
+                        "there): starting it over", self.topic, partition, last, offset,
                         len(self.held.get(partition, ())),
                     )  # fmt: skip
+                    self._forget_partitions({partition}, "starts over with")
                 self.offsets[partition] = offset
                 # every message is held, and acknowledged in offset order (see ``_ack``)
                 event.message.incref()
@@ -251,23 +255,27 @@ class RiskStage:
         """Forget the groups of revoked partitions and drop their held scores (redelivered to the
         new owner: their offsets were never committed)."""
         async with self.lock:
-            gone = set(partitions)
-            for p in gone:
-                self.offsets.pop(p, None)
-                unfinished = self.acks.get(p)
-                if unfinished:  # dropped, not processed: owed again from the first of them
-                    first = unfinished[0][0].message
-                    self.positions.rewind(first.tp, first.offset)
-                self.held.pop(p, None)
-                self.marks.pop(p, None)
-                self.acks.pop(p, None)
-            keys = [k for k, p in self.partition_of.items() if p in gone]
-            self.engine.forget(keys)
-            self.loaded.difference_update(keys)
-            for k in keys:
-                del self.partition_of[k]
-            if keys:
-                log.info("risk stage on %s gave up %d groups", self.topic, len(keys))
+            self._forget_partitions(set(partitions), "gave up")
+
+    def _forget_partitions(self, gone: set[int], why: str) -> None:
+        """Drop everything held, marked and known of the groups of ``gone`` partitions: what was
+        not finished is read again (the partition is owed from its first unfinished offset)."""
+        for p in gone:
+            self.offsets.pop(p, None)
+            unfinished = self.acks.get(p)
+            if unfinished:  # dropped, not processed: owed again from the first of them
+                first = unfinished[0][0].message
+                self.positions.rewind(first.tp, first.offset)
+            self.held.pop(p, None)
+            self.marks.pop(p, None)
+            self.acks.pop(p, None)
+        keys = [k for k, p in self.partition_of.items() if p in gone]
+        self.engine.forget(keys)
+        self.loaded.difference_update(keys)
+        for k in keys:
+            del self.partition_of[k]
+        if keys:
+            log.info("risk stage on %s %s %d groups", self.topic, why, len(keys))
 
     async def _release(self, bounds: dict[int, datetime]) -> None:
         released: list[Held] = []
