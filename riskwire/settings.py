@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         description="recent document ids a worker remembers; 0 = rely on the database",
     )
 
+    story_index: Literal["auto", "database", "memory"] = Field(
+        "auto",
+        description="where near-duplicate stories are kept: the database (shared by every worker, "
+        "kept across restarts) or worker memory; auto = the database on PostgreSQL, memory on "
+        "SQLite (one worker, and one writer, which the story index would take from the others)",
+    )
+
     device: str = Field("cpu", description="cpu, cuda or cuda:N for transformer members")
     precision: str = Field(
         "auto",

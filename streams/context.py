@@ -25,7 +25,7 @@ from storage.repository import register_model_versions
 from storage.stories import SharedStoryIndex
 from streams.pipeline import Deduplicator, entities
 from streams.pipeline.rules import build_risk_engine
-from streams.pipeline.stories import StoryAssignment
+from streams.pipeline.stories import StoryAssignment, StoryIndex
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -173,6 +173,12 @@ class WorkerContext:
         self.sessions = session_factory(self.engine)
         self.dedupe = Deduplicator(settings.dedupe_cache_size)
         self.stories = SharedStoryIndex()  # in the database: shared by every worker
+        self.local_stories: StoryIndex | None = None  # or in this worker (``story_index``)
+        if settings.story_index == "memory" or (
+            settings.story_index == "auto"
+            and not settings.resolved_database_url.startswith("postgresql")
+        ):
+            self.local_stories = StoryIndex()
         self.risk = build_risk_engine(settings, sessions=self.sessions)  # ticker groups
         self.group_risk = build_risk_engine(settings, sessions=self.sessions)  # sectors, market
         entities.configure(settings.companies_file)  # normalise links with this table
@@ -235,6 +241,14 @@ class WorkerContext:
     async def assign_stories(self, docs: Sequence[Document]) -> list[StoryAssignment]:
         """Each document's story, from the shared index (waiting out an unavailable database).
         Should the index fail otherwise, each document stands alone: never lost for its story."""
+        local = self.local_stories
+        if local is not None:  # in event-time order, as the shared index takes a batch
+            order = sorted(docs, key=lambda d: (d.published_at, d.id))
+            told = {
+                d.id: local.assign(d.id, d.text, d.published_at, [t.ticker for t in d.tickers])
+                for d in order
+            }
+            return [told[d.id] for d in docs]
         result: list[StoryAssignment] = []
 
         def work(session: Session, batch: Sequence[Document]) -> None:
