@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +189,25 @@ def test_the_writer_waits_for_an_unavailable_database_instead_of_losing_the_batc
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.mark.parametrize(
+    ("choice", "in_database"), [("auto", False), ("memory", False), ("database", True)]
+)
+def test_the_story_index_is_where_the_settings_say(
+    tmp_path: Path, choice: str, in_database: bool
+) -> None:
+    """On SQLite (one worker, one writer) ``auto`` keeps stories in the worker; asked for, the
+    database index works there too, and both put a copy in its original's story."""
+    settings = load_settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9", story_index=choice)
+    upgrade(settings.resolved_database_url)
+    context = WorkerContext(settings)
+    assert (context.local_stories is None) is in_database
+    text = "Acme Corp shares slump 12% after the drugmaker's late-stage trial misses its goal"
+    copy = make_document(text="(Reuters) - " + text, title="(Reuters) - " + text)
+    first = make_document(
+        text=text, title=text, published_at=copy.published_at - timedelta(hours=1)
+    )
+    told = asyncio.run(context.assign_stories([copy, first]))  # in event-time order, whatever came
+    assert [(t.story_id, t.copy) for t in told] == [(first.id, 1), (first.id, 0)]
+    context.close()
