@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +9,7 @@ from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from riskwire.records import Alert, AlertState, DeadLetter, Severity
-from storage import make_engine, session_factory
+from storage import make_engine
 from storage.base import Base
 from storage.migrate import downgrade, upgrade
 from storage.repository import (
@@ -56,14 +55,6 @@ TABLES = {
     "story_keys",
     "story_members",
 }
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def make_alert(state: AlertState = AlertState.FIRING, **overrides: object) -> Alert:

@@ -4,16 +4,12 @@ once each, and stories are forgotten after the horizon."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from riskwire.records import TickerLink
-from storage import make_engine, session_factory
-from storage.migrate import upgrade
 from storage.stories import SharedStoryIndex
 from storage.tables import StoryKeyRow, StoryMemberRow, StoryRow
 from streams.pipeline.stories import StoryAssignment, StoryIndex
@@ -26,14 +22,6 @@ COPIES = [
     "Acme Corp shares slump 12% after drugmaker's late-stage trial misses its main goal",
 ]
 OTHER = "Acme Corp opens a new research campus in Boston with 400 jobs"
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def doc(text: str, minutes: int = 0, ticker: str = "ACME"):  # type: ignore[no-untyped-def]
