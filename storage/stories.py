@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from riskwire.records import Document
 from storage.repository import _insert_ignore
 from storage.tables import StoryKeyRow, StoryMemberRow, StoryRow
-from streams.pipeline.stories import StoryAssignment, StoryIndex, best_match
+from streams.pipeline.stories import StoryAssignment, StoryIndex, best_match, event_time
 
 CHUNK = 2000  # keys per IN list
 
@@ -126,7 +126,7 @@ class SharedStoryIndex:
 
         # in event-time order within the batch (a batch interleaves partitions): the earliest of
         # a story's copies in it is the story's first; answers go back in the batch's order
-        order = sorted(range(len(docs)), key=lambda i: (docs[i].published_at, docs[i].id))
+        order = sorted(range(len(docs)), key=lambda i: event_time(docs[i]))
         docs = [docs[i] for i in order]
         out: list[StoryAssignment | None] = []
         joins: dict[str, list[tuple[int, float]]] = {}  # story -> (position, similarity)

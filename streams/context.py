@@ -242,13 +242,8 @@ class WorkerContext:
         """Each document's story, from the shared index (waiting out an unavailable database).
         Should the index fail otherwise, each document stands alone: never lost for its story."""
         local = self.local_stories
-        if local is not None:  # in event-time order, as the shared index takes a batch
-            order = sorted(docs, key=lambda d: (d.published_at, d.id))
-            told = {
-                d.id: local.assign(d.id, d.text, d.published_at, [t.ticker for t in d.tickers])
-                for d in order
-            }
-            return [told[d.id] for d in docs]
+        if local is not None:
+            return local.assign_batch(docs)
         result: list[StoryAssignment] = []
 
         def work(session: Session, batch: Sequence[Document]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
@@ -202,6 +202,15 @@ class StoryIndex:
         self._by_document[document_id] = StoryAssignment(document_id, 1.0, 0, 1.0)
         return self._by_document[document_id]
 
+    def assign_batch(self, docs: Sequence[Document]) -> list[StoryAssignment]:
+        """A batch's stories, taken in event-time order (a batch interleaves partitions: the
+        earliest copy in it is the story's first), answered in the batch's order."""
+        told = {
+            d.id: self.assign(d.id, d.text, d.published_at, [t.ticker for t in d.tickers])
+            for d in sorted(docs, key=event_time)
+        }
+        return [told[d.id] for d in docs]
+
     def _forget(self, before: datetime) -> None:
         while self._stories and self._stories[0].started < before:
             story = self._stories.popleft()
@@ -213,6 +222,11 @@ class StoryIndex:
                         del self._buckets[key]
             for member in story.members:
                 self._by_document.pop(member, None)
+
+
+def event_time(doc: Document) -> tuple[datetime, str]:
+    """The order stories take documents in: event time, then id."""
+    return doc.published_at, doc.id
 
 
 def with_story(index: StoryIndex, doc: Document) -> Document:
