@@ -17,13 +17,14 @@ from models.ensemble import Ensemble
 from models.routing import Scorer
 from riskwire.delivery.model import delivery_targets
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import DeadLetter, Document, Record
+from riskwire.records import DeadLetter, Document, Record, Score
 from riskwire.settings import Settings
 from storage.delivery import Targets
 from storage.engine import make_engine, session_factory
 from storage.repository import register_model_versions
 from storage.stories import SharedStoryIndex
-from streams.pipeline import Deduplicator, entities
+from streams.inference import RemoteScorer
+from streams.pipeline import Deduplicator, entities, score_documents
 from streams.pipeline.rules import build_risk_engine
 from streams.pipeline.stories import StoryAssignment, StoryIndex
 
@@ -184,14 +185,14 @@ class WorkerContext:
         entities.configure(settings.companies_file)  # normalise links with this table
         self.targets: Targets = delivery_targets(settings)
         self._ensemble_factory = ensemble_factory
-        self._ensemble: Scorer | None = None
+        self._ensemble: Scorer | RemoteScorer | None = None
         self._ensemble_lock = asyncio.Lock()
 
     @property
     def ensemble_loaded(self) -> bool:
         return self._ensemble is not None
 
-    def load_ensemble(self) -> Scorer:
+    def load_ensemble(self) -> Scorer | RemoteScorer:
         """Build the ensemble now (before the worker starts), instead of at the first batch."""
         if self._ensemble is None:
             started = time.perf_counter()
@@ -201,14 +202,25 @@ class WorkerContext:
             )
         return self._ensemble
 
-    async def ensemble(self) -> Scorer:
+    async def ensemble(self) -> Scorer | RemoteScorer:
         async with self._ensemble_lock:
             return await asyncio.to_thread(self.load_ensemble)
 
-    def _build_ensemble(self) -> Scorer:
+    async def score(self, docs: Sequence[Document]) -> list[Score]:
+        """Fused scores of a batch, in its order: in the scoring process, or in a thread."""
+        ensemble = await self.ensemble()
+        if isinstance(ensemble, RemoteScorer):
+            return await ensemble.score(docs)
+        return await asyncio.to_thread(score_documents, ensemble, docs)
+
+    def _build_ensemble(self) -> Scorer | RemoteScorer:
         from models.factory import make_ensemble
 
-        ensemble = make_ensemble(self.settings, self._ensemble_factory)
+        ensemble: Scorer | RemoteScorer
+        if self._ensemble_factory is None and self.settings.scoring == "process":
+            ensemble = RemoteScorer(self.settings).load()
+        else:
+            ensemble = make_ensemble(self.settings, self._ensemble_factory)
         entries = ensemble.registry_entries()
         now = datetime.now(UTC)
         self._transact(entries, lambda session, items: register_model_versions(session, items, now))
@@ -276,6 +288,8 @@ class WorkerContext:
                 time.sleep(delay)
 
     def close(self) -> None:
+        if isinstance(self._ensemble, RemoteScorer):
+            self._ensemble.close()
         self.engine.dispose()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -21,12 +22,13 @@ from streams.context import (
     send_dead,
     storage_refused,
 )
-from streams.pipeline import fan_out, score_documents
+from streams.pipeline import fan_out
 from streams.risk import group_mentions
-from streams.watermarks import Marks, is_marker
+from streams.watermarks import Marks, Sealed, is_marker
 
 log = logging.getLogger(__name__)
 STAGE = "score"
+PIPELINE_DEPTH = 2  # batches in flight in the scoring stage: one written while the next is scored
 
 
 def persist_scored(session: Session, pairs: Sequence[tuple[Document, Score]]) -> None:
@@ -47,8 +49,7 @@ async def score_batch(
     Never raises: a model that cannot even be loaded dead-letters the batch with the reason.
     """
     try:
-        ensemble = await ctx.ensemble()
-        return await asyncio.to_thread(score_documents, ensemble, docs), []
+        return await ctx.score(docs), []
     except Exception as exc:
         log.exception("scoring a batch of %d failed; retrying one by one", len(docs))
         if not ctx.ensemble_loaded:
@@ -56,7 +57,7 @@ async def score_batch(
     scores, dead = [], []
     for doc in docs:
         try:
-            scores.extend(await asyncio.to_thread(score_documents, ensemble, [doc]))
+            scores.extend(await ctx.score([doc]))
         except Exception as exc:
             dead.append(scoring_failed(doc, exc, now))
     return scores, dead
@@ -73,8 +74,46 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
 
     marks = Marks(ctx.settings.topic_partitions)
 
+    async def finish(
+        docs: list[Document], bad: list[DeadLetter], scoring: asyncio.Future[Any],
+        before: asyncio.Future[Any] | None, sealed: Sealed, events: Sequence[Any], now: datetime,
+    ) -> None:  # fmt: skip
+        """Write and send on a batch once the one taken before it is done; then its markers, and
+        its messages are finished (so a crash before this point reads the batch again)."""
+        if before is not None:
+            await before
+        await send_dead(dead, bad)
+        scores, failed = await scoring
+        by_id = {d.id: d for d in docs}
+        pairs = [(by_id[s.document_id], s) for s in scores]
+        refused = await ctx.write(pairs, persist_scored)
+        failed += [storage_refused(e, d.to_json(), d.id, now) for (d, _), e in refused]
+        refused_ids = {d.id for (d, _), _ in refused}
+        await send_dead(dead, failed)
+        for doc, score in pairs:
+            if doc.id in refused_ids:
+                continue
+            grouped: dict[str, Score] = {}
+            for mention in fan_out(score, doc):
+                await scored.send(key=(mention.ticker or "").encode(), value=mention.to_json())
+                for g in group_mentions(mention, sector_of, market):
+                    grouped.setdefault(g.ticker or "", g)  # a document counts once per group
+            for key, g in grouped.items():
+                await groups.send(key=key.encode(), value=g.to_json())
+        # after the batch's scores: everything up to these marks is sent
+        await marks.send_sealed(sealed, outputs, fan_out=True)
+        for event in events:
+            event.ack()
+
+    async def no_scores() -> tuple[list[Score], list[DeadLetter]]:
+        return [], []
+
     @app.agent(docs_topic, name="score")
     async def score_agent(stream: faust.StreamT[bytes]) -> None:
+        # Batches in flight, oldest first: while one is written and sent on, the next is scored
+        # (the model runs in a thread or process of its own). Their messages are held
+        # (``incref``) until ``finish`` is done with them, in the order taken.
+        inflight: deque[asyncio.Future[None]] = deque()
         async for events in event_batches(stream, ctx.settings):
             now = datetime.now(UTC)
             touched = {e.message.partition for e in events}
@@ -94,29 +133,15 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
                 if upstream.idle:
                     marks.saw_idle(q)
             docs = [d for _, d in decoded]
-            await send_dead(dead, bad)
-            if not docs:
-                await marks.send(touched, outputs, fan_out=True)
-                continue
-            scores, failed = await score_batch(ctx, docs, now)
-            by_id = {d.id: d for d in docs}
-            pairs = [(by_id[s.document_id], s) for s in scores]
-            refused = await ctx.write(pairs, persist_scored)
-            failed += [storage_refused(e, d.to_json(), d.id, now) for (d, _), e in refused]
-            refused_ids = {d.id for (d, _), _ in refused}
-            await send_dead(dead, failed)
-            for doc, score in pairs:
-                if doc.id in refused_ids:
-                    continue
-                grouped: dict[str, Score] = {}
-                for mention in fan_out(score, doc):
-                    await scored.send(key=(mention.ticker or "").encode(), value=mention.to_json())
-                    for g in group_mentions(mention, sector_of, market):
-                        grouped.setdefault(g.ticker or "", g)  # a document counts once per group
-                for key, g in grouped.items():
-                    await groups.send(key=key.encode(), value=g.to_json())
-            # after the batch's scores: everything up to these marks is sent
-            await marks.send(touched, outputs, fan_out=True)
+            scoring = asyncio.ensure_future(score_batch(ctx, docs, now) if docs else no_scores())
+            for event in events:
+                event.message.incref()
+            before = inflight[-1] if inflight else None
+            inflight.append(asyncio.ensure_future(
+                finish(docs, bad, scoring, before, marks.seal(touched), events, now)
+            ))  # fmt: skip
+            while inflight and (inflight[0].done() or len(inflight) >= PIPELINE_DEPTH):
+                await inflight.popleft()  # raises what finishing it raised
 
     @app.timer(interval=0.1)
     async def send_held_back_marks() -> None:

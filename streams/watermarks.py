@@ -21,7 +21,9 @@ downstream starts reading after the last committed offset and may not have seen 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +41,16 @@ def is_marker(value: bytes) -> bool:
 MIN_INTERVAL_S = 0.25  # markers per source partition at most this often (idle ones at once)
 
 
+@dataclass
+class Sealed:
+    """What one batch saw, fixed when it was taken: per partition, the newest event time read
+    up to and in it, and the partitions whose last word in it was upstream's idle marker."""
+
+    newest: dict[int, datetime]
+    idle_seen: set[int]
+    qs: set[int]
+
+
 class Marks:
     """Per source partition q: the newest event time seen, the newest whose records are all sent
     on (what markers say), and whether q is idle.
@@ -48,6 +60,10 @@ class Marks:
     an idle marker from a timer) says only what was true before the batch, or the risk stage
     would release other partitions' scores past the batch's and get the batch out of order.
 
+    Several batches may be in flight, each scored while the one before it is written: each is
+    ``seal``-ed when taken and sent with ``send_sealed``, in the order taken. A batch that saw
+    upstream's idle marker for q makes q idle only if no later batch has read from q.
+
     Markers are throttled: a partition's marker goes out at most every ``MIN_INTERVAL_S``; one held
     back is sent by ``flush`` (a timer), with what was done by then."""
 
@@ -56,14 +72,20 @@ class Marks:
         self.newest: dict[int, datetime] = {}
         self.done: dict[int, datetime] = {}
         self.idle: set[int] = set()
-        self.inflight: set[int] = set()  # partitions the batch in flight has read from
+        self.current: set[int] = set()  # partitions the batch being taken has read from
         self.idle_seen: set[int] = set()  # ... whose last word in it was upstream's idle marker
+        self.sealed: Counter[int] = Counter()  # per partition: sealed batches not sent yet
         self.last_sent: dict[int, float] = {}
         self.pending: dict[int, tuple[Sequence[faust.TopicT], bool]] = {}
 
+    @property
+    def inflight(self) -> set[int]:
+        """Partitions that a batch not sent on yet has read from."""
+        return self.current | {q for q, n in self.sealed.items() if n > 0}
+
     def saw(self, q: int, t: datetime | None) -> None:
         """A record (or upstream marker) of q, at event time ``t``, in the batch in flight."""
-        self.inflight.add(q)
+        self.current.add(q)
         self.idle.discard(q)  # not idle any more: saying so at once is always safe
         self.idle_seen.discard(q)
         if t is not None and (q not in self.newest or t > self.newest[q]):
@@ -71,8 +93,16 @@ class Marks:
 
     def saw_idle(self, q: int) -> None:
         """Upstream's idle marker for q, in the batch in flight (after what it read before)."""
-        self.inflight.add(q)
+        self.current.add(q)
         self.idle_seen.add(q)
+
+    def seal(self, qs: Iterable[int] = ()) -> Sealed:
+        """The batch being taken is complete: what it saw, to send once it is done."""
+        qs = self.current | set(qs)
+        sealed = Sealed({q: self.newest[q] for q in qs if q in self.newest}, self.idle_seen, qs)
+        self.sealed.update(qs)
+        self.current, self.idle_seen = set(), set()
+        return sealed
 
     def marker(self, q: int) -> bytes:
         return Watermark(
@@ -82,17 +112,24 @@ class Marks:
     async def send(
         self, qs: Iterable[int], topics: Sequence[faust.TopicT], fan_out: bool, force: bool = False
     ) -> None:
-        """After a batch is sent on: what it saw of ``qs`` is done; markers for them, into the same
+        """After the batch being taken is sent on: ``seal`` and ``send_sealed`` at once."""
+        await self.send_sealed(self.seal(qs), topics, fan_out, force)
+
+    async def send_sealed(
+        self, batch: Sealed, topics: Sequence[faust.TopicT], fan_out: bool, force: bool = False
+    ) -> None:
+        """After a batch is sent on: what it saw is done; markers for its partitions, into the same
         partition of each topic or into all of them (now, or by ``flush`` if one went out very
         recently)."""
         now = time.monotonic()
-        for q in sorted(set(qs)):
-            if q in self.newest:
-                self.done[q] = self.newest[q]
-            if q in self.idle_seen:
+        for q in sorted(batch.qs):
+            self.sealed[q] -= 1
+            if self.sealed[q] <= 0:
+                del self.sealed[q]
+            if q in batch.newest and (q not in self.done or batch.newest[q] > self.done[q]):
+                self.done[q] = batch.newest[q]
+            if q in batch.idle_seen and q not in self.inflight:
                 self.idle.add(q)
-            self.idle_seen.discard(q)
-            self.inflight.discard(q)
             if force or q in self.idle or now - self.last_sent.get(q, 0.0) >= MIN_INTERVAL_S:
                 await self._send(q, topics, fan_out, now)
             else:

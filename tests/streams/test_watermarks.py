@@ -104,6 +104,48 @@ def event(partition: int, offset: int) -> Any:
     return SimpleNamespace(message=SimpleNamespace(tp=tp, partition=partition, offset=offset))
 
 
+def test_with_two_batches_in_flight_each_vouches_only_for_itself() -> None:
+    """The scoring stage scores a batch while the one before it is written and sent on: the
+    first one's markers must not claim what the second one read."""
+    marks, sink = Marks(2), Sink()
+    marks.saw(0, T0)
+    first = marks.seal([0])
+    marks.saw(0, T0 + timedelta(hours=5))
+    marks.saw(1, T0 + timedelta(hours=6))
+    second = marks.seal([0, 1])
+    assert marks.inflight == {0, 1}
+
+    run(marks.send_sealed(first, [sink], fan_out=False, force=True))
+    assert sink.last(0).event_time == T0  # not the second batch's 05:00
+    assert marks.inflight == {0, 1}  # the second batch still reads both
+
+    run(marks.resend([0, 1], [sink], fan_out=False))  # a rebalance meanwhile
+    assert sink.last(0).event_time == T0 and sink.last(1).event_time is None
+
+    run(marks.send_sealed(second, [sink], fan_out=False, force=True))
+    assert sink.last(0).event_time == T0 + timedelta(hours=5)
+    assert sink.last(1).event_time == T0 + timedelta(hours=6)
+    assert marks.inflight == set()
+
+
+def test_an_idle_marker_is_not_passed_on_while_a_later_batch_reads_that_partition() -> None:
+    marks, sink = Marks(1), Sink()
+    marks.saw(0, T0)
+    marks.saw_idle(0)  # upstream: partition 0 is read to its end
+    first = marks.seal([0])
+    marks.saw(0, T0 + timedelta(minutes=1))  # ... and then it was not any more
+    second = marks.seal([0])
+
+    run(marks.send_sealed(first, [sink], fan_out=False, force=True))
+    assert not sink.last(0).idle  # the second batch's scores are not sent yet
+    run(marks.send_sealed(second, [sink], fan_out=False, force=True))
+    assert not sink.last(0).idle and sink.last(0).event_time == T0 + timedelta(minutes=1)
+
+    marks.saw_idle(0)  # idle again, with no batch after it: passed on when sent
+    run(marks.send([0], [sink], fan_out=False, force=True))
+    assert sink.last(0).idle
+
+
 def test_a_raw_partition_is_idle_only_when_read_to_its_end_quiet_and_not_in_flight() -> None:
     progress = RawProgress(2, idle_after=0.0)
     tp = event(0, 9).message.tp
