@@ -68,6 +68,7 @@ class RemoteScorer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._pool: ProcessPoolExecutor | None = None
+        self._restarting: asyncio.Lock | None = None
         self.version = ""
         self.entries: list[tuple[str, str, dict[str, Any]]] = []
 
@@ -98,13 +99,22 @@ class RemoteScorer:
     async def score(self, docs: Sequence[Document]) -> list[Score]:
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
+            pool = self._executor()
             try:
-                return await loop.run_in_executor(self._executor(), _score, list(docs))
+                return await loop.run_in_executor(pool, _score, list(docs))
             except BrokenProcessPool:
                 log.error("the scoring process died (attempt %d); starting another", attempt)
+                await self._restart(pool)
+        raise BrokenProcessPool("the scoring process died twice on one batch")
+
+    async def _restart(self, broken: ProcessPoolExecutor) -> None:
+        """A new process for a broken one, once: two batches in flight both see it break."""
+        if self._restarting is None:
+            self._restarting = asyncio.Lock()
+        async with self._restarting:
+            if self._pool is broken:
                 self.close()
                 await asyncio.to_thread(self.load)
-        raise BrokenProcessPool("the scoring process died twice on one batch")
 
     def close(self) -> None:
         if self._pool is not None:

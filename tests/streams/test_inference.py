@@ -15,6 +15,7 @@ import pytest
 
 from models.exceptions import ModelError
 from models.factory import make_ensemble
+from riskwire.records import Score
 from riskwire.settings import load_settings
 from streams.inference import RemoteScorer
 from streams.pipeline import score_documents
@@ -62,8 +63,12 @@ def test_a_scoring_process_that_dies_is_started_again(settings) -> None:  # type
         first = scorer.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        scores = asyncio.run(scorer.score(docs))
-        assert [s.document_id for s in scores] == ["d0"] and scores[0].label == "negative"
+
+        async def two_in_flight() -> list[list[Score]]:
+            return list(await asyncio.gather(scorer.score(docs), scorer.score(docs)))
+
+        for scores in asyncio.run(two_in_flight()):
+            assert [s.document_id for s in scores] == ["d0"] and scores[0].label == "negative"
         assert scorer.pid not in (None, first)
     finally:
         scorer.close()
@@ -80,6 +85,7 @@ def test_models_that_cannot_load_say_why(tmp_path: Path) -> None:
 
 CHILD = """
 import sys, time
+from riskwire.records import Score
 from riskwire.settings import load_settings
 from streams.inference import RemoteScorer
 scorer = RemoteScorer(load_settings(data_dir=sys.argv[1], ensemble_members="finlex:1")).load()
