@@ -1,9 +1,10 @@
 """End-to-end pipeline bench: publish -> broker -> worker (normalise, score, risk) -> database.
 
-    riskwire bench pipeline [--documents 3000] [--rate 40] [--seconds 20] [--json]
+    riskwire bench pipeline [--documents 3000] [--rate 40] [--seconds 20] [--database-url URL] [--json]
 
 For each model (a null member that costs nothing, then the default ensemble) a fresh worker runs
-against the embedded broker and a database (SQLite by default):
+against the embedded broker and a database of its own (SQLite by default; with ``--database-url``, a
+new database on that PostgreSQL server, dropped afterwards):
 
 * **throughput**: ``documents`` news items published at once (a backlog); documents/s until the
   last one's risk row is stored;
@@ -23,6 +24,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from riskwire.records import Kind, RawRecord
 from riskwire.settings import Settings, load_settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
+from storage.engine import fresh_database
 from storage.tables import AlertEventRow, TickerSentimentRow
 from streams.pipeline import normalise
 
@@ -58,7 +61,12 @@ class Run:
         run = uuid.uuid4().hex[:8]
         self.dir = base / run
         self.dir.mkdir(parents=True)
-        url = database_url or f"sqlite:///{self.dir / 'bench.db'}"
+        self.database = ExitStack()  # on PostgreSQL: a database of this run's own, dropped after
+        url = (
+            self.database.enter_context(fresh_database(database_url, "riskwire_bench"))
+            if database_url
+            else f"sqlite:///{self.dir / 'bench.db'}"
+        )
         upgrade(url)
         rules = self.dir / "rules.yaml"
         rules.write_text(RULES)
@@ -95,6 +103,7 @@ class Run:
         stop_worker(self.worker)
         self.producer.close()
         self.engine.dispose()
+        self.database.close()
 
 
 def item(i: int, name: str, title: str, at: datetime) -> RawRecord:

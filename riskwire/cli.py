@@ -765,7 +765,13 @@ def bench_pipeline(
     documents: Annotated[int, typer.Option(help="items published at once, for throughput")] = 3000,
     rate: Annotated[float, typer.Option(help="items per second in the latency phase")] = 40.0,
     seconds: Annotated[float, typer.Option(help="how long the latency phase runs")] = 20.0,
-    database_url: BenchDatabase = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="a PostgreSQL server (any database there): each run gets a new "
+            "database on it, dropped afterwards; default: SQLite in a temp dir"
+        ),
+    ] = None,
     as_json: JsonOutput = False,
 ) -> None:
     """End to end through broker, worker and database: docs/s and publish-to-stored and

@@ -5,16 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from riskwire.broker import EmbeddedBroker
+from storage.engine import fresh_database
 
 log = logging.getLogger(__name__)
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -61,21 +59,6 @@ def postgres_admin_url() -> Iterator[str]:
         yield f"postgresql+psycopg://postgres@/postgres?host={datadir}"
     finally:
         server.cleanup()
-
-
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """A new database on the PostgreSQL server at ``admin_url``, dropped afterwards."""
-    name = f"riskwire_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from riskwire.records import Alert
 from riskwire.settings import Settings, load_settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
+from storage.engine import fresh_database
 from storage.tables import (
     AlertEventRow,
     AlertRow,
@@ -39,7 +40,6 @@ from storage.tables import (
     ScoreRow,
     TickerSentimentRow,
 )
-from tests.conftest import fresh_database
 from tests.kafka_helpers import read_topic, wait_drained
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
