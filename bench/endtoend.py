@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from ingest import RawProducer
+from models.factory import trained_dir
 from riskwire.broker import EmbeddedBroker
 from riskwire.records import Kind, RawRecord
 from riskwire.settings import Settings, load_settings
@@ -67,6 +68,9 @@ class Run:
             if database_url
             else f"sqlite:///{self.dir / 'bench.db'}"
         )
+        trained = trained_dir(load_settings()).resolve()
+        if trained.is_dir():  # the models trained here (``make models``), as the ensemble alone
+            (self.dir / "models").symlink_to(trained, target_is_directory=True)
         upgrade(url)
         rules = self.dir / "rules.yaml"
         rules.write_text(RULES)
@@ -204,7 +208,7 @@ def measure(
         run.close()
 
 
-def ensemble_alone(documents: int) -> float:
+def ensemble_alone(documents: int) -> tuple[float, str]:
     """The default ensemble on the same kind of documents, in this process: its raw docs/s."""
     from models.factory import build_ensemble
     from streams.pipeline import score_documents
@@ -221,7 +225,7 @@ def ensemble_alone(documents: int) -> float:
     began = time.perf_counter()
     for k in range(0, len(docs), 64):  # the worker's batch size
         score_documents(ensemble, docs[k : k + 64])
-    return documents / (time.perf_counter() - began)
+    return documents / (time.perf_counter() - began), ensemble.version
 
 
 def run(
@@ -235,7 +239,8 @@ def run(
         out["default"] = measure(broker, DEFAULT, base, documents, rate, seconds, database_url,
                                  say)  # fmt: skip
     say("  the ensemble alone, in this process")
-    raw = ensemble_alone(documents)
+    raw, version = ensemble_alone(documents)
+    out["ensemble"] = version
     out["ensemble_docs_per_s"] = round(raw, 1)
     out["pipeline_over_ensemble"] = round(out["default"]["docs_per_s"] / raw, 3)
     out["database"] = "postgresql" if database_url and "postgres" in database_url else "sqlite"

@@ -797,7 +797,8 @@ def bench_pipeline(
                       alert99)  # fmt: skip
     console.print(table)
     console.print(
-        f"the ensemble alone: {result['ensemble_docs_per_s']:,.0f} docs/s; the pipeline runs at "
+        f"the ensemble alone ({result['ensemble']}): {result['ensemble_docs_per_s']:,.0f} docs/s; "
+        f"the pipeline runs at "
         f"{result['pipeline_over_ensemble']:.0%} of it ({result['database']})"
     )
 

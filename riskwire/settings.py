@@ -89,15 +89,6 @@ class Settings(BaseSettings):
     )
     score_batch_size: int = Field(64, ge=1, le=4096)
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)
-    scoring: str = Field(
-        "process",
-        pattern=r"^(process|thread)$",
-        description="where the worker's ensemble runs: process (a child process of its own, in "
-        "parallel with the stream stages) or thread (in the worker's process)",
-    )
-    model_threads: int = Field(
-        0, ge=0, le=256, description="torch threads of the scoring process; 0 = torch's default"
-    )
     ensemble: str = Field(
         "default",
         description="what scores documents: an ensemble file (.json), a routing file (.yaml), or "

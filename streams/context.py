@@ -23,7 +23,6 @@ from storage.delivery import Targets
 from storage.engine import make_engine, session_factory
 from storage.repository import register_model_versions
 from storage.stories import SharedStoryIndex
-from streams.inference import RemoteScorer
 from streams.pipeline import Deduplicator, entities, score_documents
 from streams.pipeline.rules import build_risk_engine
 from streams.pipeline.stories import StoryAssignment, StoryIndex
@@ -185,14 +184,14 @@ class WorkerContext:
         entities.configure(settings.companies_file)  # normalise links with this table
         self.targets: Targets = delivery_targets(settings)
         self._ensemble_factory = ensemble_factory
-        self._ensemble: Scorer | RemoteScorer | None = None
+        self._ensemble: Scorer | None = None
         self._ensemble_lock = asyncio.Lock()
 
     @property
     def ensemble_loaded(self) -> bool:
         return self._ensemble is not None
 
-    def load_ensemble(self) -> Scorer | RemoteScorer:
+    def load_ensemble(self) -> Scorer:
         """Build the ensemble now (before the worker starts), instead of at the first batch."""
         if self._ensemble is None:
             started = time.perf_counter()
@@ -202,25 +201,18 @@ class WorkerContext:
             )
         return self._ensemble
 
-    async def ensemble(self) -> Scorer | RemoteScorer:
+    async def ensemble(self) -> Scorer:
         async with self._ensemble_lock:
             return await asyncio.to_thread(self.load_ensemble)
 
     async def score(self, docs: Sequence[Document]) -> list[Score]:
-        """Fused scores of a batch, in its order: in the scoring process, or in a thread."""
-        ensemble = await self.ensemble()
-        if isinstance(ensemble, RemoteScorer):
-            return await ensemble.score(docs)
-        return await asyncio.to_thread(score_documents, ensemble, docs)
+        """Fused scores of a batch, in its order, scored in a thread (the event loop goes on)."""
+        return await asyncio.to_thread(score_documents, await self.ensemble(), docs)
 
-    def _build_ensemble(self) -> Scorer | RemoteScorer:
+    def _build_ensemble(self) -> Scorer:
         from models.factory import make_ensemble
 
-        ensemble: Scorer | RemoteScorer
-        if self._ensemble_factory is None and self.settings.scoring == "process":
-            ensemble = RemoteScorer(self.settings).load()
-        else:
-            ensemble = make_ensemble(self.settings, self._ensemble_factory)
+        ensemble = make_ensemble(self.settings, self._ensemble_factory)
         entries = ensemble.registry_entries()
         now = datetime.now(UTC)
         self._transact(entries, lambda session, items: register_model_versions(session, items, now))
@@ -288,8 +280,6 @@ class WorkerContext:
                 time.sleep(delay)
 
     def close(self) -> None:
-        if isinstance(self._ensemble, RemoteScorer):
-            self._ensemble.close()
         self.engine.dispose()
 
 
