@@ -111,7 +111,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     @app.agent(docs_topic, name="score")
     async def score_agent(stream: faust.StreamT[bytes]) -> None:
         # Batches in flight, oldest first: while one is written and sent on, the next is scored
-        # (the model runs in a thread or process of its own). Their messages are held
+        # (the model runs in a thread, the event loop goes on). Their messages are held
         # (``incref``) until ``finish`` is done with them, in the order taken.
         inflight: deque[asyncio.Future[None]] = deque()
         async for events in event_batches(stream, ctx.settings):
