@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     )
     score_batch_size: int = Field(64, ge=1, le=4096)
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)
+    model_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="torch threads of a worker's models; 0 = one fewer than the cores the worker "
+        "may use (the stream stages need one), at least 1",
+    )
     ensemble: str = Field(
         "default",
         description="what scores documents: an ensemble file (.json), a routing file (.yaml), or "

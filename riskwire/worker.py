@@ -29,11 +29,32 @@ def run_worker(settings: Settings) -> None:
     except Exception as exc:
         context.close()
         raise RiskwireError(f"cannot load the models: {type(exc).__name__}: {exc}") from exc
+    apply_model_threads(settings)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
     finally:
         context.close()
+
+
+def model_threads(settings: Settings, cores: int) -> int:
+    """Torch threads for a worker's models: as set, else one core left to the stream stages.
+
+    The stages run on the event loop while the model scores the next batch in a thread; torch's
+    default of one thread per core made them contend for the cores (measured on 2 cores with the
+    trained ensemble: 99.5–117.5 documents/s with 2 threads, 130 with 1)."""
+    return settings.model_threads or max(1, cores - 1)
+
+
+def apply_model_threads(settings: Settings) -> int | None:
+    """Set torch's thread count for this process, if the models use torch; returns it."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = model_threads(settings, cores or 1)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def spawn_worker(settings: Settings, log_file: Path | None = None) -> subprocess.Popen[bytes]:
