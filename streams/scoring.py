@@ -48,6 +48,8 @@ async def score_batch(
 
     Never raises: a model that cannot even be loaded dead-letters the batch with the reason.
     """
+    if not docs:  # a batch of markers only
+        return [], []
     try:
         return await ctx.score(docs), []
     except Exception as exc:
@@ -105,9 +107,6 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
         for event in events:
             event.ack()
 
-    async def no_scores() -> tuple[list[Score], list[DeadLetter]]:
-        return [], []
-
     @app.agent(docs_topic, name="score")
     async def score_agent(stream: faust.StreamT[bytes]) -> None:
         # Batches in flight, oldest first: while one is written and sent on, the next is scored
@@ -133,7 +132,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
                 if upstream.idle:
                     marks.saw_idle(q)
             docs = [d for _, d in decoded]
-            scoring = asyncio.ensure_future(score_batch(ctx, docs, now) if docs else no_scores())
+            scoring = asyncio.ensure_future(score_batch(ctx, docs, now))
             for event in events:
                 event.message.incref()
             before = inflight[-1] if inflight else None
