@@ -51,9 +51,13 @@ class Member(ABC):
         if not texts:
             return out
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        # every micro-batch is started before any answer is read: on a GPU the forward passes
+        # queue up while the CPU tokenizes the next micro-batch (reading one waits for it)
+        started = []
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
-            logits = self._run(self.preprocess([texts[i] for i in index]))
+            started.append((index, self._run(self.preprocess([texts[i] for i in index]))))
+        for index, logits in started:
             out[index] = self.postprocess(logits)
         return out
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from models.base import TorchMember, autocast, resolve_precision, softmax
 from models.exceptions import ModelError
+from models.tokens import BatchTokenizer
 
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 DEFAULT_HEAD = ARTIFACT_DIR / "minilm-head.json"
@@ -50,6 +51,7 @@ class SentenceEncoder:
             self.model = AutoModel.from_pretrained(self.path).to(device).eval()
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load encoder {self.path!r}: {exc}") from exc
+        self.batch_tokenizer = BatchTokenizer(self.tokenizer, max_length)
         # fp32, bf16 (CPU autocast), int8 (CPU dynamic quantisation; quantize=True), fp16 (GPU)
         self.precision = resolve_precision("int8" if quantize else precision, device)
         if device.startswith("cuda") and self.precision in ("fp16", "fp32"):
@@ -66,11 +68,9 @@ class SentenceEncoder:
         self.name = _encoder_name(self.path)
         self._torch = torch
 
-    def tokenize(self, texts: Sequence[str]) -> Any:
-        return self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length,
-            return_tensors="pt",
-        )  # fmt: skip
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Any]:
+        """Padded, truncated token tensors on the CPU (``models.tokens``)."""
+        return self.batch_tokenizer(texts).tensors
 
     def pool(self, batch: Any) -> Any:
         """Token embeddings -> one normalised vector per text (call under inference mode)."""
@@ -94,11 +94,15 @@ class SentenceEncoder:
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        started = []  # on a GPU, read the vectors only once every micro-batch is queued
         with self._torch.inference_mode(), autocast(self.precision):
             for start in range(0, len(order), batch_size):
                 index = order[start : start + batch_size]
-                batch = self.tokenize([texts[i] for i in index]).to(self.device)
-                out[index] = self.pool(batch).cpu().numpy()
+                tensors = self.tokenize([texts[i] for i in index])
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in tensors.items()}
+                started.append((index, self.pool(batch)))
+        for index, pooled in started:
+            out[index] = pooled.cpu().numpy()
         return out
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from models.base import TorchMember, autocast, resolve_precision, softmax
 from models.exceptions import ModelError
+from models.tokens import BatchTokenizer
 from riskwire.records import LABELS
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class HFClassifierMember(TorchMember):
             raise ModelError(f"cannot load classifier {model!r}: {exc}") from exc
         if not getattr(self.tokenizer, "is_fast", False):
             raise ModelError(f"{model!r} has no fast tokenizer; chunking needs one")
+        self.batch_tokenizer = BatchTokenizer(self.tokenizer, max_length, self.stride)
+        self.batch_tokenizer.check_windows()
         self.order = canonical_order(net.config.id2label, label_names)
         # fp32, bf16 (CPU autocast), int8 (CPU dynamic quantisation; quantize=True) or fp16 (GPU)
         self.precision = resolve_precision("int8" if quantize else precision, device)
@@ -138,15 +141,14 @@ class HFClassifierMember(TorchMember):
         }
 
     def preprocess(self, texts: Sequence[str]) -> dict[str, Any]:
-        encoding = self.tokenizer(
-            list(texts), truncation=True, max_length=self.max_length, stride=self.stride,
-            return_overflowing_tokens=True, padding=True, return_tensors="pt",
-        )  # fmt: skip
-        owner = encoding.pop("overflow_to_sample_mapping").numpy()
-        tokens = encoding["attention_mask"].sum(dim=1).numpy().astype(np.float64)
-        return {"encoding": encoding, "owner": owner, "tokens": tokens, "n": len(texts)}
+        """Token windows (a text longer than ``max_length`` gets several, overlapping by
+        ``stride``), which text each came from, and its real token count."""
+        batch = self.batch_tokenizer(texts, overflow=True)
+        return {"encoding": batch.tensors, "owner": batch.owner, "tokens": batch.tokens,
+                "n": len(texts)}  # fmt: skip
 
-    def _run(self, batch: dict[str, Any]) -> np.ndarray:
+    def _run(self, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The windows' logits, left on the device (``postprocess`` reads them)."""
         import torch
 
         encoding = batch["encoding"]
@@ -154,10 +156,10 @@ class HFClassifierMember(TorchMember):
         logits = []
         with torch.inference_mode(), autocast(self.precision):
             for start in range(0, chunks, self.batch_size):
-                part = {k: v[start : start + self.batch_size].to(self.device) for k, v in
-                        encoding.items()}  # fmt: skip
-                logits.append(self._forward(part).float().cpu().numpy())
-        return self._combine(np.concatenate(logits), batch)
+                part = {k: v[start : start + self.batch_size].to(self.device, non_blocking=True)
+                        for k, v in encoding.items()}  # fmt: skip
+                logits.append(self._forward(part).float())
+        return torch.cat(logits), batch
 
     def _forward(self, batch: Any) -> Any:
         return self.model(**batch).logits
@@ -171,4 +173,5 @@ class HFClassifierMember(TorchMember):
         return out / weight[:, None]
 
     def postprocess(self, logits: Any) -> np.ndarray:
-        return np.asarray(logits)
+        device_logits, batch = logits
+        return self._combine(device_logits.cpu().numpy(), batch)
