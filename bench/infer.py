@@ -151,7 +151,7 @@ def run(
     fast = batched_rate(ensemble, texts, batch)
     say(f"  ensemble, batches of {batch}: {fast:,.1f} docs/s")
     naive_texts = texts[: max(100, len(texts) // 4)]
-    slow = naive_rate(ensemble, naive_texts, settings.device)
+    slow = naive_rate(ensemble, naive_texts, settings.model_device)
     say(f"  naive, one document at a time through pipelines: {slow:,.1f} docs/s")
     out: dict[str, Any] = {
         "ensemble": ensemble.version,
@@ -159,19 +159,19 @@ def run(
         "texts": len(texts),
         "batch": batch,
         "threads": torch.get_num_threads(),
-        "device": settings.device,
+        "device": settings.model_device,
         "ensemble_docs_per_s": round(fast, 1),
         "naive_docs_per_s": round(slow, 1),
         "ratio": round(fast / slow, 2),
     }
     say(f"  ratio: {out['ratio']:.2f}x")
-    gpu = device or (settings.device if settings.device.startswith("cuda") else None)
+    gpu = device or (settings.model_device if settings.model_device.startswith("cuda") else None)
     gpu = gpu or ("cuda" if torch.cuda.is_available() else None)
     if gpu and gpu.startswith("cuda"):
-        if settings.device.startswith("cuda"):
+        if settings.model_device.startswith("cuda"):
             out["agreement_with_cpu_fp32"] = agreement_with_cpu(settings, ensemble, texts[:1000])
             say(
-                f"  fused labels on {settings.device} (half precision) "
+                f"  fused labels on {settings.model_device} (half precision) "
                 f"= fp32 on the CPU for {out['agreement_with_cpu_fp32']:.2%} of 1,000 texts"
             )
         out["gpu"] = gpu_run(gpu, texts, say)

@@ -55,7 +55,7 @@ class MemberBuilder:
         from models.base import resolve_precision
 
         chosen = "int8" if quantize else (precision or self.settings.precision)
-        return resolve_precision(chosen, self.settings.device)
+        return resolve_precision(chosen, self.settings.model_device)
 
     def encoder(self, path: str | None, precision: str) -> Any:
         from models.embedding import SentenceEncoder
@@ -63,7 +63,7 @@ class MemberBuilder:
         key = (path, precision)
         if key not in self._encoders:
             self._encoders[key] = SentenceEncoder(
-                path, device=self.settings.device, precision=precision
+                path, device=self.settings.model_device, precision=precision
             )
         return self._encoders[key]
 
@@ -117,7 +117,7 @@ class MemberBuilder:
     def _hf(self, model: str, **options: Any) -> Member:
         from models.hf import HFClassifierMember
 
-        options.setdefault("device", self.settings.device)
+        options.setdefault("device", self.settings.model_device)
         options["precision"] = self.precision(
             options.get("precision"), options.pop("quantize", None)
         )

@@ -276,7 +276,7 @@ def models_train(
     train, val = full.split("train"), full.split("val")
     console.print(f"{len(train):,} training rows, {len(val):,} validation rows")
     if kind == "head":
-        encoder = SentenceEncoder(base or settings.encoder_path, settings.device)
+        encoder = SentenceEncoder(base or settings.encoder_path, settings.model_device)
         with console.status(f"embedding {len(train):,} texts and fitting the head"):
             head = train_head(encoder, train, name=name)
             scores = evaluate(_head_proba(encoder, head, val.texts), val.labels)
@@ -311,7 +311,7 @@ def models_train(
 
             result = finetune(base or default_encoder_path(), train, val, out, config, progress)
         scores = result.best_val
-        member = HFClassifierMember(str(out), name=name, device=settings.device)
+        member = HFClassifierMember(str(out), name=name, device=settings.model_device)
         version, description = member.version, member.describe() | {"path": str(out)}
     else:
         raise RiskwireError(f"--kind {kind!r}: choose head or finetune")

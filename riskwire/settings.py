@@ -80,7 +80,11 @@ class Settings(BaseSettings):
         "SQLite (one worker, and one writer, which the story index would take from the others)",
     )
 
-    device: str = Field("cpu", description="cpu, cuda or cuda:N for transformer members")
+    device: str = Field(
+        "auto",
+        description="where transformer members run: auto (the first CUDA GPU when torch sees one, "
+        "else the CPU), cpu, cuda or cuda:N",
+    )
     precision: str = Field(
         "auto",
         pattern=r"^(auto|fp32|bf16|int8|fp16)$",
@@ -200,9 +204,20 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
-            raise ValueError("must be cpu, cuda, cuda:N or mps")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return value
+
+    @property
+    def model_device(self) -> str:
+        """``device``, with ``auto`` made ``cuda`` when torch sees a GPU and ``cpu`` otherwise.
+        (A property, not a validator: it imports torch, which commands without models never
+        need.)"""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     @property
     def embedded_broker(self) -> bool:

@@ -338,7 +338,7 @@ def upsert_aggregates(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         index_elements=["run_id", "ticker", "window_minutes", "window_start"],
         set_={name: getattr(excluded, name) for name in AGGREGATE_VALUES},
     )
-    session.execute(stmt, rows)
+    session.connection().execute(stmt, rows)  # Core, as in _insert_ignore: not the ORM bulk path
 
 
 @dataclass

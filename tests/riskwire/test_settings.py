@@ -23,7 +23,7 @@ def test_defaults_are_the_embedded_setup() -> None:
     assert settings.embedded_broker
     assert settings.resolved_database_url.startswith("sqlite:///")
     assert settings.resolved_database_url.endswith("riskwire-data/riskwire.db")
-    assert settings.device == "cpu"
+    assert settings.device == "auto"
     assert settings.topics.raw_news == "riskwire.raw.news"
 
 
@@ -62,3 +62,16 @@ def test_settings_travel_to_a_child_process_as_environment() -> None:
     assert env["RISKWIRE_KAFKA_BOOTSTRAP"] == "127.0.0.1:9999"
     assert env["RISKWIRE_TOPIC_PREFIX"] == "t1"
     assert env["RISKWIRE_DATABASE_URL"] == settings.resolved_database_url
+
+
+def test_device_auto_is_the_gpu_when_torch_sees_one_else_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    assert load_settings().model_device == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert load_settings().model_device == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert load_settings().model_device == "cpu"
+    assert load_settings(device="cuda:1").model_device == "cuda:1"
