@@ -151,7 +151,8 @@ def run(
     fast = batched_rate(ensemble, texts, batch)
     say(f"  ensemble, batches of {batch}: {fast:,.1f} docs/s")
     naive_texts = texts[: max(100, len(texts) // 4)]
-    slow = naive_rate(ensemble, naive_texts, settings.model_device)
+    model_device = settings.model_device
+    slow = naive_rate(ensemble, naive_texts, model_device)
     say(f"  naive, one document at a time through pipelines: {slow:,.1f} docs/s")
     out: dict[str, Any] = {
         "ensemble": ensemble.version,
@@ -159,20 +160,21 @@ def run(
         "texts": len(texts),
         "batch": batch,
         "threads": torch.get_num_threads(),
-        "device": settings.model_device,
+        "device": model_device,
         "ensemble_docs_per_s": round(fast, 1),
         "naive_docs_per_s": round(slow, 1),
         "ratio": round(fast / slow, 2),
     }
     say(f"  ratio: {out['ratio']:.2f}x")
-    gpu = device or (settings.model_device if settings.model_device.startswith("cuda") else None)
-    gpu = gpu or ("cuda" if torch.cuda.is_available() else None)
+    on_gpu = model_device.startswith("cuda")
+    gpu = device or (model_device if on_gpu else "cuda" if torch.cuda.is_available() else None)
     if gpu and gpu.startswith("cuda"):
-        if settings.model_device.startswith("cuda"):
-            out["agreement_with_cpu_fp32"] = agreement_with_cpu(settings, ensemble, texts[:1000])
+        if on_gpu:
+            sample = texts[:1000]
+            out["agreement_with_cpu_fp32"] = agreement_with_cpu(settings, ensemble, sample)
             say(
-                f"  fused labels on {settings.model_device} (half precision) "
-                f"= fp32 on the CPU for {out['agreement_with_cpu_fp32']:.2%} of 1,000 texts"
+                f"  fused labels on {model_device} (half precision) = fp32 on the CPU for "
+                f"{out['agreement_with_cpu_fp32']:.2%} of {len(sample):,} texts"
             )
         out["gpu"] = gpu_run(gpu, texts, say)
     return out
