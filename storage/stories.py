@@ -26,9 +26,10 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, bindparam, case, delete, func, select, update
+from sqlalchemy import BigInteger, String, bindparam, case, delete, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -38,6 +39,21 @@ from storage.tables import StoryKeyRow, StoryMemberRow, StoryRow
 from streams.pipeline.stories import StoryAssignment, StoryIndex, best_match, event_time
 
 CHUNK = 2000  # keys per IN list
+
+
+def _chunks(values: list[Any], postgres: bool) -> list[list[Any]]:
+    """All at once on PostgreSQL (one array parameter); else IN lists of ``CHUNK``."""
+    if postgres:
+        return [values] if values else []
+    return [values[i : i + CHUNK] for i in range(0, len(values), CHUNK)]
+
+
+def _among(column: Any, values: list[Any], item: Any, postgres: bool) -> Any:
+    """``column`` is one of ``values``: ``= ANY(array)`` on PostgreSQL, not thousands of
+    parameters; ``IN`` elsewhere."""
+    if postgres:
+        return column == func.any(bindparam(f"{column.key}_set", values, ARRAY(item)))
+    return column.in_(values)
 
 
 @dataclass
@@ -100,29 +116,34 @@ class SharedStoryIndex:
         if fresh:
             oldest = min(d.published_at for d in fresh) - horizon
             keys = sorted({k for ks in band_keys_of.values() for k in ks})
-            stories: dict[str, _Stored] = {}
             postgres = session.connection().dialect.name == "postgresql"
-            for start in range(0, len(keys), len(keys) if postgres else CHUNK):
-                chunk = keys[start : start + CHUNK] if not postgres else keys
-                wanted = (
-                    StoryKeyRow.key == func.any(bindparam("band_keys", chunk, ARRAY(BigInteger)))
-                    if postgres  # one array parameter, not thousands of them
-                    else StoryKeyRow.key.in_(chunk)
-                )
+            # the (key, story) pairs first, then each story's row once: templated headlines put
+            # a story in many of a batch's buckets, and fetching its row (and building an ORM
+            # object) for every pair was most of a worker's time on PostgreSQL
+            pairs: list[tuple[int, str]] = []
+            for chunk in _chunks(keys, postgres):
+                pairs += session.execute(
+                    select(StoryKeyRow.key, StoryKeyRow.story_id).where(
+                        _among(StoryKeyRow.key, chunk, BigInteger(), postgres),
+                        StoryKeyRow.started_at >= oldest,
+                    )
+                ).tuples()
+            stories: dict[str, _Stored] = {}
+            for chunk in _chunks(sorted({story_id for _, story_id in pairs}), postgres):
                 rows = session.execute(
-                    select(StoryKeyRow.key, StoryRow)
-                    .join(StoryRow, StoryRow.story_id == StoryKeyRow.story_id)
-                    .where(wanted, StoryKeyRow.started_at >= oldest)
-                )
-                for key, row in rows.tuples():
-                    story = stories.get(row.story_id)
-                    if story is None:
-                        story = stories[row.story_id] = _Stored(
-                            row.story_id, row.started_at,
-                            np.frombuffer(bytes.fromhex(row.signature), dtype=np.uint64),
-                            frozenset(row.tickers.split()), frozenset(row.numbers.split()),
-                        )  # fmt: skip
-                    buckets.setdefault(key, []).append(story)
+                    select(StoryRow.story_id, StoryRow.started_at, StoryRow.signature,
+                           StoryRow.tickers, StoryRow.numbers)
+                    .where(_among(StoryRow.story_id, chunk, String(), postgres))
+                )  # fmt: skip
+                for story_id, started_at, signature, tickers, numbers in rows.tuples():
+                    stories[story_id] = _Stored(
+                        story_id, started_at,
+                        np.frombuffer(bytes.fromhex(signature), dtype=np.uint64),
+                        frozenset(tickers.split()), frozenset(numbers.split()),
+                    )  # fmt: skip
+            for key, story_id in pairs:
+                if story_id in stories:  # (a story pruned between the two reads is gone)
+                    buckets.setdefault(key, []).append(stories[story_id])
 
         # in event-time order within the batch (a batch interleaves partitions): the earliest of
         # a story's copies in it is the story's first; answers go back in the batch's order
