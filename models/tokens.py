@@ -101,13 +101,8 @@ class BatchTokenizer:
             rows.append(encoding)
             owner.append(i)
             if overflow:
-                # some releases of tokenizers nest later windows in earlier windows' overflow
-                windows = list(encoding.overflowing)
-                while windows:
-                    window = windows.pop(0)
-                    rows.append(window)
-                    owner.append(i)
-                    windows[:0] = window.overflowing
+                rows.extend(encoding.overflowing)
+                owner.extend([i] * len(encoding.overflowing))
         width = max((len(row.ids) for row in rows), default=0)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
