@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -45,12 +45,19 @@ class Positions:
     first score it dropped on a revoke); after a rebalance an event past it is left out, and the
     partition is sought back to it. Partitions that were not this worker's in the previous
     generation start wherever Faust starts them.
+
+    Between a revoke and the next assignment (seconds, on the embedded broker) events already in
+    the batch buffer still come, stamped with the old generation. Nothing of a revoked partition
+    is taken then (``revoke``): a risk stage that had just dropped its held scores would release
+    the later ones it was handed, past the dropped ones, and store their rows first (the
+    two-worker crash test caught it: an hour of a group's rows computed without the hour before).
     """
 
     def __init__(self) -> None:
         self.next: dict[Any, int] = {}  # tp -> the offset owed next
         self.resync: set[Any] = set()  # partitions still waiting for that offset
         self.assigned: set[Any] = set()  # the partitions of the current generation
+        self.revoked: set[Any] = set()  # given up in the rebalance under way
         self.sought: dict[Any, float] = {}
 
     def rebalanced(self, assigned: set[Any]) -> None:
@@ -58,13 +65,20 @@ class Positions:
         self.next = {tp: o for tp, o in self.next.items() if tp in kept}
         self.resync = set(self.next)
         self.assigned = set(assigned)
+        self.revoked.clear()
         self.sought.clear()
+
+    def revoke(self, tps: Iterable[Any]) -> None:
+        """A rebalance has begun: until the next generation, nothing of these is taken."""
+        self.revoked.update(tps)
 
     def rewind(self, tp: Any, offset: int) -> None:
         """Owe ``offset`` again (an event from there on was dropped, not processed)."""
         self.next[tp] = min(self.next.get(tp, offset), offset)
 
     def accept(self, tp: Any, offset: int) -> bool:
+        if tp in self.revoked:
+            return False  # not ours since the revoke: whoever gets it reads it again
         owed = self.next.get(tp)
         if tp in self.resync and owed is not None and offset > owed:
             return False  # fetched from where the fetcher was: it comes again after the seek
@@ -95,6 +109,27 @@ async def event_batches(
     concrete = cast(faust.Stream[bytes], stream)  # take_events is missing from faust's StreamT
     app = concrete.app
     positions = positions if positions is not None else Positions()
+
+    async def on_revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        positions.revoke(args[0] if args else kwargs.get("revoked", ()))
+
+    async def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        positions.revoked.clear()  # the new generation's events are told apart by their stamp
+
+    # faust types receivers as plain callables of (sender, *args, signal=...): these are such
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+    try:
+        async for events in _batches(concrete, app, settings, positions):
+            yield events
+    finally:
+        app.on_partitions_revoked.disconnect(on_revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.disconnect(on_assigned)  # type: ignore[arg-type]
+
+
+async def _batches(
+    concrete: faust.Stream[bytes], app: Any, settings: Settings, positions: Positions
+) -> AsyncIterator[Sequence[Any]]:
     generation = None
     async for events in concrete.take_events(
         settings.score_batch_size, settings.score_batch_wait_s
@@ -110,7 +145,8 @@ async def event_batches(
                 event.message.incref()  # the batch's acknowledgement will not finish it
             elif not positions.accept(event.message.tp, event.message.offset):
                 event.message.incref()
-                stale[event.message.tp] = event.message.offset
+                if event.message.tp not in positions.revoked:
+                    stale[event.message.tp] = event.message.offset
             else:
                 current.append(event)
         for tp, offset in stale.items():

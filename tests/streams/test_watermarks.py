@@ -190,3 +190,23 @@ def test_a_risk_stage_owes_again_the_scores_it_dropped() -> None:
     positions.rebalanced({tp})
     assert not positions.accept(tp, 30)  # would release 30 before 24..29 come again
     assert positions.accept(tp, 24)
+
+
+def test_between_a_revoke_and_the_next_assignment_nothing_of_a_revoked_partition_is_taken() -> None:
+    from streams.context import Positions
+
+    held, other = TopicPartition("groups", 1), TopicPartition("groups", 2)
+    positions = Positions()
+    positions.rebalanced({held, other})
+    assert all(positions.accept(held, o) for o in range(10, 20))  # taken: 10..19, 14.. held
+    positions.rewind(held, 14)  # the revoke dropped the held ones
+    positions.revoke({held})
+    # still in the batch buffer, stamped with the old generation: 20.. must not be released
+    # ahead of 14..19, which the next owner (maybe this worker) reads again
+    assert not positions.accept(held, 20)
+    assert positions.seek_due(held) is None  # not ours: nothing to seek
+    assert positions.accept(other, 5)  # a partition not revoked is taken as before
+    positions.rebalanced({held})  # kept in the next generation
+    assert not positions.accept(held, 20)
+    assert positions.accept(held, 14)
+    assert positions.accept(held, 15)
