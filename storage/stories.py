@@ -29,14 +29,20 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, String, bindparam, case, delete, func, select, update
+from sqlalchemy import String, bindparam, case, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from riskwire.records import Document
 from storage.repository import _insert_ignore
 from storage.tables import StoryKeyRow, StoryMemberRow, StoryRow
-from streams.pipeline.stories import StoryAssignment, StoryIndex, best_match, event_time
+from streams.pipeline.stories import (
+    Fingerprint,
+    StoryAssignment,
+    StoryIndex,
+    best_match,
+    event_time,
+)
 
 CHUNK = 2000  # keys per IN list
 
@@ -67,6 +73,21 @@ class _Stored:
     numbers: frozenset[str]
 
 
+# each document's band keys, joined to the stored ones; stories whose numbers disagree with the
+# document's (neither set holds the other) left out, as ``best_match`` leaves them out
+_POSTGRES_CANDIDATES = text("""
+    WITH pairs AS (
+        SELECT DISTINCT q.i, q.nums, k.story_id
+        FROM unnest(CAST(:idx AS integer[]), CAST(:keys AS bigint[]), CAST(:nums AS text[]))
+             AS q(i, key, nums)
+        JOIN story_keys AS k ON k.key = q.key AND k.started_at >= :oldest
+    )
+    SELECT pairs.i, pairs.story_id FROM pairs JOIN stories AS s ON s.story_id = pairs.story_id
+    WHERE string_to_array(s.numbers, ' ') <@ string_to_array(pairs.nums, ' ')
+       OR string_to_array(pairs.nums, ' ') <@ string_to_array(s.numbers, ' ')
+""")
+
+
 def key_id(key: bytes) -> int:
     """An LSH band key as a signed 64-bit integer: a small, fast index. Two keys that collide
     only add a candidate, which must still match on similarity, tickers and numbers."""
@@ -86,6 +107,7 @@ class SharedStoryIndex:
         self.prune_every = prune_every
         self._since_prune = 0
         self._newest: datetime | None = None
+        self._cache: dict[str, _Stored] = {}  # story rows read, by id (see ``_stories``)
 
     def assign(self, session: Session, docs: Sequence[Document]) -> list[StoryAssignment]:
         """Each document's story, in order (see the module doc)."""
@@ -112,38 +134,9 @@ class SharedStoryIndex:
         band_keys_of = {
             i: list(dict.fromkeys(key_id(k) for k in fp.keys)) for i, fp in prints.items()
         }
-        buckets: dict[int, list[_Stored]] = {}
-        if fresh:
-            oldest = min(d.published_at for d in fresh) - horizon
-            keys = sorted({k for ks in band_keys_of.values() for k in ks})
-            postgres = session.connection().dialect.name == "postgresql"
-            # the (key, story) pairs first, then each story's row once: templated headlines put
-            # a story in many of a batch's buckets, and fetching its row (and building an ORM
-            # object) for every pair was most of a worker's time on PostgreSQL
-            pairs: list[tuple[int, str]] = []
-            for chunk in _chunks(keys, postgres):
-                pairs += session.execute(
-                    select(StoryKeyRow.key, StoryKeyRow.story_id).where(
-                        _among(StoryKeyRow.key, chunk, BigInteger(), postgres),
-                        StoryKeyRow.started_at >= oldest,
-                    )
-                ).tuples()
-            stories: dict[str, _Stored] = {}
-            for chunk in _chunks(sorted({story_id for _, story_id in pairs}), postgres):
-                rows = session.execute(
-                    select(StoryRow.story_id, StoryRow.started_at, StoryRow.signature,
-                           StoryRow.tickers, StoryRow.numbers)
-                    .where(_among(StoryRow.story_id, chunk, String(), postgres))
-                )  # fmt: skip
-                for story_id, started_at, signature, tickers, numbers in rows.tuples():
-                    stories[story_id] = _Stored(
-                        story_id, started_at,
-                        np.frombuffer(bytes.fromhex(signature), dtype=np.uint64),
-                        frozenset(tickers.split()), frozenset(numbers.split()),
-                    )  # fmt: skip
-            for key, story_id in pairs:
-                if story_id in stories:  # (a story pruned between the two reads is gone)
-                    buckets.setdefault(key, []).append(stories[story_id])
+        oldest = min((d.published_at for d in fresh), default=docs[0].published_at) - horizon
+        stored = self._candidates(session, fresh, prints, band_keys_of, oldest)
+        buckets: dict[int, list[_Stored]] = {}  # stories this batch starts, by band key
 
         # in event-time order within the batch (a batch interleaves partitions): the earliest of
         # a story's copies in it is the story's first; answers go back in the batch's order
@@ -165,7 +158,8 @@ class SharedStoryIndex:
             fp = prints[doc.id]
             since = doc.published_at - horizon
             band_keys = band_keys_of[doc.id]
-            candidates = (s for k in band_keys for s in buckets.get(k, ()) if s.started >= since)
+            candidates = [s for s in stored.get(doc.id, ()) if s.started >= since]
+            candidates += {id(s): s for k in band_keys for s in buckets.get(k, ())}.values()
             best, similarity = best_match(candidates, fp)
             if best is not None and similarity >= self.index.threshold:
                 joins.setdefault(best.story_id, []).append((len(out), similarity))
@@ -225,6 +219,72 @@ class SharedStoryIndex:
             answers[i] = result[position]
         return [a for a in answers if a is not None]  # every one is set by now
 
+    def _candidates(
+        self, session: Session, fresh: Sequence[Document], prints: dict[str, Fingerprint],
+        band_keys_of: dict[str, list[int]], oldest: datetime,
+    ) -> dict[str, list[_Stored]]:  # fmt: skip
+        """Per document, the stored stories that share one of its band keys and started after
+        ``oldest``, each once. On PostgreSQL the database joins each document's keys itself and
+        leaves out stories whose numbers disagree with the document's (``best_match`` would pass
+        them over anyway): templated headlines share most band keys but not their figures, and
+        fetching every (key, story) pair of a batch, then walking them, was most of the index's
+        time there. Elsewhere, the pairs of all the batch's keys, as before."""
+        if not fresh:
+            return {}
+        by_index: list[tuple[int, str]] = []
+        if session.connection().dialect.name == "postgresql":
+            idx, keys, nums = [], [], []
+            for i, doc in enumerate(fresh):
+                words = _words(prints[doc.id].numbers)
+                for k in band_keys_of[doc.id]:
+                    idx.append(i)
+                    keys.append(k)
+                    nums.append(words)
+            by_index = list(session.execute(_POSTGRES_CANDIDATES, {
+                "idx": idx, "keys": keys, "nums": nums, "oldest": oldest,
+            }).tuples())  # fmt: skip
+        else:
+            pairs: list[tuple[int, str]] = []
+            for chunk in _chunks(sorted({k for ks in band_keys_of.values() for k in ks}), False):
+                pairs += session.execute(
+                    select(StoryKeyRow.key, StoryKeyRow.story_id).where(
+                        StoryKeyRow.key.in_(chunk), StoryKeyRow.started_at >= oldest
+                    )
+                ).tuples()
+            by_key: dict[int, list[str]] = {}
+            for key, story_id in pairs:
+                by_key.setdefault(key, []).append(story_id)
+            for i, doc in enumerate(fresh):
+                ids = {sid for k in band_keys_of[doc.id] for sid in by_key.get(k, ())}
+                by_index += [(i, sid) for sid in sorted(ids)]
+        stories = self._stories(session, sorted({sid for _, sid in by_index}))
+        out: dict[str, list[_Stored]] = {}
+        for i, story_id in by_index:
+            story = stories.get(story_id)
+            if story is not None:  # (a story pruned between the two reads is gone)
+                out.setdefault(fresh[i].id, []).append(story)
+        return out
+
+    def _stories(self, session: Session, story_ids: list[str]) -> dict[str, _Stored]:
+        """The stories' rows, read once per worker: what matching reads of a story (its start,
+        signature, tickers and numbers) never changes once it is stored."""
+        cache = self._cache
+        missing = [sid for sid in story_ids if sid not in cache]
+        postgres = session.connection().dialect.name == "postgresql"
+        for chunk in _chunks(missing, postgres):
+            rows = session.execute(
+                select(StoryRow.story_id, StoryRow.started_at, StoryRow.signature,
+                       StoryRow.tickers, StoryRow.numbers)
+                .where(_among(StoryRow.story_id, chunk, String(), postgres))
+            )  # fmt: skip
+            for story_id, started_at, signature, tickers, numbers in rows.tuples():
+                cache[story_id] = _Stored(
+                    story_id, started_at,
+                    np.frombuffer(bytes.fromhex(signature), dtype=np.uint64),
+                    frozenset(tickers.split()), frozenset(numbers.split()),
+                )  # fmt: skip
+        return {sid: cache[sid] for sid in story_ids if sid in cache}
+
     def _prune(self, session: Session, docs: Sequence[Document]) -> None:
         newest = max(d.published_at for d in docs)
         if self._newest is None or newest > self._newest:
@@ -234,5 +294,6 @@ class SharedStoryIndex:
             return
         self._since_prune = 0
         cut = self._newest - self.index.horizon
+        self._cache = {k: v for k, v in self._cache.items() if v.started >= cut}
         for table in (StoryMemberRow, StoryKeyRow, StoryRow):
             session.execute(delete(table).where(table.started_at < cut))

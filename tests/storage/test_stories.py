@@ -79,6 +79,22 @@ def test_a_copy_about_another_company_or_with_other_numbers_is_another_story(
     assert [g.story_id for g in got] == [original.id, elsewhere.id, other_number.id]
 
 
+def test_a_stored_story_is_matched_on_its_numbers_by_every_worker(
+    sessions: sessionmaker[Session],
+) -> None:
+    first, second = SharedStoryIndex(), SharedStoryIndex()  # two workers
+    original = doc(ORIGINAL)
+    assign(first, sessions, [original])
+    other_number = doc(ORIGINAL.replace("12%", "21%"), minutes=1)
+    copy = doc(COPIES[0], minutes=2)
+    got = assign(second, sessions, [other_number, copy])
+    assert [g.story_id for g in got] == [other_number.id, original.id]
+    assert got[1].copy == 1
+    # the first worker has the story's row from before; the count is the database's
+    (again,) = assign(first, sessions, [doc(COPIES[1], minutes=3)])
+    assert (again.story_id, again.copy) == (original.id, 2)
+
+
 def test_stories_are_forgotten_after_the_horizon(sessions: sessionmaker[Session]) -> None:
     index = SharedStoryIndex(StoryIndex(horizon=timedelta(days=1)), prune_every=1)
     old = doc(ORIGINAL)
