@@ -42,7 +42,7 @@ import faust
 from sqlalchemy.orm import Session
 
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import Alert, DeadLetter, Score, Watermark, group_key
+from riskwire.records import Alert, DeadLetter, Score, Watermark, decode_scores, group_key
 from storage import delivery, repository
 from streams.context import (
     Positions,
@@ -126,7 +126,7 @@ class Held:
 
     sort: tuple[datetime, str, str]
     score: Score = field(compare=False)
-    ack: list[Any] = field(compare=False)  # its [event, finished] entry in the ack queue
+    ack: list[Any] = field(compare=False)  # its message's [event, scores held] in the ack queue
 
 
 class RiskStage:
@@ -138,7 +138,7 @@ class RiskStage:
         self.topic = topic
         self.grace = timedelta(seconds=ctx.settings.reorder_grace_s)
         self.held: dict[int, list[Held]] = {}
-        self.acks: dict[int, deque[list[Any]]] = {}  # per partition: [event, finished] in order
+        self.acks: dict[int, deque[list[Any]]] = {}  # per partition: [event, held] in order
         # per partition: per docs partition, (newest event time marked, idle)
         self.marks: dict[int, dict[int, tuple[datetime | None, bool]]] = {}
         self.sources = ctx.settings.topic_partitions
@@ -174,29 +174,34 @@ class RiskStage:
                     )  # fmt: skip
                     self._forget_partitions({partition}, "starts over with")
                 self.offsets[partition] = offset
-                # every message is held, and acknowledged in offset order (see ``_ack``)
+                # every message is held, and acknowledged in offset order once none of its
+                # scores is held any more (see ``_ack``): [event, scores still held]
                 event.message.incref()
-                entry = [event, False]
+                entry = [event, 0]
                 self.acks.setdefault(event.message.partition, deque()).append(entry)
                 if is_marker(event.value):
                     self._mark(event)
-                    entry[1] = True
                     continue
+                topic = event.message.topic
                 try:
-                    score = Score.from_json(event.value)
-                    if score.ticker is None:
-                        raise InvalidRecord("a scored mention needs a ticker or group key")
+                    scores, invalid = decode_scores(event.value)
                 except InvalidRecord as exc:
-                    bad.append(DeadLetter.of(STAGE, str(exc), event.value, occurred_at=now,
-                                             topic=event.message.topic, key=event.key))  # fmt: skip
-                    entry[1] = True
-                    continue
-                partition = event.message.partition
-                heapq.heappush(
-                    self.held.setdefault(partition, []),
-                    Held((score.published_at, score.ticker, score.document_id), score, entry),
-                )
-                self.partition_of[score.ticker] = partition
+                    scores, invalid = [], [(str(exc), event.value)]
+                for reason, payload in invalid:
+                    bad.append(DeadLetter.of(STAGE, reason, payload, occurred_at=now, topic=topic,
+                                             key=event.key))  # fmt: skip
+                for score in scores:
+                    if score.ticker is None:
+                        reason = "a scored mention needs a ticker or group key"
+                        bad.append(DeadLetter.of(STAGE, reason, score.to_json(), occurred_at=now,
+                                                 topic=topic, key=event.key))  # fmt: skip
+                        continue
+                    heapq.heappush(
+                        self.held.setdefault(partition, []),
+                        Held((score.published_at, score.ticker, score.document_id), score, entry),
+                    )
+                    entry[1] += 1
+                    self.partition_of[score.ticker] = partition
             self.last_input = time.monotonic()
             await self._send_dead(bad)
             bounds = {p: self.bound(p) for p in self.held}
@@ -209,7 +214,7 @@ class RiskStage:
         no committed offset yet it does so even with unacknowledged ones before it, so a message
         held there would be skipped by a restart.)"""
         for queue in self.acks.values():
-            while queue and queue[0][1]:
+            while queue and not queue[0][1]:
                 queue.popleft()[0].ack()
 
     def _mark(self, event: Any) -> None:
@@ -298,7 +303,7 @@ class RiskStage:
                 heapq.heappush(self.held.setdefault(self.partition_of[held.sort[1]], []), held)
             return
         for held in released:
-            held.ack[1] = True
+            held.ack[1] -= 1
         self.released += len(released)
         if time.monotonic() - self.reported >= 10:
             self.reported = time.monotonic()

@@ -1,4 +1,8 @@
-"""docs -> scored: score batches through the ensemble, persist documents, votes and scores."""
+"""docs -> scored: score batches through the ensemble, persist documents, votes and scores.
+
+Scores go on as one message per partition of ``scored`` (mentions, by ticker) and of ``groups``
+(sector and market records) per batch, each a ``scores/1`` batch, followed by the batch's
+watermarks: the order within a partition is the order the documents were scored in."""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 from sqlalchemy.orm import Session
 
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import DeadLetter, Document, Score, Watermark
+from riskwire.records import DeadLetter, Document, Score, Watermark, encode_scores
 from storage import repository
 from streams.context import (
     WorkerContext,
@@ -29,6 +34,7 @@ from streams.watermarks import Marks, Sealed, is_marker
 log = logging.getLogger(__name__)
 STAGE = "score"
 PIPELINE_DEPTH = 2  # batches in flight in the scoring stage: one written while the next is scored
+SCORES_PER_MESSAGE = 128  # a few hundred kB at most: well under the broker's 1 MB message limit
 
 
 def persist_scored(session: Session, pairs: Sequence[tuple[Document, Score]]) -> None:
@@ -65,6 +71,14 @@ async def score_batch(
     return scores, dead
 
 
+async def send_scores(topic: faust.TopicT, by_partition: dict[int, list[Score]]) -> None:
+    """A batch's scores, a message per partition (of at most ``SCORES_PER_MESSAGE``), in order."""
+    for partition, scores in sorted(by_partition.items()):
+        for start in range(0, len(scores), SCORES_PER_MESSAGE):
+            chunk = scores[start : start + SCORES_PER_MESSAGE]
+            await topic.send(value=encode_scores(chunk), partition=partition)
+
+
 def register(app: faust.App, ctx: WorkerContext) -> None:
     docs_topic = app.topic(ctx.topics.docs)
     scored = app.topic(ctx.topics.scored)
@@ -75,6 +89,12 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     dead = app.topic(ctx.topics.deadletter)
 
     marks = Marks(ctx.settings.topic_partitions)
+    partitions = ctx.settings.topic_partitions
+
+    def partition_of(key: str) -> int:
+        """The partition Kafka's default partitioner gives ``key``: a group's scores all go to
+        one partition, so one worker owns its state."""
+        return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
     async def finish(
         docs: list[Document], bad: list[DeadLetter], scoring: asyncio.Future[Any],
@@ -92,16 +112,20 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
         failed += [storage_refused(e, d.to_json(), d.id, now) for (d, _), e in refused]
         refused_ids = {d.id for (d, _), _ in refused}
         await send_dead(dead, failed)
+        mentions: dict[int, list[Score]] = {}  # per partition of ``scored``, in order
+        by_group: dict[int, list[Score]] = {}  # per partition of ``groups``
         for doc, score in pairs:
             if doc.id in refused_ids:
                 continue
             grouped: dict[str, Score] = {}
             for mention in fan_out(score, doc):
-                await scored.send(key=(mention.ticker or "").encode(), value=mention.to_json())
+                mentions.setdefault(partition_of(mention.ticker or ""), []).append(mention)
                 for g in group_mentions(mention, sector_of, market):
                     grouped.setdefault(g.ticker or "", g)  # a document counts once per group
             for key, g in grouped.items():
-                await groups.send(key=key.encode(), value=g.to_json())
+                by_group.setdefault(partition_of(key), []).append(g)
+        await send_scores(scored, mentions)
+        await send_scores(groups, by_group)
         # after the batch's scores: everything up to these marks is sent
         await marks.send_sealed(sealed, outputs, fan_out=True)
         for event in events:

@@ -59,3 +59,20 @@ def test_dead_letter_keeps_bytes_and_has_a_stable_id() -> None:
 def test_stable_id_separates_parts() -> None:
     assert stable_id("ab", "c") != stable_id("a", "bc")
     assert stable_id("x") == stable_id("x")
+
+
+def test_scores_travel_in_batches_and_a_bad_one_is_told_apart() -> None:
+    from riskwire.records import decode_scores, encode_scores
+
+    scores = [make_score(), make_score(ticker="BOLT"), make_score(ticker="market")]
+    assert decode_scores(encode_scores(scores)) == (scores, [])
+    assert decode_scores(scores[0].to_json()) == ([scores[0]], [])  # one score, as before
+    body = encode_scores(scores).replace(b'"ticker":"BOLT"', b'"ticker":7', 1)
+    good, bad = decode_scores(body)
+    assert good == [scores[0], scores[2]]
+    ((reason, payload),) = bad
+    assert "ticker" in reason and scores[1].document_id.encode() in payload
+    with pytest.raises(InvalidRecord, match="needs a list"):
+        decode_scores(b'{"schema":"scores/1","scores":3}')
+    with pytest.raises(InvalidRecord, match="not valid JSON"):
+        decode_scores(b"\xff")

@@ -211,3 +211,65 @@ def test_the_story_index_is_where_the_settings_say(
     told = asyncio.run(context.assign_stories([copy, first]))  # in event-time order, whatever came
     assert [(t.story_id, t.copy) for t in told] == [(first.id, 1), (first.id, 0)]
     context.close()
+
+
+class Ackable:
+    """A Faust message as the risk stage uses it: partition, offset, held and acknowledged."""
+
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.tp = (topic, partition)
+        self.refs = 0
+
+    def incref(self) -> None:
+        self.refs += 1
+
+
+@dataclass
+class StageEvent:
+    key: bytes | None
+    value: bytes
+    message: Ackable
+    acked: bool = False
+
+    def ack(self) -> None:
+        self.acked = True
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+
+    async def send(self, key: bytes | None = None, value: bytes = b"", **_: object) -> None:
+        self.values.append(value)
+
+
+def test_a_score_batch_message_is_finished_only_when_all_its_scores_are_released(
+    context: WorkerContext,
+) -> None:
+    from riskwire.records import Watermark, encode_scores
+    from streams.risk import RiskStage
+
+    stage = RiskStage(context, context.risk, "riskwire.scored")
+    stage.sources = 1  # one docs partition: its markers alone release
+    stage.alerts, stage.dead = Sent(), Sent()  # type: ignore[assignment]
+    t0 = NOW - timedelta(days=1)
+    early, late = (make_score(published_at=t0 + timedelta(minutes=m)) for m in (1, 30))
+    body = encode_scores([early, late])
+    broken = body.replace(b'"label":"negative"', b'"label":"awful"', 1)  # the first score only
+    batch = StageEvent(b"ACME", broken, Ackable("riskwire.scored", 0, 0))
+
+    def marker(offset: int, minutes: int) -> StageEvent:
+        mark = Watermark(source_partition=0, event_time=t0 + timedelta(minutes=minutes))
+        return StageEvent(None, mark.to_json(), Ackable("riskwire.scored", 0, offset))
+
+    first = marker(1, 10)  # vouches for up to t0 + 10 min (less the grace)
+    asyncio.run(stage.take([batch, first]))
+    # the broken score is dead-lettered with its reason; the good one is still held
+    assert len(stage.dead.values) == 1  # type: ignore[attr-defined]
+    letter = DeadLetter.from_json(stage.dead.values[0])  # type: ignore[attr-defined]
+    assert "label" in letter.reason and early.document_id in letter.payload
+    assert not batch.acked and not first.acked  # the marker after it waits for it, in order
+    second = marker(2, 24 * 60)
+    asyncio.run(stage.take([second]))
+    assert stage.released == 1 and batch.acked and first.acked and second.acked
