@@ -323,14 +323,15 @@ class TickerWindow:
         return self.events[lo:hi]
 
     def _stats(self, inside: list[Event], start: datetime, end: datetime) -> WindowStats:
-        cell = [0, 0.0, 0.0, 0.0, 0.0]
-        for e in inside:
-            cell[0] += 1
-            cell[1] += e.score
-            cell[2] += e.negative
-            cell[3] += e.score * e.score
-            cell[4] += e.disagreement
-        return _stats(self.ticker, start, end, cell)
+        # runs for every document over its trailing window: unpacked in C, summed in the same
+        # order as ever (so the same bits: the crash tests compare runs exactly)
+        total = negatives = squares = disputed = 0.0
+        for _, _, score, negative, _, disagreement in inside:
+            total += score
+            negatives += negative
+            squares += score * score
+            disputed += disagreement
+        return _stats(self.ticker, start, end, (len(inside), total, negatives, squares, disputed))
 
     def state(self) -> dict[str, Any]:
         return {
