@@ -96,11 +96,9 @@ class Positions:
 
 
 async def event_batches(
-    stream: faust.StreamT[bytes], settings: Settings, positions: Positions | None = None,
-    most: int | None = None,
-) -> AsyncIterator[Sequence[Any]]:  # fmt: skip
-    """Micro-batches of up to ``most`` events (default ``score_batch_size``): key, value and
-    message, acknowledged after the loop body runs.
+    stream: faust.StreamT[bytes], settings: Settings, positions: Positions | None = None
+) -> AsyncIterator[Sequence[Any]]:
+    """Micro-batches of events (key, value and message), acknowledged after the loop body runs.
 
     Events fetched before a rebalance can still sit in the batch buffer afterwards. They are left
     out and never acknowledged: Faust seeks to the committed offsets after a rebalance, so they come
@@ -122,7 +120,7 @@ async def event_batches(
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     try:
-        async for events in _batches(concrete, app, settings, positions, most):
+        async for events in _batches(concrete, app, settings, positions):
             yield events
     finally:
         app.on_partitions_revoked.disconnect(on_revoked)  # type: ignore[arg-type]
@@ -130,12 +128,11 @@ async def event_batches(
 
 
 async def _batches(
-    concrete: faust.Stream[bytes], app: Any, settings: Settings, positions: Positions,
-    most: int | None,
-) -> AsyncIterator[Sequence[Any]]:  # fmt: skip
+    concrete: faust.Stream[bytes], app: Any, settings: Settings, positions: Positions
+) -> AsyncIterator[Sequence[Any]]:
     generation = None
     async for events in concrete.take_events(
-        most or settings.score_batch_size, settings.score_batch_wait_s
+        settings.score_batch_size, settings.score_batch_wait_s
     ):
         if app.consumer_generation_id != generation:
             generation = app.consumer_generation_id
