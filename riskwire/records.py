@@ -89,11 +89,7 @@ class Record(BaseModel):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Self:
-        try:
-            body = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidRecord(f"not valid JSON: {exc}") from exc
-        return cls.from_obj(body)
+        return cls.from_obj(parse_json(data))
 
     @classmethod
     def from_obj(cls, body: object) -> Self:
@@ -107,6 +103,14 @@ class Record(BaseModel):
             return cls.model_validate(body)
         except ValidationError as exc:
             raise InvalidRecord(_validation_reason(exc)) from exc
+
+
+def parse_json(data: bytes | str) -> object:
+    """Decoded JSON, or InvalidRecord saying why not."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRecord(f"not valid JSON: {exc}") from exc
 
 
 def _validation_reason(exc: ValidationError) -> str:
@@ -196,10 +200,7 @@ def decode_scores(data: bytes) -> tuple[list[Score], list[tuple[str, bytes]]]:
     """The scores in a message, in order: a batch (``encode_scores``) or one score. Each one
     that does not validate comes back as (reason, its JSON), for a dead letter; a message that is
     neither raises InvalidRecord."""
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRecord(f"not valid JSON: {exc}") from exc
+    body = parse_json(data)
     if not (isinstance(body, dict) and body.get("schema") == SCORE_BATCH):
         return [Score.from_obj(body)], []
     items = body.get("scores")
