@@ -43,6 +43,11 @@ from riskwire.records import (
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EMPTY = (0, 0.0, 0.0, 0.0, 0.0)  # a bucket no document fell in
+# Trailing windows are summed from prefix sums of integers counting 1/FIXED: exact, so a window's
+# figures do not depend on the order events came in, nor on whether its group was rebuilt from
+# storage (the crash tests compare runs bit for bit). A score of magnitude 1/256 or more is held
+# exactly; a smaller one moves by at most 1/FIXED/2 (4e-19), so the figures are as exact as floats.
+FIXED = 2**60
 
 
 class Scored(Protocol):
@@ -152,6 +157,10 @@ class TickerWindow:
         self.keep = max(keep or 2 * horizon, horizon)
         self.events: list[Event] = []
         self._ids: set[str] = set()
+        # prefix sums over ``events``, entry i summing the events before index i (less any evicted:
+        # only differences are read): scores in 1/FIXED, negatives, squared scores in 1/FIXED**2,
+        # disagreement in 1/FIXED
+        self._prefix: tuple[list[int], list[int], list[int], list[int]] = ([0], [0], [0], [0])
         self.high_water: datetime | None = None
         # per bucket length: [documents, score sum, negatives, squared scores, disagreement] per
         # aligned bucket, so an aligned window costs a few additions instead of a scan; updated on
@@ -166,7 +175,9 @@ class TickerWindow:
         ident = event.key
         if ident in self._ids:
             return False
-        bisect.insort(self.events, event)
+        at = bisect.bisect_right(self.events, event)
+        self.events.insert(at, event)
+        self._prefix_insert(at, event)
         self._ids.add(ident)
         if self.high_water is None or event.published_at > self.high_water:
             self.high_water = event.published_at
@@ -211,6 +222,26 @@ class TickerWindow:
             for old in self.events[:cut]:
                 self._ids.discard(old.key)
             del self.events[:cut]
+            for prefix in self._prefix:
+                del prefix[:cut]
+
+    def _prefix_insert(self, at: int, event: Event) -> None:
+        """Keep the prefix sums in step with ``events.insert(at, event)``: an append costs four
+        additions; an event inserted before others (out of order) shifts the sums after it."""
+        score = round(event.score * FIXED)
+        values = (score, int(event.negative), score * score, round(event.disagreement * FIXED))
+        for prefix, value in zip(self._prefix, values, strict=True):
+            if at == len(prefix) - 1:
+                prefix.append(prefix[-1] + value)
+            else:
+                prefix.insert(at + 1, prefix[at] + value)
+                if value:
+                    prefix[at + 2 :] = [x + value for x in prefix[at + 2 :]]
+
+    def _rebuild_prefix(self) -> None:
+        self._prefix = ([0], [0], [0], [0])
+        for at, event in enumerate(self.events):
+            self._prefix_insert(at, event)
 
     def stats_at(self, end: datetime, length: timedelta) -> WindowStats:
         """Statistics over the events in ``(end - length, end]``."""
@@ -218,7 +249,7 @@ class TickerWindow:
         start = end - length
         lo = bisect.bisect_right(events, (start, "\uffff"))
         hi = bisect.bisect_right(events, (end, "\uffff"), lo)
-        return self._stats(events[lo:hi], start, end)
+        return self._stats(lo, hi, start, end)
 
     def count_between(self, start: datetime, end: datetime) -> int:
         """How many events lie in ``[start, end)``."""
@@ -227,7 +258,7 @@ class TickerWindow:
 
     def stats_between(self, start: datetime, end: datetime) -> WindowStats:
         """Statistics over the events in ``[start, end)``."""
-        return self._stats(self._between(start, end), start, end)
+        return self._stats(*self._span(start, end), start, end)
 
     def aligned_windows(
         self, t: datetime, length: timedelta, hop: timedelta, at_least: int = 0
@@ -317,21 +348,27 @@ class TickerWindow:
             )
         return tuple(e.document_id for e in worst)
 
-    def _between(self, start: datetime, end: datetime) -> list[Event]:
+    def _span(self, start: datetime, end: datetime) -> tuple[int, int]:
+        """The index range of the events in ``[start, end)``."""
         lo = bisect.bisect_left(self.events, Event(start, ""))
-        hi = bisect.bisect_left(self.events, Event(end, ""))
+        return lo, bisect.bisect_left(self.events, Event(end, ""), lo)
+
+    def _between(self, start: datetime, end: datetime) -> list[Event]:
+        lo, hi = self._span(start, end)
         return self.events[lo:hi]
 
-    def _stats(self, inside: list[Event], start: datetime, end: datetime) -> WindowStats:
-        # runs for every document over its trailing window: unpacked in C, summed in the same
-        # order as ever (so the same bits: the crash tests compare runs exactly)
-        total = negatives = squares = disputed = 0.0
-        for _, _, score, negative, _, disagreement in inside:
-            total += score
-            negatives += negative
-            squares += score * score
-            disputed += disagreement
-        return _stats(self.ticker, start, end, (len(inside), total, negatives, squares, disputed))
+    def _stats(self, lo: int, hi: int, start: datetime, end: datetime) -> WindowStats:
+        """Statistics of ``events[lo:hi]``, from the prefix sums (this runs for every document,
+        over its trailing window: a few subtractions, however many events the window holds)."""
+        n = hi - lo
+        if not n:
+            return WindowStats(self.ticker, start, end, 0, 0.0, 0.0)
+        total, negatives, squares, disputed = (p[hi] - p[lo] for p in self._prefix)
+        # exact integers to the last step: n * squares >= total ** 2, so the variance is never
+        # negative, and it is exactly 0 when every score is the same
+        variance = (n * squares - total * total) / (n * n * FIXED * FIXED)
+        return WindowStats(self.ticker, start, end, n, total / (n * FIXED), negatives / n,
+                           math.sqrt(variance), disputed / (n * FIXED))  # fmt: skip
 
     def state(self) -> dict[str, Any]:
         return {
@@ -372,6 +409,8 @@ class TickerWindow:
             self._ids.add(event.key)
             if self.high_water is None or event.published_at > self.high_water:
                 self.high_water = event.published_at
+        self.events.sort()
+        self._rebuild_prefix()
 
     def replay(self, events: Iterable[Event]) -> None:
         """Rebuild from stored events in event-time order: buckets and all, as when they came."""
