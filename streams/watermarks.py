@@ -212,14 +212,26 @@ class RawProgress(Marks):
         return out
 
     async def _at_end(self, consumer: Any, tp: Any) -> bool:
-        """Read to the end: the last offset read here, or (for a partition this worker has read
-        nothing of, e.g. one finished before a restart) the consumer's position."""
+        """Read to the end: the last offset processed here, or (for a partition this worker has
+        processed nothing of since it got it, e.g. one finished before a restart) its committed
+        offset. Not the consumer's position: that counts what the fetcher has fetched, which can
+        run far ahead of what was processed (after a restart, a whole partition's rest can sit in
+        the stream's buffer behind other partitions' events), and an idle marker for it then
+        would let the risk stage release other partitions' scores past its documents."""
         try:
             end = consumer.highwater(tp)
             last = self.read.get(tp)
             if last is None:
-                position = await consumer.position(tp)
-                last = -1 if position is None else position - 1
+                committed = committed_offset(consumer, tp)
+                last = -1 if committed is None else committed - 1
         except Exception:  # not fetched yet, or not ours any more
             return False
         return end is not None and last >= end - 1
+
+
+def committed_offset(consumer: Any, tp: Any) -> int | None:
+    """The offset committed for ``tp`` (the next one to process), as Faust's consumer knows it:
+    set when it seeks to the committed offsets after an assignment, and advanced at each commit.
+    None when nothing was committed (or offset 0, which Faust keeps as None)."""
+    offsets = getattr(consumer, "_committed_offset", None)
+    return None if offsets is None else offsets.get(tp)

@@ -87,16 +87,19 @@ def test_upstream_idle_is_passed_on_only_after_the_batch_that_read_it() -> None:
 
 
 class Consumer:
-    """The two things ``RawProgress`` asks a consumer: high water and position."""
+    """What ``RawProgress`` asks a consumer: the high water, and the committed offset (kept as
+    Faust's consumer keeps it); its fetch position runs ahead of both (``fetched``)."""
 
-    def __init__(self, end: int) -> None:
+    def __init__(self, end: int, committed: int | None = None, fetched: int | None = None) -> None:
         self.end = end
+        self._committed_offset = {TopicPartition("raw", 0): committed}
+        self.fetched = end if fetched is None else fetched
 
     def highwater(self, tp: Any) -> int:
         return self.end
 
     async def position(self, tp: Any) -> int:
-        return self.end
+        return self.fetched
 
 
 def event(partition: int, offset: int) -> Any:
@@ -157,6 +160,19 @@ def test_a_raw_partition_is_idle_only_when_read_to_its_end_quiet_and_not_in_flig
     assert run(progress.newly_idle(Consumer(10), [tp])) == {0}
     run(progress.resend({0}, [sink], fan_out=False))
     assert sink.last(0).idle and sink.last(0).event_time == T0
+
+
+def test_after_a_restart_a_partition_is_idle_only_once_processed_not_once_fetched() -> None:
+    """A restarted worker has processed nothing of a partition yet: whether it is at its end is
+    what was committed, not how far the fetcher got (the rest may wait in the stream's buffer)."""
+    progress = RawProgress(1, idle_after=0.0)
+    tp = TopicPartition("raw", 0)
+    fetched_not_processed = Consumer(100, committed=60, fetched=100)
+    assert run(progress.newly_idle(fetched_not_processed, [tp])) == set()
+    assert run(progress.newly_idle(Consumer(100, committed=None), [tp])) == set()
+    assert run(progress.newly_idle(Consumer(0, committed=None), [tp])) == {0}  # empty
+    progress.reassigned()
+    assert run(progress.newly_idle(Consumer(100, committed=100), [tp])) == {0}  # finished before
 
 
 def test_after_a_rebalance_a_partition_resumes_where_it_is_owed_not_where_it_was_fetched() -> None:
