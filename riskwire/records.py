@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -186,34 +186,50 @@ class Score(Record):
     story_id: str | None = None  # copies of one story count once in a ticker's windows
 
 
+R = TypeVar("R", bound=Record)
 SCORE_BATCH = "scores/1"
+DOCUMENT_BATCH = "documents/1"
 
 
-def encode_scores(scores: Sequence[Score]) -> bytes:
-    """Several scores as one message (the scoring stage sends one per partition and batch: the
-    per-message cost of the broker client and of Faust is then paid once, not once per score)."""
-    head = b'{"schema":"' + SCORE_BATCH.encode() + b'","scores":['
-    return head + b",".join(s.to_json() for s in scores) + b"]}"
+def encode_batch(schema: str, records: Sequence[Record]) -> bytes:
+    """Several records as one message: the stages send one per partition and batch, so the
+    per-message cost of the broker client and of Faust is paid once, not once per record."""
+    return join_batch(schema, [r.to_json() for r in records])
 
 
-def decode_scores(data: bytes) -> tuple[list[Score], list[tuple[str, bytes]]]:
-    """The scores in a message, in order: a batch (``encode_scores``) or one score. Each one
-    that does not validate comes back as (reason, its JSON), for a dead letter; a message that is
-    neither raises InvalidRecord."""
+def join_batch(schema: str, bodies: Sequence[bytes]) -> bytes:
+    """``encode_batch`` of records already encoded (``Record.to_json``)."""
+    return b'{"schema":"' + schema.encode() + b'","records":[' + b",".join(bodies) + b"]}"
+
+
+def decode_batch(
+    data: bytes, record_type: type[R], schema: str
+) -> tuple[list[R], list[tuple[str, bytes]]]:
+    """The records in a message, in order: a batch of ``schema`` (``encode_batch``) or a single
+    record. Each one that does not validate comes back as (reason, its JSON), for a dead letter;
+    a message that is neither raises InvalidRecord."""
     body = parse_json(data)
-    if not (isinstance(body, dict) and body.get("schema") == SCORE_BATCH):
-        return [Score.from_obj(body)], []
-    items = body.get("scores")
+    if not (isinstance(body, dict) and body.get("schema") == schema):
+        return [record_type.from_obj(body)], []
+    items = body.get("records", body.get("scores"))  # "scores": how scores/1 began
     if not isinstance(items, list):
-        raise InvalidRecord("a score batch needs a list of scores")
-    scores: list[Score] = []
+        raise InvalidRecord(f"a {schema} batch needs a list of records")
+    records: list[R] = []
     bad: list[tuple[str, bytes]] = []
     for item in items:
         try:
-            scores.append(Score.from_obj(dict(item) if isinstance(item, dict) else item))
+            records.append(record_type.from_obj(dict(item) if isinstance(item, dict) else item))
         except InvalidRecord as exc:
             bad.append((str(exc), json.dumps(item, separators=(",", ":")).encode()))
-    return scores, bad
+    return records, bad
+
+
+def encode_scores(scores: Sequence[Score]) -> bytes:
+    return encode_batch(SCORE_BATCH, scores)
+
+
+def decode_scores(data: bytes) -> tuple[list[Score], list[tuple[str, bytes]]]:
+    return decode_batch(data, Score, SCORE_BATCH)
 
 
 class Alert(Record):

@@ -96,9 +96,11 @@ class Positions:
 
 
 async def event_batches(
-    stream: faust.StreamT[bytes], settings: Settings, positions: Positions | None = None
-) -> AsyncIterator[Sequence[Any]]:
-    """Micro-batches of events (key, value and message), acknowledged after the loop body runs.
+    stream: faust.StreamT[bytes], settings: Settings, positions: Positions | None = None,
+    most: int | None = None,
+) -> AsyncIterator[Sequence[Any]]:  # fmt: skip
+    """Micro-batches of up to ``most`` events (default ``score_batch_size``): key, value and
+    message, acknowledged after the loop body runs.
 
     Events fetched before a rebalance can still sit in the batch buffer afterwards. They are left
     out and never acknowledged: Faust seeks to the committed offsets after a rebalance, so they come
@@ -120,7 +122,7 @@ async def event_batches(
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     try:
-        async for events in _batches(concrete, app, settings, positions):
+        async for events in _batches(concrete, app, settings, positions, most):
             yield events
     finally:
         app.on_partitions_revoked.disconnect(on_revoked)  # type: ignore[arg-type]
@@ -128,11 +130,12 @@ async def event_batches(
 
 
 async def _batches(
-    concrete: faust.Stream[bytes], app: Any, settings: Settings, positions: Positions
-) -> AsyncIterator[Sequence[Any]]:
+    concrete: faust.Stream[bytes], app: Any, settings: Settings, positions: Positions,
+    most: int | None,
+) -> AsyncIterator[Sequence[Any]]:  # fmt: skip
     generation = None
     async for events in concrete.take_events(
-        settings.score_batch_size, settings.score_batch_wait_s
+        most or settings.score_batch_size, settings.score_batch_wait_s
     ):
         if app.consumer_generation_id != generation:
             generation = app.consumer_generation_id

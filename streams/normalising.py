@@ -1,5 +1,6 @@
 """raw.news + raw.social -> docs: validate, normalise, drop exact duplicates, link cashtags, and
-cluster near-duplicates into stories.
+cluster near-duplicates into stories. Documents go on as one ``documents/1`` message per docs
+partition and batch (``batch_messages``), followed by the partition's watermark.
 
 The story index is in the database (``storage.stories``): raw topics are keyed by each source's
 item id, so one story's copies from different outlets reach different workers, and all of them
@@ -16,7 +17,8 @@ from typing import Any
 import faust
 
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import DeadLetter, Document, RawRecord
+from riskwire.records import DOCUMENT_BATCH, DeadLetter, Document, RawRecord, join_batch
+from riskwire.settings import Settings
 from streams.context import WorkerContext, event_batches, send_dead
 from streams.pipeline import normalise
 from streams.pipeline.stories import in_story
@@ -42,12 +44,41 @@ def normalise_event(
     return DeadLetter.of(STAGE, reason, value, occurred_at=now, topic=topic, key=key)
 
 
+MESSAGE_BYTES = 512 * 1024  # documents per message up to this much (one alone may be more)
+
+
+def documents_per_message(settings: Settings) -> int:
+    """At most this many documents in a message, so that the scoring stage, taking as many
+    messages as there are partitions, scores batches of at most ``score_batch_size``."""
+    return max(1, settings.score_batch_size // settings.topic_partitions)
+
+
+def batch_messages(bodies: list[bytes], most: int) -> list[bytes]:
+    """Documents (JSON) as ``documents/1`` messages of at most ``most`` documents and
+    ``MESSAGE_BYTES`` each, in order: one message per partition and batch unless the batch is
+    large, well under the broker's 1 MB message limit (a document has at most 100,000 characters
+    of text)."""
+    out: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 0
+    for body in bodies:
+        if chunk and (size + len(body) > MESSAGE_BYTES or len(chunk) >= most):
+            out.append(join_batch(DOCUMENT_BATCH, chunk))
+            chunk, size = [], 0
+        chunk.append(body)
+        size += len(body) + 1
+    if chunk:
+        out.append(join_batch(DOCUMENT_BATCH, chunk))
+    return out
+
+
 def register(app: faust.App, ctx: WorkerContext) -> None:
     raw = app.topic(ctx.topics.raw_news, ctx.topics.raw_social)
     docs = app.topic(ctx.topics.docs)
     dead = app.topic(ctx.topics.deadletter)
 
     progress = RawProgress(ctx.settings.topic_partitions, ctx.settings.reorder_idle_s)
+    most = documents_per_message(ctx.settings)
     raw_topics = {ctx.topics.raw_news, ctx.topics.raw_social}
 
     @app.agent(raw, name="normalise")
@@ -65,12 +96,15 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             ]
             # near-duplicates: one story, in the index every worker shares
             stories = await ctx.assign_stories([doc for _, doc in fresh])
+            by_partition: dict[int, list[bytes]] = {}
             for (event, doc), story in zip(fresh, stories, strict=True):
-                doc = in_story(doc, story)
                 # co-partitioned with the raw record, so each docs partition keeps the order
                 # of its raw partition (the risk stage's watermarks rely on it)
                 partition = event.message.partition % ctx.settings.topic_partitions
-                await docs.send(key=doc.id.encode(), value=doc.to_json(), partition=partition)
+                by_partition.setdefault(partition, []).append(in_story(doc, story).to_json())
+            for partition, bodies in sorted(by_partition.items()):
+                for message in batch_messages(bodies, most):
+                    await docs.send(value=message, partition=partition)
             await progress.send(touched, [docs], fan_out=False)
 
     @app.timer(interval=0.1)

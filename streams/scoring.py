@@ -18,15 +18,23 @@ from aiokafka.partitioner import murmur2
 from sqlalchemy.orm import Session
 
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import DeadLetter, Document, Score, Watermark, encode_scores
+from riskwire.records import (
+    DOCUMENT_BATCH,
+    DeadLetter,
+    Document,
+    Score,
+    Watermark,
+    decode_batch,
+    encode_scores,
+)
 from storage import repository
 from streams.context import (
     WorkerContext,
-    decode_pairs,
     event_batches,
     send_dead,
     storage_refused,
 )
+from streams.normalising import documents_per_message
 from streams.pipeline import fan_out
 from streams.risk import group_mentions
 from streams.watermarks import Marks, Sealed, is_marker
@@ -69,6 +77,28 @@ async def score_batch(
         except Exception as exc:
             dead.append(scoring_failed(doc, exc, now))
     return scores, dead
+
+
+def decode_documents(
+    events: Sequence[Any], now: datetime
+) -> tuple[list[tuple[Any, Document]], list[DeadLetter]]:
+    """Each message's documents (a ``documents/1`` batch, or one document), with the message they
+    came in; what does not decode becomes a dead letter with the reason (a bad document of a batch
+    alone)."""
+    pairs: list[tuple[Any, Document]] = []
+    dead: list[DeadLetter] = []
+    for event in events:
+        topic = event.message.topic
+        try:
+            docs, invalid = decode_batch(event.value, Document, DOCUMENT_BATCH)
+        except InvalidRecord as exc:
+            docs, invalid = [], [(str(exc), event.value)]
+        pairs += [(event, d) for d in docs]
+        dead += [
+            DeadLetter.of(STAGE, reason, payload, occurred_at=now, topic=topic, key=event.key)
+            for reason, payload in invalid
+        ]
+    return pairs, dead
 
 
 async def send_scores(topic: faust.TopicT, by_partition: dict[int, list[Score]]) -> None:
@@ -137,12 +167,17 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
         # (the model runs in a thread, the event loop goes on). Their messages are held
         # (``incref``) until ``finish`` is done with them, in the order taken.
         inflight: deque[asyncio.Future[None]] = deque()
-        async for events in event_batches(stream, ctx.settings):
+        # documents come several to a message (``documents_per_message``): this many messages
+        # make a batch of at most ``score_batch_size`` documents
+        most = max(1, ctx.settings.score_batch_size // documents_per_message(ctx.settings))
+        async for events in event_batches(stream, ctx.settings, most=most):
             now = datetime.now(UTC)
             touched = {e.message.partition for e in events}
-            decoded, bad = decode_pairs([e for e in events if not is_marker(e.value)], Document,
-                                        STAGE, now)  # fmt: skip
-            times = {id(e): d.published_at for e, d in decoded}
+            decoded, bad = decode_documents([e for e in events if not is_marker(e.value)], now)
+            times: dict[int, datetime] = {}  # per message: its newest document
+            for e, d in decoded:
+                if id(e) not in times or d.published_at > times[id(e)]:
+                    times[id(e)] = d.published_at
             for event in events:  # in order: a marker says what came before it in its partition
                 q = event.message.partition
                 if not is_marker(event.value):

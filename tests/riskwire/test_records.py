@@ -72,7 +72,7 @@ def test_scores_travel_in_batches_and_a_bad_one_is_told_apart() -> None:
     assert good == [scores[0], scores[2]]
     ((reason, payload),) = bad
     assert "ticker" in reason and scores[1].document_id.encode() in payload
-    with pytest.raises(InvalidRecord, match="needs a list"):
-        decode_scores(b'{"schema":"scores/1","scores":3}')
+    with pytest.raises(InvalidRecord, match="needs a list of records"):
+        decode_scores(b'{"schema":"scores/1","records":3}')
     with pytest.raises(InvalidRecord, match="not valid JSON"):
         decode_scores(b"\xff")

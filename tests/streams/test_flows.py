@@ -273,3 +273,23 @@ def test_a_score_batch_message_is_finished_only_when_all_its_scores_are_released
     second = marker(2, 24 * 60)
     asyncio.run(stage.take([second]))
     assert stage.released == 1 and batch.acked and first.acked and second.acked
+
+
+def test_documents_travel_in_messages_under_the_size_limit_and_a_bad_one_is_told_apart() -> None:
+    from streams.normalising import MESSAGE_BYTES, batch_messages
+    from streams.scoring import decode_documents
+
+    docs = [make_document(text=f"note {i} " + "x" * 60_000) for i in range(20)]
+    messages = batch_messages([d.to_json() for d in docs], most=64)
+    assert 1 < len(messages) < len(docs)
+    assert all(len(m) <= MESSAGE_BYTES + 200_000 for m in messages)
+    assert len(batch_messages([make_document().to_json()] * 10, most=4)) == 3  # 4 + 4 + 2
+    alone = batch_messages([make_document(text="y" * 100_000).to_json()], most=64)
+    assert len(alone) == 1  # a document larger than the rest of a message still travels
+    broken = messages[0].replace(b'"kind":"news"', b'"kind":"rumour"', 1)
+    events = [event(broken), *(event(m) for m in messages[1:]), event(docs[0].to_json())]
+    pairs, dead = decode_documents(events, NOW)
+    assert [d for _, d in pairs] == docs[1:] + docs[:1]  # in order; a single document as before
+    assert len(dead) == 1 and "kind" in dead[0].reason and docs[0].id in dead[0].payload
+    (bad,) = decode_documents([event(b"{nope")], NOW)[1]
+    assert "not valid JSON" in bad.reason
