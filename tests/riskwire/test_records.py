@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -16,6 +17,9 @@ def test_records_round_trip_through_versioned_json() -> None:
     assert Document.from_json(body) == doc
     score = make_score()
     assert Score.from_json(score.to_json()) == score
+    assert json.loads(body) == {"schema": "document/1", **json.loads(doc.model_dump_json())}
+    text = make_document(text='Crédit Agricole ☕ — \u2028 \\ "q"')
+    assert Document.from_json(text.to_json()) == text  # UTF-8 as is, escapes where JSON needs them
 
 
 def test_decoding_names_what_is_wrong() -> None:
@@ -67,6 +71,8 @@ def test_scores_travel_in_batches_and_a_bad_one_is_told_apart() -> None:
     scores = [make_score(), make_score(ticker="BOLT"), make_score(ticker="market")]
     assert decode_scores(encode_scores(scores)) == (scores, [])
     assert decode_scores(scores[0].to_json()) == ([scores[0]], [])  # one score, as before
+    legacy = encode_scores(scores).replace(b'"records":', b'"scores":', 1)  # as scores/1 began
+    assert decode_scores(legacy) == (scores, [])
     body = encode_scores(scores).replace(b'"ticker":"BOLT"', b'"ticker":7', 1)
     good, bad = decode_scores(body)
     assert good == [scores[0], scores[2]]
