@@ -230,13 +230,17 @@ class TickerWindow:
         additions; an event inserted before others (out of order) shifts the sums after it."""
         score = round(event.score * FIXED)
         values = (score, int(event.negative), score * score, round(event.disagreement * FIXED))
+        scores, negatives, squares, disputed = self._prefix
+        if at == len(scores) - 1:  # the common case, in event-time order: appended
+            scores.append(scores[-1] + score)
+            negatives.append(negatives[-1] + values[1])
+            squares.append(squares[-1] + values[2])
+            disputed.append(disputed[-1] + values[3])
+            return
         for prefix, value in zip(self._prefix, values, strict=True):
-            if at == len(prefix) - 1:
-                prefix.append(prefix[-1] + value)
-            else:
-                prefix.insert(at + 1, prefix[at] + value)
-                if value:
-                    prefix[at + 2 :] = [x + value for x in prefix[at + 2 :]]
+            prefix.insert(at + 1, prefix[at] + value)
+            if value:
+                prefix[at + 2 :] = [x + value for x in prefix[at + 2 :]]
 
     def _rebuild_prefix(self) -> None:
         self._prefix = ([0], [0], [0], [0])
