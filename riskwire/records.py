@@ -230,10 +230,6 @@ def encode_scores(scores: Sequence[Score]) -> bytes:
     return encode_batch(SCORE_BATCH, scores)
 
 
-def decode_scores(data: bytes) -> tuple[list[Score], list[tuple[str, bytes]]]:
-    return decode_batch(data, Score, SCORE_BATCH)
-
-
 class Alert(Record):
     """A warning-rule event. ``id`` is rule + group + window start, so re-evaluation is idempotent."""
 

@@ -17,7 +17,7 @@ from models.ensemble import Ensemble
 from models.routing import Scorer
 from riskwire.delivery.model import delivery_targets
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import DeadLetter, Document, Record, Score
+from riskwire.records import DeadLetter, Document, Record, Score, decode_batch
 from riskwire.settings import Settings
 from storage.delivery import Targets
 from storage.engine import make_engine, session_factory
@@ -178,19 +178,29 @@ def decode_events(
 
 
 def decode_pairs(
-    events: Sequence[Any], record_type: type[R], stage: str, now: datetime
-) -> tuple[list[tuple[Any, R]], list[DeadLetter]]:
-    """As ``decode_events``, each record with the event it came in."""
+    events: Sequence[Any], record_type: type[R], stage: str, now: datetime,
+    batch: str | None = None,
+) -> tuple[list[tuple[Any, R]], list[DeadLetter]]:  # fmt: skip
+    """As ``decode_events``, each record with the event it came in. With ``batch``, a message may
+    also hold several records, a batch of that schema (``decode_batch``): a bad record of a batch
+    is dead-lettered alone."""
     records: list[tuple[Any, R]] = []
     dead: list[DeadLetter] = []
     for event in events:
+        invalid: list[tuple[str, bytes]] = []  # (reason, the record's JSON)
         try:
-            records.append((event, record_type.from_json(event.value)))
+            if batch is None:
+                found = [record_type.from_json(event.value)]
+            else:
+                found, invalid = decode_batch(event.value, record_type, batch)
         except InvalidRecord as exc:
-            dead.append(
-                DeadLetter.of(stage, str(exc), event.value, occurred_at=now,
-                              topic=event.message.topic, key=event.key)
-            )  # fmt: skip
+            found, invalid = [], [(str(exc), event.value)]
+        records += [(event, r) for r in found]
+        dead += [
+            DeadLetter.of(stage, reason, payload, occurred_at=now, topic=event.message.topic,
+                          key=event.key)
+            for reason, payload in invalid
+        ]  # fmt: skip
     return records, dead
 
 

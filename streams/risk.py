@@ -42,11 +42,12 @@ import faust
 from sqlalchemy.orm import Session
 
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import Alert, DeadLetter, Score, Watermark, decode_scores, group_key
+from riskwire.records import SCORE_BATCH, Alert, DeadLetter, Score, Watermark, group_key
 from storage import delivery, repository
 from streams.context import (
     Positions,
     WorkerContext,
+    decode_pairs,
     event_batches,
     send_dead,
     storage_refused,
@@ -183,14 +184,9 @@ class RiskStage:
                     self._mark(event)
                     continue
                 topic = event.message.topic
-                try:
-                    scores, invalid = decode_scores(event.value)
-                except InvalidRecord as exc:
-                    scores, invalid = [], [(str(exc), event.value)]
-                for reason, payload in invalid:
-                    bad.append(DeadLetter.of(STAGE, reason, payload, occurred_at=now, topic=topic,
-                                             key=event.key))  # fmt: skip
-                for score in scores:
+                decoded, invalid = decode_pairs([event], Score, STAGE, now, batch=SCORE_BATCH)
+                bad += invalid
+                for _, score in decoded:
                     if score.ticker is None:
                         reason = "a scored mention needs a ticker or group key"
                         bad.append(DeadLetter.of(STAGE, reason, score.to_json(), occurred_at=now,

@@ -18,18 +18,11 @@ from aiokafka.partitioner import murmur2
 from sqlalchemy.orm import Session
 
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import (
-    DOCUMENT_BATCH,
-    DeadLetter,
-    Document,
-    Score,
-    Watermark,
-    decode_batch,
-    encode_scores,
-)
+from riskwire.records import DOCUMENT_BATCH, DeadLetter, Document, Score, Watermark, encode_scores
 from storage import repository
 from streams.context import (
     WorkerContext,
+    decode_pairs,
     event_batches,
     send_dead,
     storage_refused,
@@ -77,28 +70,6 @@ async def score_batch(
         except Exception as exc:
             dead.append(scoring_failed(doc, exc, now))
     return scores, dead
-
-
-def decode_documents(
-    events: Sequence[Any], now: datetime
-) -> tuple[list[tuple[Any, Document]], list[DeadLetter]]:
-    """Each message's documents (a ``documents/1`` batch, or one document), with the message they
-    came in; what does not decode becomes a dead letter with the reason (a bad document of a batch
-    alone)."""
-    pairs: list[tuple[Any, Document]] = []
-    dead: list[DeadLetter] = []
-    for event in events:
-        topic = event.message.topic
-        try:
-            docs, invalid = decode_batch(event.value, Document, DOCUMENT_BATCH)
-        except InvalidRecord as exc:
-            docs, invalid = [], [(str(exc), event.value)]
-        pairs += [(event, d) for d in docs]
-        dead += [
-            DeadLetter.of(STAGE, reason, payload, occurred_at=now, topic=topic, key=event.key)
-            for reason, payload in invalid
-        ]
-    return pairs, dead
 
 
 async def send_scores(topic: faust.TopicT, by_partition: dict[int, list[Score]]) -> None:
@@ -173,7 +144,8 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
         async for events in event_batches(stream, ctx.settings, most=most):
             now = datetime.now(UTC)
             touched = {e.message.partition for e in events}
-            decoded, bad = decode_documents([e for e in events if not is_marker(e.value)], now)
+            decoded, bad = decode_pairs([e for e in events if not is_marker(e.value)], Document,
+                                        STAGE, now, batch=DOCUMENT_BATCH)  # fmt: skip
             times: dict[int, datetime] = {}  # per message: its newest document
             for e, d in decoded:
                 if id(e) not in times or d.published_at > times[id(e)]:

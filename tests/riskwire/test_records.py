@@ -66,7 +66,10 @@ def test_stable_id_separates_parts() -> None:
 
 
 def test_scores_travel_in_batches_and_a_bad_one_is_told_apart() -> None:
-    from riskwire.records import decode_scores, encode_scores
+    from riskwire.records import SCORE_BATCH, decode_batch, encode_scores
+
+    def decode_scores(data: bytes) -> tuple[list[Score], list[tuple[str, bytes]]]:
+        return decode_batch(data, Score, SCORE_BATCH)
 
     scores = [make_score(), make_score(ticker="BOLT"), make_score(ticker="market")]
     assert decode_scores(encode_scores(scores)) == (scores, [])

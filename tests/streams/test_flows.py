@@ -22,7 +22,7 @@ from riskwire.settings import load_settings
 from storage import upgrade
 from storage.repository import upsert_documents
 from storage.tables import DocumentRow, DocumentTickerRow
-from streams.context import WorkerContext, decode_events, storage_refused
+from streams.context import WorkerContext, decode_events, decode_pairs, storage_refused
 from streams.normalising import normalise_event
 from streams.pipeline import NegativeSurgeRule, RiskEngine
 from streams.risk import apply_scores
@@ -276,8 +276,8 @@ def test_a_score_batch_message_is_finished_only_when_all_its_scores_are_released
 
 
 def test_documents_travel_in_messages_under_the_size_limit_and_a_bad_one_is_told_apart() -> None:
+    from riskwire.records import DOCUMENT_BATCH
     from streams.normalising import MESSAGE_BYTES, batch_messages
-    from streams.scoring import decode_documents
 
     docs = [make_document(text=f"note {i} " + "x" * 60_000) for i in range(20)]
     messages = batch_messages([d.to_json() for d in docs], most=64)
@@ -288,8 +288,8 @@ def test_documents_travel_in_messages_under_the_size_limit_and_a_bad_one_is_told
     assert len(alone) == 1  # a document larger than the rest of a message still travels
     broken = messages[0].replace(b'"kind":"news"', b'"kind":"rumour"', 1)
     events = [event(broken), *(event(m) for m in messages[1:]), event(docs[0].to_json())]
-    pairs, dead = decode_documents(events, NOW)
+    pairs, dead = decode_pairs(events, Document, "score", NOW, batch=DOCUMENT_BATCH)
     assert [d for _, d in pairs] == docs[1:] + docs[:1]  # in order; a single document as before
     assert len(dead) == 1 and "kind" in dead[0].reason and docs[0].id in dead[0].payload
-    (bad,) = decode_documents([event(b"{nope")], NOW)[1]
+    (bad,) = decode_pairs([event(b"{nope")], Document, "score", NOW, batch=DOCUMENT_BATCH)[1]
     assert "not valid JSON" in bad.reason
