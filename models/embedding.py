@@ -48,7 +48,8 @@ class SentenceEncoder:
         self.max_length = max_length
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-            self.model = AutoModel.from_pretrained(self.path).to(device).eval()
+            # weights stored in half precision load as such: fp32 first, then ``precision``
+            self.model = AutoModel.from_pretrained(self.path).float().to(device).eval()
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load encoder {self.path!r}: {exc}") from exc
         self.batch_tokenizer = BatchTokenizer(self.tokenizer, max_length)

@@ -99,7 +99,8 @@ class HFClassifierMember(TorchMember):
         self.batch_size = batch_size
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
-            net = AutoModelForSequenceClassification.from_pretrained(model)
+            # weights stored in half precision load as such: fp32 first, then ``precision``
+            net = AutoModelForSequenceClassification.from_pretrained(model).float()
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load classifier {model!r}: {exc}") from exc
         if not getattr(self.tokenizer, "is_fast", False):

@@ -95,3 +95,35 @@ def test_version_follows_the_weights_and_the_variant(tmp_path: Path, tiny_classi
     )
     assert HFClassifierMember(str(other), name=same.name).version != same.version
     assert HFClassifierMember(str(tiny_classifier_dir), quantize=True).version.endswith("q8-L256")
+
+
+def test_weights_stored_in_half_precision_run_in_the_precision_asked_for(
+    tmp_path: Path, tiny_classifier_dir: Path, tiny_encoder_dir: Path
+) -> None:
+    """transformers loads a checkpoint in the dtype it was saved in: an fp16 one must still run
+    in fp32 on the CPU (or int8, which quantizes fp32 layers), giving the fp32 model's answers
+    to fp16 rounding."""
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    from models.embedding import SentenceEncoder
+
+    for source, loader in ((tiny_classifier_dir, AutoModelForSequenceClassification),
+                           (tiny_encoder_dir, AutoModel)):  # fmt: skip
+        half = tmp_path / f"{source.name}-fp16"
+        loader.from_pretrained(source).half().save_pretrained(half)
+        AutoTokenizer.from_pretrained(source).save_pretrained(half)
+        assert loader.from_pretrained(half).dtype == torch.float16  # what the fix is for
+    texts = ["Profit rose 20% on strong demand.", "The lender cut its outlook after losses."]
+    classifier = HFClassifierMember(str(tmp_path / f"{tiny_classifier_dir.name}-fp16"),
+                                    max_length=16, precision="fp32")  # fmt: skip
+    assert classifier.model.dtype == torch.float32
+    full = HFClassifierMember(str(tiny_classifier_dir), max_length=16, precision="fp32")
+    assert np.allclose(classifier.predict_proba(texts), full.predict_proba(texts), atol=5e-3)
+    quantized = HFClassifierMember(str(tmp_path / f"{tiny_classifier_dir.name}-fp16"),
+                                   max_length=16, precision="int8")  # fmt: skip
+    assert quantized.predict_proba(texts).shape == (2, 3)
+    encoder = SentenceEncoder(str(tmp_path / f"{tiny_encoder_dir.name}-fp16"), precision="fp32")
+    assert encoder.model.dtype == torch.float32
+    reference = SentenceEncoder(str(tiny_encoder_dir), precision="fp32").encode(texts)
+    assert (encoder.encode(texts) * reference).sum(axis=1).min() > 0.999

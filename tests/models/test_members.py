@@ -166,7 +166,8 @@ def test_precision_setting_reaches_transformer_members_unless_their_spec_says(
     from riskwire.settings import Settings
 
     random_head(16).save(tmp_path / "head.json")
-    builder = MemberBuilder(Settings(data_dir=tmp_path, precision="int8"), tmp_path)
+    # CPU precisions (int8, bf16): on the CPU even where a GPU is present (auto would take it)
+    builder = MemberBuilder(Settings(data_dir=tmp_path, precision="int8", device="cpu"), tmp_path)
     classifier = builder.build({"member": "hf", "model": str(tiny_classifier_dir)})
     head = builder.build({"member": "head", "head": "head.json", "encoder": str(tiny_encoder_dir)})
     assert isinstance(classifier, HFClassifierMember) and classifier.quantized
