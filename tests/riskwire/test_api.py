@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -94,12 +95,14 @@ def test_bad_requests_get_a_clear_error(client: TestClient) -> None:
 
 def test_results_wait_for_the_end_and_a_cancelled_job_can_be_resumed(client: TestClient) -> None:
     executor = client.app.state.executor  # type: ignore[attr-defined]
-    blocker = executor.submit(time.sleep, 1.0)  # keep the job queued while we cancel it
+    release = threading.Event()
+    blocker = executor.submit(release.wait, 60)  # keeps the job queued while we cancel it
     job = client.post("/replays", json=body(), headers=AUTH).json()
     early = client.get(f"/replays/{job['id']}/results", headers=AUTH)
     assert early.status_code == 409
     cancelled = client.post(f"/replays/{job['id']}/cancel", headers=AUTH)
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    release.set()
     blocker.result()
     assert wait_for(client, job["id"], {"cancelled"})["processed"] == 0
     resumed = client.post(f"/replays/{job['id']}/resume", headers=AUTH)
@@ -124,7 +127,9 @@ def test_jobs_left_by_a_shutdown_can_be_resumed_after_a_restart(
     run_live(session_factory(make_engine(database_url)), settings, ensemble, world())
     with TestClient(create_api(settings, lambda: ensemble)) as first:
         executor = first.app.state.executor  # type: ignore[attr-defined]
-        executor.submit(time.sleep, 0.5)  # the job stays queued until the shutdown
+        # the job stays queued until the shutdown drops it; the shutdown then waits this out.
+        # (0.5 s was not enough: a slow first POST let the job start and finish before it.)
+        executor.submit(time.sleep, 5)
         job = first.post("/replays", json=body(), headers=AUTH).json()
     with TestClient(create_api(settings, lambda: ensemble)) as second:
         left = second.get(f"/replays/{job['id']}", headers=AUTH).json()
