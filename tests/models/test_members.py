@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ TEXTS = [
 ]
 
 
-def random_head(dim: int) -> Head:
-    rng = np.random.default_rng(0)
+def random_head(dim: int, seed: int = 0) -> Head:
+    rng = np.random.default_rng(seed)
     return Head(rng.normal(size=(dim, 3)), rng.normal(size=3), {"version": "test-head"})
 
 
@@ -151,6 +152,41 @@ def test_embeddings_are_normalised_and_batch_independent(tiny_encoder_dir: Path)
     small = encoder.encode(TEXTS, batch_size=2)
     assert np.allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-5)
     assert np.allclose(full, small, atol=1e-5)
+
+
+def test_each_thread_keeps_its_own_shared_embedding_pass(tiny_encoder_dir: Path) -> None:
+    # a worker scores two batches at once, in two threads, with heads over one encoder: one
+    # thread's heads must never be handed the other thread's remembered batch
+    encoder = SentenceEncoder(str(tiny_encoder_dir))
+    encoded: list[tuple[str, ...]] = []
+    encode = encoder.encode
+
+    def counted(texts: list[str], batch_size: int = 64) -> np.ndarray:
+        encoded.append(tuple(texts))
+        return encode(texts, batch_size)
+
+    encoder.encode = counted  # type: ignore[method-assign]
+    mine, theirs = TEXTS[:3], TEXTS[3:]
+    first = encoder.embed(mine)
+    with ThreadPoolExecutor(1) as other:
+        elsewhere = other.submit(encoder.embed, theirs).result()
+    again = encoder.embed(mine)  # remembered here although the other thread embedded since
+    assert encoded == [tuple(mine), tuple(theirs)]
+    assert np.array_equal(again, first) and elsewhere.shape == (len(theirs), encoder.dim)
+
+
+def test_an_ensemble_judges_batches_in_threads_as_it_does_one_at_a_time(
+    tiny_encoder_dir: Path,
+) -> None:
+    encoder = SentenceEncoder(str(tiny_encoder_dir))
+    heads = [EmbeddingHeadMember(encoder, random_head(encoder.dim, seed), name=f"h{seed}")
+             for seed in (1, 2)]  # fmt: skip
+    ensemble = Ensemble([*heads, loughran_mcdonald_member()], fusion="soft")
+    batches = [[f"{t} ({i})" for t in TEXTS[: 2 + i % 4]] for i in range(40)]
+    alone = [ensemble.judge(b) for b in batches]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(ensemble.judge, batches))
+    assert together == alone
 
 
 def test_fixed_member_helper_is_sane() -> None:
