@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset = SQLite in data_dir")
     topic_prefix: str = Field("riskwire", pattern=r"^[A-Za-z0-9._\-]+$")
     topic_partitions: int = Field(4, ge=1, le=1024)
+    kafka_fetch_wait_ms: int = Field(
+        100,
+        ge=1,
+        le=60_000,
+        description="longest a worker's fetch waits at the broker for new records. Faust fixes "
+        "1500 ms; Kafka answers as soon as records arrive, but the embedded broker (Tansu) holds "
+        "a fetch to its end, so every hop between stages waited about half of it",
+    )
     consumer_group: str = Field("riskwire", pattern=r"^[A-Za-z0-9._\-]+$")
 
     dedupe_cache_size: int = Field(

@@ -9,6 +9,7 @@ import faust
 from models.ensemble import Ensemble
 from riskwire.settings import Settings
 from streams.context import WorkerContext
+from streams.transport import RiskwireApp
 
 FLOWS = ("streams.normalising", "streams.scoring", "streams.risk", "streams.deadletters")
 
@@ -18,8 +19,9 @@ def create_app(
 ) -> tuple[faust.App, WorkerContext]:
     if settings.kafka_bootstrap is None:
         raise ValueError("create_app needs a broker: set RISKWIRE_KAFKA_BOOTSTRAP")
-    app = faust.App(
+    app = RiskwireApp(
         settings.consumer_group,
+        fetch_wait_ms=settings.kafka_fetch_wait_ms,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
         value_serializer="raw",
         key_serializer="raw",
