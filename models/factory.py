@@ -63,8 +63,9 @@ class MemberBuilder:
         key = (path, precision)
         if key not in self._encoders:
             self._encoders[key] = SentenceEncoder(
-                path, device=self.settings.model_device, precision=precision
-            )
+                path, device=self.settings.model_device, precision=precision,
+                trace=self.settings.trace_encoders,
+            )  # fmt: skip
         return self._encoders[key]
 
     def build(self, spec: Spec, base: Path | None = None) -> Member:

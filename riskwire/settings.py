@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         description="transformer members' arithmetic: auto (fp16 on a GPU, bf16 on a CPU that "
         "has it, else fp32), fp32, bf16, int8 (CPU dynamic quantisation) or fp16 (GPU)",
     )
+    trace_encoders: bool = Field(
+        True,
+        description="run sentence encoders on the CPU (fp32, bf16) as TorchScript traces: the same "
+        "answers (checked at load; else untraced), and a scoring thread no longer queues for the "
+        "interpreter lock at every torch call while the stream stages hold it",
+    )
     score_batch_size: int = Field(64, ge=1, le=4096)
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)
     model_threads: int = Field(

@@ -189,6 +189,43 @@ def test_an_ensemble_judges_batches_in_threads_as_it_does_one_at_a_time(
     assert together == alone
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_traced_encoder_answers_as_the_model_does(tiny_encoder_dir: Path, precision: str) -> None:
+    texts = [*TEXTS, "x", " ".join(["word"] * 300)]  # padded, one cut at max_length
+    plain = SentenceEncoder(str(tiny_encoder_dir), precision=precision)
+    traced = SentenceEncoder(str(tiny_encoder_dir), precision=precision, trace=True)
+    assert plain.traced is None and traced.traced is not None
+    assert np.allclose(traced.encode(texts), plain.encode(texts), atol=1e-5)
+    assert np.allclose(traced.encode(texts, batch_size=3), plain.encode(texts), atol=1e-5)
+
+
+def test_a_trace_that_answers_differently_is_not_used(
+    tiny_encoder_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    def wrong(module: torch.nn.Module) -> object:
+        return lambda *inputs: module(*inputs) + 1.0
+
+    monkeypatch.setattr(torch.jit, "freeze", wrong)
+    encoder = SentenceEncoder(str(tiny_encoder_dir), trace=True)
+    assert encoder.traced is None
+    plain = SentenceEncoder(str(tiny_encoder_dir))
+    assert np.allclose(encoder.encode(TEXTS), plain.encode(TEXTS), atol=1e-6)
+
+
+def test_the_worker_ensemble_traces_its_encoders_unless_told_not_to(
+    tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    from models.factory import MemberBuilder
+    from riskwire.settings import load_settings
+
+    for setting, expected in ((True, True), (False, False)):
+        settings = load_settings(data_dir=tmp_path, device="cpu", trace_encoders=setting)
+        encoder = MemberBuilder(settings).encoder(str(tiny_encoder_dir), "fp32")
+        assert (encoder.traced is not None) is expected
+
+
 def test_fixed_member_helper_is_sane() -> None:
     member = FixedMember("f", [0.2, 0.5, 0.3], {"bad": [0.8, 0.1, 0.1]})
     probs = member.predict_proba(["ok", "bad news"])
