@@ -86,9 +86,10 @@ class SentenceEncoder:
 
         Why: a forward pass is some hundred torch calls, and each gives up the interpreter lock
         and must take it back. In a worker the stream stages hold that lock on the event loop
-        while the model scores in a thread, so each call queued behind them (441 docs/s alone,
-        67 beside one busy Python thread); a trace runs the whole pass in C++ and takes the
-        lock back once (the same encoder 50 -> 105 docs/s beside a busy thread, as fast alone).
+        while the model scores in a thread, so each call queues behind them (the shipped
+        ensemble scored 441 docs/s alone, 67 beside one busy Python thread); a trace runs the
+        whole pass in C++ and takes the lock back once (MiniLM beside a busy thread: 50 docs/s
+        untraced, 105 traced, as fast as alone).
         Tracing records one path through the model's Python code; the probe, padded texts of
         other lengths than the example's, must give the model's own answer, or it is not used.
         """
