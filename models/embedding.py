@@ -108,13 +108,12 @@ class SentenceEncoder:
                     token_type_ids=token_type_ids,
                 ).last_hidden_state
 
-        def inputs(texts: list[str]) -> tuple[Any, Any, Any]:
-            t = self.tokenize(texts)
-            types = t.get("token_type_ids", torch.zeros_like(t["input_ids"]))
-            return t["input_ids"], t["attention_mask"], types
-
-        example = inputs(["a short one", "a longer example text, so that the batch is padded"])
-        probe = inputs(["one", "a third text, longer than " + "the examples " * 8, "two words"])
+        example = self._traced_inputs(
+            self.tokenize(["a short one", "a longer example text, so that the batch is padded"])
+        )
+        probe = self._traced_inputs(
+            self.tokenize(["one", "a third text, longer than " + "the examples " * 8, "two words"])
+        )
         try:
             with warnings.catch_warnings(), torch.no_grad(), autocast(self.precision):
                 warnings.simplefilter("ignore")  # the tracer's notes on Python values it fixed
@@ -131,6 +130,14 @@ class SentenceEncoder:
             return None
         return traced
 
+    def _traced_inputs(self, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """A token batch as the trace's positional inputs (token types zero where the tokenizer
+        gives none)."""
+        types = batch.get("token_type_ids")
+        if types is None:
+            types = self._torch.zeros_like(batch["input_ids"])
+        return batch["input_ids"], batch["attention_mask"], types
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, Any]:
         """Padded, truncated token tensors on the CPU (``models.tokens``)."""
         return self.batch_tokenizer(texts).tensors
@@ -138,10 +145,7 @@ class SentenceEncoder:
     def pool(self, batch: Any) -> Any:
         """Token embeddings -> one normalised vector per text (call under inference mode)."""
         if self.traced is not None:
-            types = batch.get("token_type_ids")
-            if types is None:
-                types = self._torch.zeros_like(batch["input_ids"])
-            output = self.traced(batch["input_ids"], batch["attention_mask"], types)
+            output = self.traced(*self._traced_inputs(batch))
         else:
             output = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(output.dtype)
