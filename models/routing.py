@@ -22,7 +22,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -103,6 +103,17 @@ class Router:
 
 
 Scorer = Ensemble | Router  # what scores documents: one ensemble, or ensembles behind routes
+
+
+class Judges(Protocol):
+    """What scores documents: an ensemble, a router, or either in a process of its own."""
+
+    @property
+    def version(self) -> str: ...
+
+    def judge_routed(self, texts: Sequence[str], keys: Sequence[Any]) -> list[Judgement]: ...
+
+    def registry_entries(self) -> list[tuple[str, str, dict[str, Any]]]: ...
 
 
 def load_router(path: Path, settings: Settings) -> Router:

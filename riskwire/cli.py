@@ -797,7 +797,9 @@ def bench_pipeline(
                       alert99)  # fmt: skip
     console.print(table)
     console.print(
-        f"the ensemble alone ({result['ensemble']}): {result['ensemble_docs_per_s']:,.0f} docs/s; "
+        f"the ensemble alone ({result['ensemble']}): {result['ensemble_docs_per_s']:,.0f} docs/s "
+        f"(one batch at a time {result['ensemble_ways']['one_batch_at_a_time']:,.0f}, a batch "
+        f"per core at once {result['ensemble_ways']['batch_per_core']:,.0f}); "
         f"the pipeline runs at "
         f"{result['pipeline_over_ensemble']:.0%} of it ({result['database']})"
     )

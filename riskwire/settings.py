@@ -105,6 +105,19 @@ class Settings(BaseSettings):
         "answers (checked at load; else untraced), and a scoring thread no longer queues for the "
         "interpreter lock at every torch call while the stream stages hold it",
     )
+    scoring_process: bool = Field(
+        True,
+        description="a worker's models score in a child process of their own, beside the stream "
+        "stages instead of taking turns with them at the interpreter lock; a child that dies is "
+        "started again (false: in a thread of the worker)",
+    )
+    scoring_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="batches the scoring process scores at once, each on one torch thread; "
+        "0 = one per core the worker may use",
+    )
     score_batch_size: int = Field(64, ge=1, le=4096)
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)
     model_threads: int = Field(

@@ -46,13 +46,22 @@ def model_threads(settings: Settings, cores: int) -> int:
     return settings.model_threads or max(1, cores - 1)
 
 
+def scoring_threads(settings: Settings) -> int:
+    """Batches a scoring process scores at once: as set, else one per core the worker may use."""
+    return settings.scoring_threads or worker_cores()
+
+
+def worker_cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def apply_model_threads(settings: Settings) -> int | None:
     """Set torch's thread count for this process, if the models use torch; returns it."""
     torch = sys.modules.get("torch")
     if torch is None:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = model_threads(settings, cores or 1)
+    threads = model_threads(settings, worker_cores())
     torch.set_num_threads(threads)
     return threads
 

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from models.ensemble import Ensemble
-from models.routing import Scorer
+from models.routing import Judges
 from riskwire.delivery.model import delivery_targets
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import DeadLetter, Document, Record, Score, decode_batch
@@ -26,6 +26,7 @@ from storage.stories import SharedStoryIndex
 from streams.pipeline import Deduplicator, entities, score_documents
 from streams.pipeline.rules import build_risk_engine
 from streams.pipeline.stories import StoryAssignment, StoryIndex
+from streams.remote import RemoteScorer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -233,14 +234,21 @@ class WorkerContext:
         entities.configure(settings.companies_file)  # normalise links with this table
         self.targets: Targets = delivery_targets(settings)
         self._ensemble_factory = ensemble_factory
-        self._ensemble: Scorer | None = None
+        self._ensemble: Judges | None = None
+        self._remote: RemoteScorer | None = None  # the ensemble, when it is in a process of its own
         self._ensemble_lock = asyncio.Lock()
+
+    @property
+    def scoring_depth(self) -> int:
+        """Batches the scoring stage keeps in flight: as many as score at once, and one more
+        being written and sent on."""
+        return (self._remote.threads if self._remote is not None else 1) + 1
 
     @property
     def ensemble_loaded(self) -> bool:
         return self._ensemble is not None
 
-    def load_ensemble(self) -> Scorer:
+    def load_ensemble(self) -> Judges:
         """Build the ensemble now (before the worker starts), instead of at the first batch."""
         if self._ensemble is None:
             started = time.perf_counter()
@@ -250,7 +258,7 @@ class WorkerContext:
             )
         return self._ensemble
 
-    async def ensemble(self) -> Scorer:
+    async def ensemble(self) -> Judges:
         async with self._ensemble_lock:
             return await asyncio.to_thread(self.load_ensemble)
 
@@ -258,10 +266,16 @@ class WorkerContext:
         """Fused scores of a batch, in its order, scored in a thread (the event loop goes on)."""
         return await asyncio.to_thread(score_documents, await self.ensemble(), docs)
 
-    def _build_ensemble(self) -> Scorer:
+    def _build_ensemble(self) -> Judges:
         from models.factory import make_ensemble
 
-        ensemble = make_ensemble(self.settings, self._ensemble_factory)
+        ensemble: Judges
+        if self._ensemble_factory is None and self.settings.scoring_process:
+            from riskwire.worker import scoring_threads
+
+            ensemble = self._remote = RemoteScorer(self.settings, scoring_threads(self.settings))
+        else:
+            ensemble = make_ensemble(self.settings, self._ensemble_factory)
         entries = ensemble.registry_entries()
         now = datetime.now(UTC)
         self._transact(entries, lambda session, items: register_model_versions(session, items, now))
@@ -329,6 +343,8 @@ class WorkerContext:
                 time.sleep(delay)
 
     def close(self) -> None:
+        if self._remote is not None:
+            self._remote.close()
         self.engine.dispose()
 
 

@@ -34,7 +34,6 @@ from streams.watermarks import Marks, Sealed, is_marker
 
 log = logging.getLogger(__name__)
 STAGE = "score"
-PIPELINE_DEPTH = 2  # batches in flight in the scoring stage: one written while the next is scored
 SCORES_PER_MESSAGE = 128  # a few hundred kB at most: well under the broker's 1 MB message limit
 
 
@@ -170,7 +169,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             inflight.append(asyncio.ensure_future(
                 finish(docs, bad, scoring, before, marks.seal(touched), events, now)
             ))  # fmt: skip
-            while inflight and (inflight[0].done() or len(inflight) >= PIPELINE_DEPTH):
+            while inflight and (inflight[0].done() or len(inflight) >= ctx.scoring_depth):
                 await inflight.popleft()  # raises what finishing it raised
 
     @app.timer(interval=0.1)

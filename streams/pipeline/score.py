@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from models.ensemble import Ensemble
-from models.routing import Router
+from models.routing import Judges
 from riskwire.records import Document, Score
 from streams.pipeline.normalise import scoring_text
 
 
 def score_documents(
-    ensemble: Ensemble | Router, docs: Sequence[Document], run_id: str = "live"
+    ensemble: Judges, docs: Sequence[Document], run_id: str = "live"
 ) -> list[Score]:
     """One Score per document (``ticker`` unset), in input order; a router sends each document to
     the ensemble for its kind and language."""

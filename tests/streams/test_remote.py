@@ -1,0 +1,129 @@
+"""The scoring process: the same answers as the ensemble in this process, several batches at once,
+errors with their reason, a replacement for a child that dies, and no child left by a dead worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from models.exceptions import ModelError
+from models.factory import make_ensemble
+from riskwire.settings import Settings, load_settings
+from streams.remote import RemoteScorer, ScorerDied
+
+TEXTS = [
+    "Shares plunge after a profit warning and a fraud probe",
+    "The company beats estimates and raises its dividend",
+    "The annual meeting is held on Tuesday",
+    "Losses widen; the outlook is cut as demand collapses " * 40,
+]
+KEYS = [("news", "en")] * len(TEXTS)
+
+
+def lexicon_settings(tmp_path: Path) -> Settings:
+    return load_settings(data_dir=tmp_path, ensemble_members="lm:1,finvader:1")
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[RemoteScorer]:
+    scorer = RemoteScorer(lexicon_settings(tmp_path), threads=2)
+    yield scorer
+    scorer.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has gone
+    except FileNotFoundError:
+        return False
+
+
+def test_answers_what_the_ensemble_answers_here(remote: RemoteScorer, tmp_path: Path) -> None:
+    here = make_ensemble(lexicon_settings(tmp_path))
+    assert remote.version == here.version
+    assert remote.registry_entries() == here.registry_entries()
+    expected = here.judge_routed(TEXTS, KEYS)
+    assert remote.judge_routed(TEXTS, KEYS) == expected
+    assert {j.label for j in expected} >= {"negative", "positive"}  # a real ensemble's answers
+    with ThreadPoolExecutor(6) as pool:  # several batches in flight, each back to its caller
+        batches = [TEXTS[k:] + TEXTS[:k] for k in range(len(TEXTS))] * 3
+        answers = list(pool.map(lambda b: remote.judge_routed(b, KEYS), batches))
+    assert answers == [expected[k:] + expected[:k] for k in range(len(TEXTS))] * 3
+
+
+def test_a_batch_that_fails_says_why_and_the_process_goes_on(remote: RemoteScorer) -> None:
+    with pytest.raises(ModelError, match="Error") as failed:
+        remote.judge_routed([None], KEYS[:1])  # type: ignore[list-item]
+    assert not isinstance(failed.value, ScorerDied)
+    pid = remote.pid
+    assert len(remote.judge_routed(TEXTS, KEYS)) == len(TEXTS)
+    assert remote.pid == pid and remote.restarts == 0
+
+
+def test_a_child_that_dies_fails_its_batches_and_is_replaced(remote: RemoteScorer) -> None:
+    expected = remote.judge_routed(TEXTS, KEYS)
+    first = remote.pid
+    assert first is not None
+    with ThreadPoolExecutor(3) as pool:
+        big = [TEXTS * 200] * 3  # long enough to be in hand when the child is killed
+        futures = [pool.submit(remote.judge_routed, b, KEYS * 200) for b in big]
+        time.sleep(0.2)
+        os.kill(first, signal.SIGKILL)
+        for future in futures:
+            with pytest.raises(ScorerDied, match="killed by signal 9"):
+                future.result()
+    assert remote.judge_routed(TEXTS, KEYS) == expected  # a fresh child
+    assert remote.restarts == 1 and remote.pid not in (None, first)
+    assert not alive(first)
+
+
+def test_models_that_cannot_load_are_refused_with_the_reason(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, ensemble_members="nosuch:1")
+    with pytest.raises(ModelError, match=r"could not load the models.*unknown member 'nosuch'"):
+        RemoteScorer(settings)
+
+
+def test_close_ends_the_child(tmp_path: Path) -> None:
+    scorer = RemoteScorer(lexicon_settings(tmp_path))
+    pid = scorer.pid
+    assert pid is not None and alive(pid)
+    scorer.close()
+    assert not alive(pid)
+
+
+def test_a_worker_killed_outright_leaves_no_scoring_process(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from riskwire.settings import load_settings
+        from streams.remote import RemoteScorer
+        scorer = RemoteScorer(load_settings(data_dir={str(tmp_path)!r},
+                                            ensemble_members="lm:1,finvader:1"))
+        print(scorer.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None
+        child = int(worker.stdout.readline())
+        assert alive(child)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        deadline = time.monotonic() + 20
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(child)
+    finally:
+        worker.kill()
+        worker.wait()
