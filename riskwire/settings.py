@@ -115,8 +115,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=256,
-        description="batches the scoring process scores at once, each on one torch thread; "
-        "0 = one per core the worker may use",
+        description="batches the scoring process scores at once; 0 = one per core the worker "
+        "may use, at most 8 (each batch gets its share of the cores as torch threads, or "
+        "model_threads when that is set)",
     )
     score_batch_size: int = Field(64, ge=1, le=4096)
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)
@@ -124,8 +125,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=1024,
-        description="torch threads of a worker's models; 0 = one fewer than the cores the worker "
-        "may use (the stream stages need one), at least 1",
+        description="torch threads of a worker's models (in a scoring process: of each batch it "
+        "scores at once); 0 = one fewer than the cores the worker may use (the stream stages need "
+        "one), at least 1 (in a scoring process: the cores shared out among its batches)",
     )
     ensemble: str = Field(
         "default",

@@ -46,9 +46,11 @@ def model_threads(settings: Settings, cores: int) -> int:
     return settings.model_threads or max(1, cores - 1)
 
 
-def scoring_threads(settings: Settings) -> int:
-    """Batches a scoring process scores at once: as set, else one per core the worker may use."""
-    return settings.scoring_threads or worker_cores()
+def scoring_threads(settings: Settings, cores: int) -> tuple[int, int]:
+    """Batches a scoring process scores at once, and torch threads for each: as set, else one
+    batch per core the worker may use (at most 8) and the cores shared out among them."""
+    batches = settings.scoring_threads or min(cores, 8)
+    return batches, settings.model_threads or max(1, cores // batches)
 
 
 def worker_cores() -> int:

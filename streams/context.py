@@ -271,9 +271,10 @@ class WorkerContext:
 
         ensemble: Judges
         if self._ensemble_factory is None and self.settings.scoring_process:
-            from riskwire.worker import scoring_threads
+            from riskwire.worker import scoring_threads, worker_cores
 
-            ensemble = self._remote = RemoteScorer(self.settings, scoring_threads(self.settings))
+            batches, threads = scoring_threads(self.settings, worker_cores())
+            ensemble = self._remote = RemoteScorer(self.settings, batches, threads)
         else:
             ensemble = make_ensemble(self.settings, self._ensemble_factory)
         entries = ensemble.registry_entries()

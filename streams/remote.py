@@ -6,10 +6,12 @@ thread queues for it at every step while the stages hold it. In a child process 
 by side. The worker sends each batch's texts and routing keys down a pipe and gets the fused
 judgements back; pickling them costs a few microseconds a document.
 
-The child scores ``threads`` batches at once, each on one torch thread, rather than one batch at
-a time on several: on 2 cores the default ensemble alone scored 444 documents/s as two one-thread
-batches against 387 as one two-thread batch, and a batch on one thread does not stall when the
-stream stages take its core for a moment (a multi-threaded operator waits for its slowest thread).
+The child scores ``threads`` batches at once, each on its share of the cores (one torch thread
+each on 2 cores), rather than one batch at a time on all of them. On 2 cores the shipped ensemble
+alone scored 381–439 documents/s as two one-thread batches against 324–406 as one two-thread
+batch, and a batch on one thread does not stall when the stream stages take its core for a moment
+(a multi-threaded operator waits for its slowest thread). The worker from 249–257 to 270–278
+documents/s (``riskwire bench pipeline``, runs interleaved).
 
 The child is started with ``spawn`` (a fresh interpreter: no copy of the worker's event loop,
 threads or broker connections), builds the configured ensemble, says it is ready, and answers
@@ -17,7 +19,8 @@ batches until the worker closes the pipe; once the worker has died (its end of t
 it leaves at its next read or reply, so a SIGKILLed worker leaves nothing behind that scores. If
 the child dies (a crash in native code, the kernel's OOM killer) or hangs, the batches it had fail
 with :class:`ScorerDied` and the next call starts a fresh child: the caller scores a failed batch
-again one document at a time, so a document that kills the models is dead-lettered alone.
+again one document at a time, so a document that kills the models is dead-lettered alone. A child
+that cannot start again is retried with backoff, and the stream waits for it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from riskwire.settings import Settings
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 900.0  # building the models: large transformer members take minutes to load
 BATCH_TIMEOUT_S = 600.0  # one batch; a child that takes longer is taken to hang, and replaced
+RESTART_DELAY_S, RESTART_DELAY_MAX_S = 1.0, 60.0  # between tries to start a child again
 
 Entries = list[tuple[str, str, dict[str, Any]]]
 
@@ -51,11 +55,13 @@ class ScorerDied(ModelError):
     """The scoring process went away (or hung) while it had a batch."""
 
 
-def serve(conn: mp.connection.Connection, settings: Settings, threads: int) -> None:
+def serve(
+    conn: mp.connection.Connection, settings: Settings, threads: int, torch_threads: int
+) -> None:
     """The child: build the scorer, say ``("ready", (version, entries))`` (or ``("error",
     reason)``), then answer ``(n, texts, keys)`` requests with ``(n, "ok", judgements)`` or
-    ``(n, "error", reason)``, ``threads`` at a time, until told to go (``None``) or the pipe
-    closes."""
+    ``(n, "error", reason)``, ``threads`` at a time (each on ``torch_threads``), until told to
+    go (``None``) or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the worker decides
     from models.factory import make_ensemble
 
@@ -63,7 +69,7 @@ def serve(conn: mp.connection.Connection, settings: Settings, threads: int) -> N
         scorer = make_ensemble(settings)
         torch = sys.modules.get("torch")
         if torch is not None:
-            torch.set_num_threads(1)  # one core a batch; ``threads`` batches at once
+            torch.set_num_threads(torch_threads)  # a batch's; ``threads`` batches at once
         conn.send(("ready", (scorer.version, scorer.registry_entries())))
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -97,15 +103,17 @@ class RemoteScorer:
     """The configured ensemble (or router), scoring in a child process. Thread-safe: each caller's
     batch goes down the pipe at once, and the child answers up to ``threads`` at a time."""
 
-    def __init__(self, settings: Settings, threads: int = 1):
+    def __init__(self, settings: Settings, threads: int = 1, torch_threads: int = 1):
         self._settings = settings
         self.threads = max(1, threads)
+        self.torch_threads = max(1, torch_threads)
         self._lock = threading.Lock()  # starting, stopping, sending
         self._numbers = itertools.count()
         self._waiting: dict[int, tuple[mp.connection.Connection, Future[list[Judgement]]]] = {}
         self._process: Any = None
         self._conn: mp.connection.Connection | None = None
         self.restarts = 0
+        self._closed = threading.Event()
         started = time.perf_counter()
         with self._lock:
             self.version, self.entries = self._start()
@@ -122,7 +130,7 @@ class RemoteScorer:
         context = mp.get_context("spawn")
         ours, theirs = context.Pipe()
         process = context.Process(
-            target=serve, args=(theirs, self._settings, self.threads),
+            target=serve, args=(theirs, self._settings, self.threads, self.torch_threads),
             name="riskwire-scorer", daemon=True,
         )  # fmt: skip
         process.start()
@@ -172,13 +180,7 @@ class RemoteScorer:
         """What the ensemble would say, from the child (blocking); a dead child is replaced."""
         future: Future[list[Judgement]] = Future()
         with self._lock:
-            if self._conn is None:
-                self.restarts += 1
-                log.warning("starting the scoring process again (restart %d)", self.restarts)
-                version, self.entries = self._start()
-                if version != self.version:
-                    self._stop()
-                    raise ModelError(f"the models changed on restart: {self.version} -> {version}")
+            self._running()
             conn = self._conn
             assert conn is not None
             n = next(self._numbers)
@@ -196,6 +198,36 @@ class RemoteScorer:
             hung = f"the scoring process hung ({len(texts)} texts, {BATCH_TIMEOUT_S:.0f}s)"
             raise ScorerDied(hung) from None
 
+    def _running(self) -> None:
+        """With the lock held: a child to send to. One that died is started again; one that cannot
+        start (its model files gone, the models changed on disk, no memory) is retried with
+        backoff, logged each time, like a database that is down: the batch waits, and its input in
+        Kafka, rather than dead-lettering documents that did nothing wrong."""
+        delay = RESTART_DELAY_S
+        while self._conn is None:
+            if self._closed.is_set():
+                raise ModelError("the scoring process is closed")
+            self.restarts += 1
+            log.warning("starting the scoring process again (restart %d)", self.restarts)
+            try:
+                version, entries = self._start()
+                if version == self.version:
+                    self.entries = entries
+                    return
+                self._stop()
+                raise ModelError(
+                    f"the models changed on disk since the worker started ({self.version} -> "
+                    f"{version}): restart the worker to score with them"
+                )
+            except ModelError as exc:
+                log.error("%s; trying again in %.0fs", exc, delay)
+            self._lock.release()  # close() may come meanwhile
+            try:
+                self._closed.wait(delay)
+            finally:
+                self._lock.acquire()
+            delay = min(2 * delay, RESTART_DELAY_MAX_S)
+
     def _kill(self) -> None:
         if self._process is not None and self._process.is_alive():
             os.kill(self._process.pid, signal.SIGKILL)
@@ -207,6 +239,8 @@ class RemoteScorer:
             _end(conn, process)
 
     def close(self) -> None:
+        """End the child; later calls are refused (nothing starts it again)."""
+        self._closed.set()
         with self._lock:
             self._stop()
 

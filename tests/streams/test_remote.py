@@ -3,6 +3,7 @@ errors with their reason, a replacement for a child that dies, and no child left
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -99,6 +100,9 @@ def test_close_ends_the_child(tmp_path: Path) -> None:
     assert pid is not None and alive(pid)
     scorer.close()
     assert not alive(pid)
+    with pytest.raises(ModelError, match="closed"):  # and no new child is started
+        scorer.judge_routed(TEXTS, KEYS)
+    assert scorer.pid is None and scorer.restarts == 0
 
 
 def test_a_worker_killed_outright_leaves_no_scoring_process(tmp_path: Path) -> None:
@@ -127,3 +131,34 @@ def test_a_worker_killed_outright_leaves_no_scoring_process(tmp_path: Path) -> N
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_a_child_that_cannot_start_again_is_waited_for_not_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Like a database that is down: the batch waits (and its input in Kafka) until models load."""
+    monkeypatch.setattr("streams.remote.RESTART_DELAY_S", 0.2)
+    monkeypatch.setattr("streams.remote.RESTART_DELAY_MAX_S", 0.4)
+    spec = tmp_path / "lexicons.json"
+    spec.write_text(json.dumps({"name": "lexicons", "members": [{"member": "lm"}]}))
+    scorer = RemoteScorer(load_settings(data_dir=tmp_path, ensemble=str(spec)))
+    try:
+        expected = scorer.judge_routed(TEXTS, KEYS)
+        saved = spec.read_text()
+        spec.unlink()  # the models cannot load any more
+        first = scorer.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        while scorer.pid is not None:  # seen to go: the next batch starts a child
+            time.sleep(0.05)
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(scorer.judge_routed, TEXTS, KEYS)
+            deadline = time.monotonic() + 30
+            while scorer.restarts < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert scorer.restarts >= 3 and not answer.done()  # tried, failed, still waiting
+            spec.write_text(saved)
+            assert answer.result(timeout=60) == expected
+        assert "could not load the models" in caplog.text
+    finally:
+        scorer.close()
