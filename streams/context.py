@@ -263,7 +263,8 @@ class WorkerContext:
             return await asyncio.to_thread(self.load_ensemble)
 
     async def score(self, docs: Sequence[Document]) -> list[Score]:
-        """Fused scores of a batch, in its order, scored in a thread (the event loop goes on)."""
+        """Fused scores of a batch, in its order, from the scoring process (or scored in a
+        thread, without one), waited for in a thread: the event loop goes on."""
         return await asyncio.to_thread(score_documents, await self.ensemble(), docs)
 
     def _build_ensemble(self) -> Judges:

@@ -133,9 +133,10 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
 
     @app.agent(docs_topic, name="score")
     async def score_agent(stream: faust.StreamT[bytes]) -> None:
-        # Batches in flight, oldest first: while one is written and sent on, the next is scored
-        # (the model runs in a thread, the event loop goes on). Their messages are held
-        # (``incref``) until ``finish`` is done with them, in the order taken.
+        # Batches in flight, oldest first: while one is written and sent on, the next ones are
+        # scored (``ctx.scoring_depth``: in the scoring process, or in a thread; the event loop
+        # goes on). Their messages are held (``incref``) until ``finish`` is done with them, in
+        # the order taken.
         inflight: deque[asyncio.Future[None]] = deque()
         # documents come several to a message (``documents_per_message``): this many messages
         # make a batch of at most ``score_batch_size`` documents
