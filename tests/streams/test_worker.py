@@ -8,11 +8,13 @@ negative burst must raise its alert, stored and on the alerts topic.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -171,13 +173,83 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_nothing_and_stores_nothi
                       topics.deadletter], timeout=150)  # fmt: skip
     finally:
         assert stop_worker(second) == 0
+    assert_everything_stored_once(sessions, expected.document_ids)
+    engine.dispose()
+
+
+def assert_everything_stored_once(sessions: Any, document_ids: set[str]) -> None:
+    """Every sample document stored, scored once, its mentions' risk rows there; the sample's
+    four bad records dead-lettered and nothing else."""
     with sessions() as session:
-        assert set(session.scalars(select(DocumentRow.id))) == expected.document_ids
+        assert set(session.scalars(select(DocumentRow.id))) == document_ids
         per_doc = session.execute(
             select(ScoreRow.document_id, func.count()).group_by(ScoreRow.document_id)
         ).all()
-        assert sorted({n for _, n in per_doc}) == [1] and len(per_doc) == len(expected.document_ids)
+        assert sorted({n for _, n in per_doc}) == [1] and len(per_doc) == len(document_ids)
         mentions = session.scalar(select(func.count()).select_from(DocumentTickerRow))
         assert session.scalar(select(func.count()).select_from(TickerSentimentRow)) == mentions
         assert session.scalar(select(func.count()).select_from(DeadLetterRow)) == 4
+
+
+def scoring_processes(worker: int) -> list[int]:
+    """The worker's scoring process (its spawned children, not multiprocessing's tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == worker and fields[0] != "Z" and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_scoring_process_killed_mid_stream_is_replaced_and_nothing_is_lost(
+    broker: EmbeddedBroker, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The models' process dies (a crash in native code, the OOM killer): the worker goes on with
+    a new one; its batches are scored again, none is dead-lettered, nothing is stored twice."""
+    upgrade(sqlite_url)
+    run = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        kafka_bootstrap=broker.bootstrap, database_url=sqlite_url, data_dir=tmp_path,
+        topic_prefix=f"child-{run}", consumer_group=f"riskwire-{run}", score_batch_size=16,
+        score_batch_wait_s=0.2,
+    )  # fmt: skip
+    items = list(JsonlSource(SAMPLE).read())
+    expected = expected_outcome(items)
+    engine = make_engine(sqlite_url)
+    sessions = session_factory(engine)
+
+    def stored() -> int:
+        with sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(DocumentRow)) or 0)
+
+    log_file = tmp_path / "worker.log"
+    worker = spawn_worker(settings, log_file)
+    try:
+        deadline = time.monotonic() + 90
+        while not scoring_processes(worker.pid):
+            assert time.monotonic() < deadline and worker.poll() is None, "no scoring process"
+            time.sleep(0.1)
+        [child] = scoring_processes(worker.pid)
+        with RawProducer(broker.bootstrap, settings.topics) as producer:
+            producer.publish(items)
+        while stored() < 40:  # part of the way through
+            assert time.monotonic() < deadline and worker.poll() is None, "no progress"
+            time.sleep(0.05)
+        os.kill(child, signal.SIGKILL)
+        assert stored() < len(expected.document_ids), "the kill came too late to test anything"
+        topics = settings.topics
+        wait_drained(broker.bootstrap, settings.consumer_group,
+                     [topics.raw_news, topics.raw_social, topics.docs, topics.scored,
+                      topics.deadletter], timeout=150)  # fmt: skip
+        assert worker.poll() is None, "the worker went with its scoring process"
+        assert scoring_processes(worker.pid) not in ([], [child])  # a new one
+    finally:
+        assert stop_worker(worker) == 0
+    log = log_file.read_text(errors="replace")
+    assert "starting the scoring process again" in log, log[-3000:]
+    assert_everything_stored_once(sessions, expected.document_ids)
     engine.dispose()
