@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -135,60 +135,76 @@ def test_every_good_record_is_stored_once_and_every_bad_one_is_dead_lettered(
     assert json.loads(on_topic[0].to_json())["schema"] == "alert/1"
 
 
+class SampleRun:
+    """The demo sample published to a worker on SQLite (batches of 16), for the tests that kill
+    part of a worker part of the way through and check that nothing is lost or stored twice."""
+
+    def __init__(self, broker: EmbeddedBroker, url: str, tmp_path: Path, prefix: str) -> None:
+        upgrade(url)
+        run = uuid.uuid4().hex[:8]
+        self.broker = broker
+        self.settings = load_settings(
+            kafka_bootstrap=broker.bootstrap, database_url=url, data_dir=tmp_path,
+            topic_prefix=f"{prefix}-{run}", consumer_group=f"riskwire-{run}",
+            score_batch_size=16, score_batch_wait_s=0.2,
+        )  # fmt: skip
+        self.items = list(JsonlSource(SAMPLE).read())
+        self.document_ids = expected_outcome(self.items).document_ids
+        self.engine = make_engine(url)
+        self.sessions = session_factory(self.engine)
+
+    def publish(self) -> None:
+        with RawProducer(self.broker.bootstrap, self.settings.topics) as producer:
+            producer.publish(self.items)
+
+    def stored(self) -> int:
+        with self.sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(DocumentRow)) or 0)
+
+    def wait_part_way(self, worker: subprocess.Popen[bytes], deadline: float) -> None:
+        while self.stored() < 40:
+            assert time.monotonic() < deadline and worker.poll() is None, "no progress"
+            time.sleep(0.05)
+
+    def drain(self) -> None:
+        topics = self.settings.topics
+        wait_drained(self.broker.bootstrap, self.settings.consumer_group,
+                     [topics.raw_news, topics.raw_social, topics.docs, topics.scored,
+                      topics.deadletter], timeout=150)  # fmt: skip
+
+    def assert_everything_stored_once(self) -> None:
+        """Every sample document stored, scored once, its mentions' risk rows there; the
+        sample's four bad records dead-lettered and nothing else."""
+        with self.sessions() as session:
+            assert set(session.scalars(select(DocumentRow.id))) == self.document_ids
+            per_doc = session.execute(
+                select(ScoreRow.document_id, func.count()).group_by(ScoreRow.document_id)
+            ).all()
+            assert sorted({n for _, n in per_doc}) == [1]
+            assert len(per_doc) == len(self.document_ids)
+            mentions = session.scalar(select(func.count()).select_from(DocumentTickerRow))
+            assert session.scalar(select(func.count()).select_from(TickerSentimentRow)) == mentions
+            assert session.scalar(select(func.count()).select_from(DeadLetterRow)) == 4
+        self.engine.dispose()
+
+
 def test_a_worker_killed_mid_stream_and_restarted_loses_nothing_and_stores_nothing_twice(
     broker: EmbeddedBroker, sqlite_url: str, tmp_path: Path
 ) -> None:
-    upgrade(sqlite_url)
-    run = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        kafka_bootstrap=broker.bootstrap, database_url=sqlite_url, data_dir=tmp_path,
-        topic_prefix=f"kill-{run}", consumer_group=f"riskwire-{run}", score_batch_size=16,
-        score_batch_wait_s=0.2,
-    )  # fmt: skip
-    items = list(JsonlSource(SAMPLE).read())
-    expected = expected_outcome(items)
-    engine = make_engine(sqlite_url)
-    sessions = session_factory(engine)
-
-    def stored() -> int:
-        with sessions() as session:
-            return int(session.scalar(select(func.count()).select_from(DocumentRow)) or 0)
-
-    first = spawn_worker(settings, tmp_path / "worker-1.log")
-    with RawProducer(broker.bootstrap, settings.topics) as producer:
-        producer.publish(items)
-    deadline = time.monotonic() + 90
-    while stored() < 40:  # part of the way through
-        assert time.monotonic() < deadline and first.poll() is None, "worker made no progress"
-        time.sleep(0.1)
+    run = SampleRun(broker, sqlite_url, tmp_path, "kill")
+    first = spawn_worker(run.settings, tmp_path / "worker-1.log")
+    run.publish()
+    run.wait_part_way(first, time.monotonic() + 90)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
-    assert stored() < len(expected.document_ids), "the kill came too late to test anything"
+    assert run.stored() < len(run.document_ids), "the kill came too late to test anything"
 
-    second = spawn_worker(settings, tmp_path / "worker-2.log")
+    second = spawn_worker(run.settings, tmp_path / "worker-2.log")
     try:
-        topics = settings.topics
-        wait_drained(broker.bootstrap, settings.consumer_group,
-                     [topics.raw_news, topics.raw_social, topics.docs, topics.scored,
-                      topics.deadletter], timeout=150)  # fmt: skip
+        run.drain()
     finally:
         assert stop_worker(second) == 0
-    assert_everything_stored_once(sessions, expected.document_ids)
-    engine.dispose()
-
-
-def assert_everything_stored_once(sessions: Any, document_ids: set[str]) -> None:
-    """Every sample document stored, scored once, its mentions' risk rows there; the sample's
-    four bad records dead-lettered and nothing else."""
-    with sessions() as session:
-        assert set(session.scalars(select(DocumentRow.id))) == document_ids
-        per_doc = session.execute(
-            select(ScoreRow.document_id, func.count()).group_by(ScoreRow.document_id)
-        ).all()
-        assert sorted({n for _, n in per_doc}) == [1] and len(per_doc) == len(document_ids)
-        mentions = session.scalar(select(func.count()).select_from(DocumentTickerRow))
-        assert session.scalar(select(func.count()).select_from(TickerSentimentRow)) == mentions
-        assert session.scalar(select(func.count()).select_from(DeadLetterRow)) == 4
+    run.assert_everything_stored_once()
 
 
 def scoring_processes(worker: int) -> list[int]:
@@ -210,46 +226,24 @@ def test_a_scoring_process_killed_mid_stream_is_replaced_and_nothing_is_lost(
 ) -> None:
     """The models' process dies (a crash in native code, the OOM killer): the worker goes on with
     a new one; its batches are scored again, none is dead-lettered, nothing is stored twice."""
-    upgrade(sqlite_url)
-    run = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        kafka_bootstrap=broker.bootstrap, database_url=sqlite_url, data_dir=tmp_path,
-        topic_prefix=f"child-{run}", consumer_group=f"riskwire-{run}", score_batch_size=16,
-        score_batch_wait_s=0.2,
-    )  # fmt: skip
-    items = list(JsonlSource(SAMPLE).read())
-    expected = expected_outcome(items)
-    engine = make_engine(sqlite_url)
-    sessions = session_factory(engine)
-
-    def stored() -> int:
-        with sessions() as session:
-            return int(session.scalar(select(func.count()).select_from(DocumentRow)) or 0)
-
+    run = SampleRun(broker, sqlite_url, tmp_path, "child")
     log_file = tmp_path / "worker.log"
-    worker = spawn_worker(settings, log_file)
+    worker = spawn_worker(run.settings, log_file)
     try:
         deadline = time.monotonic() + 90
         while not scoring_processes(worker.pid):
             assert time.monotonic() < deadline and worker.poll() is None, "no scoring process"
             time.sleep(0.1)
         [child] = scoring_processes(worker.pid)
-        with RawProducer(broker.bootstrap, settings.topics) as producer:
-            producer.publish(items)
-        while stored() < 40:  # part of the way through
-            assert time.monotonic() < deadline and worker.poll() is None, "no progress"
-            time.sleep(0.05)
+        run.publish()
+        run.wait_part_way(worker, deadline)
         os.kill(child, signal.SIGKILL)
-        assert stored() < len(expected.document_ids), "the kill came too late to test anything"
-        topics = settings.topics
-        wait_drained(broker.bootstrap, settings.consumer_group,
-                     [topics.raw_news, topics.raw_social, topics.docs, topics.scored,
-                      topics.deadletter], timeout=150)  # fmt: skip
+        assert run.stored() < len(run.document_ids), "the kill came too late to test anything"
+        run.drain()
         assert worker.poll() is None, "the worker went with its scoring process"
         assert scoring_processes(worker.pid) not in ([], [child])  # a new one
     finally:
         assert stop_worker(worker) == 0
     log = log_file.read_text(errors="replace")
     assert "starting the scoring process again" in log, log[-3000:]
-    assert_everything_stored_once(sessions, expected.document_ids)
-    engine.dispose()
+    run.assert_everything_stored_once()
