@@ -76,6 +76,33 @@ def test_signatures_are_the_same_in_every_process() -> None:
     assert np.array_equal(here, np.frombuffer(bytes.fromhex(there), dtype=np.uint64))
 
 
+def reference_signature(hasher: MinHasher, text: str) -> np.ndarray:
+    """MinHash as the definition reads: per permutation, the least hash over the set of shingles."""
+    data = fingerprint_text(text).encode() or b" "
+    n = min(hasher.ngram, len(data))
+    shingles = {int.from_bytes(data[i : i + n], "little") for i in range(len(data) - n + 1)}
+    return np.array(
+        [min(((int(a) * s + int(b)) % 2**64) >> 32 for s in shingles)
+         for a, b in zip(hasher.a, hasher.b, strict=True)],
+        dtype=np.uint64,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("chunk", [7, 64, MinHasher.CHUNK])
+def test_a_batch_of_signatures_is_each_text_hashed_on_its_own(chunk: int) -> None:
+    """Texts of every length, shorter than a shingle included, hashed together in chunks that cut
+    texts in two: each row is that text's MinHash by the definition, whatever its neighbours."""
+    hasher = MinHasher()
+    hasher.CHUNK = chunk
+    texts = ["", "a", "ab", "abcd", "abcde", ORIGINAL, "RT @desk: " + ORIGINAL, "$4 $4 $4",
+             ORIGINAL * 3, "zz", "Acme (ACME) falls"]  # fmt: skip
+    batch = hasher.signatures(texts)
+    assert batch.dtype == np.uint64 and batch.shape == (len(texts), 64)
+    for text, row in zip(texts, batch, strict=True):
+        assert np.array_equal(row, reference_signature(hasher, text)), text
+        assert np.array_equal(hasher.signature(text), row)
+
+
 def test_the_fingerprint_drops_what_copies_do_not_share() -> None:
     assert fingerprint_text("RT @desk: Acme (ACME) falls! https://x.y/z") == "acme acme falls"
     assert fingerprint_text("(Reuters) - Acme falls") == "acme falls"
