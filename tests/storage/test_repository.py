@@ -19,6 +19,7 @@ from storage.repository import (
     refresh_statistics,
     register_model_versions,
     ticker_summary,
+    upsert_aggregates,
     upsert_alerts,
     upsert_documents,
     upsert_scores,
@@ -30,6 +31,7 @@ from storage.tables import (
     DocumentRow,
     DocumentTickerRow,
     ModelVersionRow,
+    RiskAggregateRow,
     ScoreRow,
     TickerSentimentRow,
     VoteRow,
@@ -248,6 +250,38 @@ def test_large_batches_are_stored_once_with_their_values(sessions: sessionmaker[
         stored = session.get(AlertRow, "a7")
         assert stored is not None and stored.measured == {"documents": 7.0}
         assert stored.evidence == ["d1", "d2"]
+
+
+def _aggregate_rows(n: int, documents: int) -> list[dict[str, object]]:
+    return [
+        {
+            "run_id": "live", "ticker": f"T{i}", "window_minutes": 15, "window_start": T0,
+            "group_kind": "ticker", "window_end": T0 + timedelta(minutes=15),
+            "documents": documents, "mean_score": -0.5, "negative_share": 0.5,
+            "dispersion": 0.1, "disagreement": 0.2, "sentiment_z": None, "volume_z": float(i),
+        }
+        for i in range(n)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("n", [1, COPY_FROM, 3 * COPY_FROM])
+def test_aggregates_are_rewritten_with_their_latest_values(
+    sessions: sessionmaker[Session], n: int
+) -> None:
+    """Small and large batches (COPY on PostgreSQL), a window rewritten in the same transaction
+    and in a later one: one row per window, with the values written last."""
+    with sessions.begin() as session:
+        upsert_aggregates(session, _aggregate_rows(n, documents=1))
+        upsert_aggregates(session, _aggregate_rows(n, documents=2))
+    with sessions.begin() as session:
+        upsert_aggregates(session, _aggregate_rows(n, documents=3))
+    with sessions() as session:
+        rows = session.scalars(select(RiskAggregateRow)).all()
+        assert len(rows) == n
+        assert {r.documents for r in rows} == {3}
+        last = session.get(RiskAggregateRow, ("live", f"T{n - 1}", 15, T0))
+        assert last is not None and last.volume_z == n - 1 and last.sentiment_z is None
+        assert last.window_end == T0 + timedelta(minutes=15)
 
 
 def test_large_batches_refuse_naive_datetimes_too(sessions: sessionmaker[Session]) -> None:
