@@ -16,6 +16,12 @@ new database on that PostgreSQL server, dropped afterwards):
 Baseline in the same run: the default ensemble scoring the same documents in this process, with
 nothing else around it, the faster of one batch at a time on every core and one batch per core at
 once (``ensemble_ways``). The ratio pipeline / ensemble says what the stream costs.
+
+Where it goes: over the throughput phase, the CPU time per document of each process the run uses
+(``cpu_ms_per_doc``: the worker, its scoring process, the broker, this process publishing and
+polling, and a PostgreSQL server on this machine), and how many cores were busy; and the
+ensemble's own CPU time per document alone. When the pipeline is CPU-bound, its ratio to the
+ensemble alone is about the ensemble's CPU per document over everyone's.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from ingest import RawProducer
 from models.factory import trained_dir
@@ -112,6 +120,53 @@ class Run:
         self.database.close()
 
 
+LOCAL_HOSTS = (None, "", "localhost", "127.0.0.1", "::1")
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of the processes a run uses: the worker, its children (the
+    scoring process), the broker, this process, and PostgreSQL's processes when the server is on
+    this machine. A process that is gone by a reading is left out of it."""
+
+    def __init__(self, worker_pid: int, broker_pid: int | None, database_url: str | None):
+        self.worker_pid, self.broker_pid = worker_pid, broker_pid
+        self.postgres_here = database_url is not None and make_url(database_url).host in LOCAL_HOSTS
+
+    def read(self) -> dict[str, float]:
+        out = {"worker": 0.0, "scoring": 0.0, "broker": 0.0, "bench": _seconds(psutil.Process())}
+        try:
+            worker = psutil.Process(self.worker_pid)
+            out["worker"] = _seconds(worker)
+            out["scoring"] = sum(_seconds(c) for c in worker.children(recursive=True))
+            if self.broker_pid is not None:
+                out["broker"] = _seconds(psutil.Process(self.broker_pid))
+        except psutil.Error:
+            pass
+        if self.postgres_here:
+            out["database"] = sum(
+                _seconds(p) for p in psutil.process_iter(["name"])
+                if p.info["name"] in ("postgres", "postmaster")
+            )  # fmt: skip
+        return out
+
+    @staticmethod
+    def per_document(
+        before: dict[str, float], after: dict[str, float], documents: int, wall: float
+    ) -> tuple[dict[str, float], float]:
+        """ms of a core per document, per process; and the cores busy over ``wall`` seconds."""
+        spent = {k: max(0.0, after[k] - before.get(k, 0.0)) for k in after}
+        per_doc = {k: round(v / documents * 1000, 3) for k, v in spent.items()}
+        return per_doc, round(sum(spent.values()) / wall, 2)
+
+
+def _seconds(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
 def item(i: int, name: str, title: str, at: datetime) -> RawRecord:
     return RawRecord(
         source=f"bench-{i % 7}", kind=Kind.NEWS, fetched_at=at,
@@ -143,10 +198,15 @@ def measure(
             item(i, rng.choice(NAMES), rng.choice(CALM), start + timedelta(seconds=10 * i))
             for i in range(1, documents + 1)
         ]
+        meter = CpuMeter(run.worker.pid, broker.pid, database_url)
+        cpu_before = meter.read()
         began = time.perf_counter()
         run.publish(backlog)
         run.wait_stored(run.count)
-        throughput = documents / (time.perf_counter() - began)
+        wall = time.perf_counter() - began
+        throughput = documents / wall
+        cpu_ms_per_doc, cores_busy = CpuMeter.per_document(cpu_before, meter.read(), documents,
+                                                            wall)  # fmt: skip
         say(
             f"  {members or 'default'}: {throughput:,.0f} docs/s; now {rate:g} items/s for {seconds:g} s"
         )
@@ -205,16 +265,19 @@ def measure(
             "bursts": len(triggers),
             "alert_latency_p50_s": round(percentile(alert_lags, 0.5), 3) if alert_lags else None,
             "alert_latency_p99_s": round(percentile(alert_lags, 0.99), 3) if alert_lags else None,
+            "cpu_ms_per_doc": cpu_ms_per_doc,
+            "cores_busy": cores_busy,
         }
     finally:
         run.close()
 
 
-def ensemble_alone(documents: int) -> tuple[dict[str, float], str]:
+def ensemble_alone(documents: int) -> tuple[dict[str, float], dict[str, float], str]:
     """The default ensemble on the same kind of documents, in this process, nothing else around
     it: its raw docs/s in batches of the worker's size, scored two ways: one batch at a time on
     torch's threads (one per core), and one batch per core at once, each on one thread (how the
-    worker's scoring process runs them). The better of the two is the baseline."""
+    worker's scoring process runs them). The better of the two is the baseline. Also, each way's
+    CPU time per document (ms of a core, this process's threads together)."""
     import torch
 
     from models.factory import build_ensemble
@@ -232,21 +295,24 @@ def ensemble_alone(documents: int) -> tuple[dict[str, float], str]:
     batches = [docs[k : k + 64] for k in range(0, len(docs), 64)]  # the worker's batch size
     score_documents(ensemble, docs[:64])  # warm
     threads = torch.get_num_threads()
-    began = time.perf_counter()
+    cpu = {}
+    began, cpu_began = time.perf_counter(), time.process_time()
     for batch in batches:
         score_documents(ensemble, batch)
     rates = {"one_batch_at_a_time": documents / (time.perf_counter() - began)}
+    cpu["one_batch_at_a_time"] = (time.process_time() - cpu_began) / documents * 1000
     cores = worker_cores()
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(cores) as pool:
             list(pool.map(lambda b: score_documents(ensemble, b), batches[:cores]))  # warm
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.process_time()
             list(pool.map(lambda b: score_documents(ensemble, b), batches))
         rates["batch_per_core"] = documents / (time.perf_counter() - began)
+        cpu["batch_per_core"] = (time.process_time() - cpu_began) / documents * 1000
     finally:
         torch.set_num_threads(threads)
-    return rates, ensemble.version
+    return rates, cpu, ensemble.version
 
 
 def run(
@@ -260,11 +326,12 @@ def run(
         out["default"] = measure(broker, DEFAULT, base, documents, rate, seconds, database_url,
                                  say)  # fmt: skip
     say("  the ensemble alone, in this process")
-    rates, version = ensemble_alone(documents)
+    rates, cpu, version = ensemble_alone(documents)
     raw = max(rates.values())
     out["ensemble"] = version
     out["ensemble_docs_per_s"] = round(raw, 1)
     out["ensemble_ways"] = {way: round(rate, 1) for way, rate in rates.items()}
+    out["ensemble_cpu_ms_per_doc"] = round(cpu[max(rates, key=rates.__getitem__)], 3)
     out["pipeline_over_ensemble"] = round(out["default"]["docs_per_s"] / raw, 3)
     out["database"] = "postgresql" if database_url and "postgres" in database_url else "sqlite"
     return out

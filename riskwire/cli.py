@@ -796,8 +796,18 @@ def bench_pipeline(
                       f"{r['latency_p99_s']:.2f}s", f"{r['alerts']}/{r['bursts']}", alert50,
                       alert99)  # fmt: skip
     console.print(table)
+    names = {"worker": "worker", "scoring": "scoring process", "broker": "broker",
+             "database": "database server", "bench": "this bench"}  # fmt: skip
+    for model in ("null", "default"):
+        spent = result[model]["cpu_ms_per_doc"]
+        console.print(
+            f"{model}: CPU per document, ms of a core: "
+            + ", ".join(f"{names[k]} {v:.2f}" for k, v in spent.items())
+            + f"; {result[model]['cores_busy']:.2f} cores busy"
+        )
     console.print(
         f"the ensemble alone ({result['ensemble']}): {result['ensemble_docs_per_s']:,.0f} docs/s "
+        f"and {result['ensemble_cpu_ms_per_doc']:.2f} ms of a core per document "
         f"(one batch at a time {result['ensemble_ways']['one_batch_at_a_time']:,.0f}, a batch "
         f"per core at once {result['ensemble_ways']['batch_per_core']:,.0f}); "
         f"the pipeline runs at "
