@@ -219,7 +219,9 @@ class WorkerContext:
     def __init__(self, settings: Settings, ensemble_factory: Callable[[], Ensemble] | None = None):
         self.settings = settings
         self.topics = settings.topics
-        self.engine = make_engine(settings.resolved_database_url)
+        # no ping before each transaction (a round trip, and server work, per write): every
+        # transaction goes through ``_transact``, which retries a connection found dead
+        self.engine = make_engine(settings.resolved_database_url, pool_pre_ping=False)
         self.sessions = session_factory(self.engine)
         self.dedupe = Deduplicator(settings.dedupe_cache_size)
         self.stories = SharedStoryIndex()  # in the database: shared by every worker
