@@ -2,7 +2,10 @@
 
 Scores go on as one message per partition of ``scored`` (mentions, by ticker) and of ``groups``
 (sector and market records) per batch, each a ``scores/1`` batch, followed by the batch's
-watermarks: the order within a partition is the order the documents were scored in."""
+watermarks: the order within a partition is the order the documents were scored in. They carry the
+fused score without the members' votes: the votes are stored with the document (the ``votes``
+table), and nothing downstream reads them; on the topics they were most of each record's bytes and
+of its encoding and validation."""
 
 from __future__ import annotations
 
@@ -118,7 +121,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             if doc.id in refused_ids:
                 continue
             grouped: dict[str, Score] = {}
-            for mention in fan_out(score, doc):
+            for mention in fan_out(score.model_copy(update={"votes": ()}), doc):
                 mentions.setdefault(partition_of(mention.ticker or ""), []).append(mention)
                 for g in group_mentions(mention, sector_of, market):
                     grouped.setdefault(g.ticker or "", g)  # a document counts once per group

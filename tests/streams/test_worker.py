@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from ingest import JsonlSource, RawProducer
 from riskwire.broker import EmbeddedBroker
 from riskwire.demo import SAMPLE, expected_outcome
-from riskwire.records import Alert, DeadLetter
+from riskwire.records import SCORE_BATCH, Alert, DeadLetter, Score, decode_batch
 from riskwire.settings import Settings, load_settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
@@ -36,6 +36,7 @@ from storage.tables import (
     TickerSentimentRow,
     VoteRow,
 )
+from streams.watermarks import is_marker
 from tests.kafka_helpers import read_topic, wait_drained
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -108,6 +109,12 @@ def test_every_good_record_is_stored_once_and_every_bad_one_is_dead_lettered(
         assert {d for d, _, _ in votes} == ids
         # the shipped news and social ensembles have five members each
         assert {n for _, n, _ in votes} == {5} and all(n == m for _, n, m in votes)
+        fused = {
+            d: (label, score)
+            for d, label, score in session.execute(
+                select(ScoreRow.document_id, ScoreRow.label, ScoreRow.score)
+            )
+        }
         mentions = session.scalar(select(func.count()).select_from(DocumentTickerRow))
         assert mentions == 12  # 11 linked documents, one of them naming two tickers
         assert session.scalar(select(func.count()).select_from(TickerSentimentRow)) == mentions
@@ -119,6 +126,21 @@ def test_every_good_record_is_stored_once_and_every_bad_one_is_dead_lettered(
         assert used and used <= versions  # every version that scored is in the registry
         alerts = session.scalars(select(AlertRow)).all()
     engine.dispose()
+
+    # the scored topic carries each mention's fused score, without the votes (they are stored)
+    on_scored = [
+        score
+        for m in read_topic(bootstrap, topics.scored)
+        if not is_marker(m.value)
+        for score in decode_batch(m.value, Score, SCORE_BATCH)[0]
+    ]
+    assert on_scored and {s.document_id for s in on_scored} <= ids  # linked ones (11 of 12)
+    assert all(s.votes == () for s in on_scored)
+    # (a document scored again after a redelivery, in another batch, may differ in the last bits)
+    assert [s.label for s in on_scored] == [fused[s.document_id][0] for s in on_scored]
+    assert [s.score for s in on_scored] == pytest.approx(
+        [fused[s.document_id][1] for s in on_scored], abs=1e-6
+    )
 
     letters = [DeadLetter.from_json(m.value) for m in read_topic(bootstrap, topics.deadletter)]
     for item, reason in BAD_REASONS.items():
