@@ -128,9 +128,7 @@ class SharedStoryIndex:
             )
         )
         fresh = [d for d in docs if d.id not in known]
-        prints = dict(zip((d.id for d in fresh), self.index.fingerprints(
-            [(d.text, [t.ticker for t in d.tickers]) for d in fresh]
-        ), strict=True))  # fmt: skip
+        prints = self.index.document_fingerprints(fresh)
         band_keys_of = {
             i: list(dict.fromkeys(key_id(k) for k in fp.keys)) for i, fp in prints.items()
         }

@@ -121,7 +121,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             if doc.id in refused_ids:
                 continue
             grouped: dict[str, Score] = {}
-            for mention in fan_out(score.model_copy(update={"votes": ()}), doc):
+            for mention in fan_out(score, doc):
                 mentions.setdefault(partition_of(mention.ticker or ""), []).append(mention)
                 for g in group_mentions(mention, sector_of, market):
                     grouped.setdefault(g.ticker or "", g)  # a document counts once per group

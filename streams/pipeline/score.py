@@ -29,5 +29,6 @@ def score_documents(
 
 
 def fan_out(score: Score, doc: Document) -> list[Score]:
-    """One Score per linked ticker, for the ticker-keyed ``scored`` topic."""
-    return [score.model_copy(update={"ticker": link.ticker}) for link in doc.tickers]
+    """One Score per linked ticker, for the ticker-keyed ``scored`` topic: the fused score without
+    the members' votes (they are stored with the document; nothing downstream reads them)."""
+    return [score.model_copy(update={"ticker": link.ticker, "votes": ()}) for link in doc.tickers]

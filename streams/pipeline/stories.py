@@ -208,6 +208,14 @@ class StoryIndex:
             out.append(Fingerprint(names, frozenset(_NUMBER.findall(printed)), signature, keys))
         return out
 
+    def document_fingerprints(self, docs: Iterable[Document]) -> dict[str, Fingerprint]:
+        """``fingerprints`` of documents (their text and tickers), by document id."""
+        unique = {d.id: d for d in docs}
+        prints = self.fingerprints(
+            [(d.text, [t.ticker for t in d.tickers]) for d in unique.values()]
+        )
+        return dict(zip(unique, prints, strict=True))
+
     def assign(
         self,
         document_id: str,
@@ -248,10 +256,7 @@ class StoryIndex:
     def assign_batch(self, docs: Sequence[Document]) -> list[StoryAssignment]:
         """A batch's stories, taken in event-time order (a batch interleaves partitions: the
         earliest copy in it is the story's first), answered in the batch's order."""
-        fresh = {d.id: d for d in docs if d.id not in self._by_document}
-        prints = dict(zip(fresh, self.fingerprints([
-            (d.text, [t.ticker for t in d.tickers]) for d in fresh.values()
-        ]), strict=True))  # fmt: skip
+        prints = self.document_fingerprints(d for d in docs if d.id not in self._by_document)
         told = {
             d.id: self.assign(
                 d.id, d.text, d.published_at, [t.ticker for t in d.tickers], prints.get(d.id)
