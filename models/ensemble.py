@@ -60,10 +60,18 @@ class Ensemble(Member):
         )
         self.version = f"{self.name}-{hashlib.sha256(signature.encode()).hexdigest()[:10]}"
 
-    def fit_fusion(self, texts: Sequence[str], labels: np.ndarray | None) -> np.ndarray:
+    def fit_fusion(
+        self, texts: Sequence[str], labels: np.ndarray | None, probs: np.ndarray | None = None
+    ) -> np.ndarray:
         """Fit the fusion on a validation split (labels may be None for Dawid-Skene); returns the
-        members' probabilities on it, shape (members, texts, 3)."""
-        probs = self.member_proba(texts)
+        members' probabilities on it, shape (members, texts, 3). ``probs``: those probabilities
+        already (out-of-fold ones, say), instead of the members' answers now."""
+        if probs is None:
+            probs = self.member_proba(texts)
+        elif probs.shape != (len(self.members), len(texts), 3):
+            raise ModelError(
+                f"probs {probs.shape} for {len(self.members)} members, {len(texts)} texts"
+            )
         self.fusion.fit(probs, labels, self.weights)
         self._sign()
         return probs

@@ -252,7 +252,10 @@ def models_split(
 def models_train(
     data: DataOption,
     name: Annotated[str, typer.Option(help="member name, e.g. minilm-fpb")],
-    out: Annotated[Path, typer.Option(help="artefact folder (head: a .json file)")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="artefact folder (head: a .json file); optional with --folds"),
+    ] = None,
     kind: Annotated[
         str, typer.Option(help="head (linear head on frozen embeddings) or finetune")
     ] = "head",
@@ -265,62 +268,148 @@ def models_train(
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     learning_rate: Annotated[float, typer.Option()] = 5e-5,
     seed: Annotated[int, typer.Option()] = 0,
+    folds: Annotated[
+        int | None,
+        typer.Option(min=2, help="also train a copy per fold; write out-of-fold answers to --oof"),
+    ] = None,
+    fold_on: Annotated[
+        list[Path] | None,
+        typer.Option("--fold-on", help="the --data sets cut into folds (default: all of them)"),
+    ] = None,
+    oof: Annotated[
+        Path | None, typer.Option(help="where --folds writes the out-of-fold probabilities")
+    ] = None,
     register: Annotated[bool, typer.Option(help="record the version in the database")] = True,
 ) -> None:
-    """Train a member on the train split of --data, validate on its val split, register it."""
-    from models.embedding import SentenceEncoder, default_encoder_path
+    """Train a member on the train split of --data, validate on its val split, register it.
+    With --folds K, also cross-fit it: K copies, each trained without one fold of the training
+    rows and scoring that fold (``models/crossfit.py``), for ``models fuse --oof``."""
+    from models.embedding import SentenceEncoder
+    from models.finetune import FinetuneConfig
     from models.training import LabelledSet, evaluate, train_head
 
+    if kind not in ("head", "finetune"):
+        raise RiskwireError(f"--kind {kind!r}: choose head or finetune")
+    if (folds is None) != (oof is None):
+        raise RiskwireError("--folds and --oof go together")
+    if out is None and folds is None:
+        raise RiskwireError("say where the member goes (--out), or cross-fit it (--folds, --oof)")
     settings = _settings()
     full = LabelledSet.read_many(data)
     train, val = full.split("train"), full.split("val")
     console.print(f"{len(train):,} training rows, {len(val):,} validation rows")
-    if kind == "head":
-        encoder = SentenceEncoder(base or settings.encoder_path, settings.model_device)
-        with console.status(f"embedding {len(train):,} texts and fitting the head"):
-            head = train_head(encoder, train, name=name)
-            scores = evaluate(_head_proba(encoder, head, val.texts), val.labels)
-        head.meta.update(name=name, base=encoder.name, data_sha256=full.sha256,
-                         metrics={f"val_{k}": round(float(v), 4) for k, v in scores.items()})  # fmt: skip
-        head.save(out)
-        version, description = (
-            head.version,
-            {"kind": "embedding-head", "path": str(out), **head.meta},
-        )
-    elif kind == "finetune":
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        from models.finetune import FinetuneConfig, finetune
-        from models.hf import HFClassifierMember
-
-        config = FinetuneConfig(
-            epochs=epochs, max_minutes=max_minutes, max_length=max_length, batch_size=batch_size,
-            learning_rate=learning_rate, seed=seed,
-        )  # fmt: skip
-        columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
-            task = bar.add_task("fine-tuning", total=None)
-
-            def progress(step: int, total: int, figures: dict[str, float]) -> None:
-                bar.update(task, completed=step, total=total)
-                if figures:
-                    bar.console.print(
-                        f"step {step}: train loss {figures['train_loss']:.3f}, val macro-F1 "
-                        f"{figures['val_macro_f1']:.3f}, val accuracy {figures['val_accuracy']:.3f}"
-                    )
-
-            result = finetune(base or default_encoder_path(), train, val, out, config, progress)
-        scores = result.best_val
-        member = HFClassifierMember(str(out), name=name, device=settings.model_device)
-        version, description = member.version, member.describe() | {"path": str(out)}
-    else:
-        raise RiskwireError(f"--kind {kind!r}: choose head or finetune")
-    console.print(
-        f"{name} {version}: validation macro-F1 {scores['macro_f1']:.3f}, accuracy "
-        f"{scores['accuracy']:.3f}, written to {out}"
+    config = FinetuneConfig(
+        epochs=epochs, max_minutes=max_minutes, max_length=max_length, batch_size=batch_size,
+        learning_rate=learning_rate, seed=seed,
+    )  # fmt: skip
+    encoder = (
+        SentenceEncoder(base or settings.encoder_path, settings.model_device)
+        if kind == "head"
+        else None
     )
-    if register:
-        _register(settings, [(name, version, description)])
+
+    def fit(rows: Any, target: Path, digest: str, what: str) -> dict[str, float]:
+        """Train on ``rows`` into ``target``; the validation figures."""
+        if encoder is None:
+            return dict(_finetune(base, rows, val, target, config, what).best_val)
+        with console.status(f"{what}: embedding {len(rows):,} texts and fitting the head"):
+            head = train_head(encoder, rows, name=name)
+            scores = evaluate(_head_proba(encoder, head, val.texts), val.labels)
+        head.meta.update(name=name, base=encoder.name, data_sha256=digest,
+                         metrics={f"val_{k}": round(float(v), 4) for k, v in scores.items()})  # fmt: skip
+        head.save(target)
+        return scores
+
+    if out is not None:
+        scores = fit(train, out, full.sha256, "fine-tuning" if encoder is None else "training")
+        if kind == "head":
+            from models.embedding import Head
+
+            head = Head.load(out)
+            version, description = head.version, {"kind": "embedding-head", "path": str(out),
+                                                  **head.meta}  # fmt: skip
+        else:
+            from models.hf import HFClassifierMember
+
+            member = HFClassifierMember(str(out), name=name, device=settings.model_device)
+            version, description = member.version, member.describe() | {"path": str(out)}
+        console.print(
+            f"{name} {version}: validation macro-F1 {scores['macro_f1']:.3f}, accuracy "
+            f"{scores['accuracy']:.3f}, written to {out}"
+        )
+        if register:
+            _register(settings, [(name, version, description)])
+    if folds is not None and oof is not None:
+        _cross_fit(settings, data, fold_on, folds, oof, name, kind, base, max_length, fit)
+
+
+def _cross_fit(
+    settings: Settings, data: list[Path], fold_on: list[Path] | None, folds: int, oof: Path,
+    name: str, kind: str, base: str | None, max_length: int, fit: Any,
+) -> None:  # fmt: skip
+    """The copies of ``models train --folds``, each scored as the ensemble scores its member."""
+    import tempfile
+
+    import numpy as np
+
+    from models.crossfit import cross_fit
+    from models.factory import MemberBuilder
+    from models.training import LabelledSet, evaluate
+
+    chosen = [p.resolve() for p in (fold_on or data)]
+    if not set(chosen) <= {p.resolve() for p in data}:
+        raise RiskwireError("--fold-on names a set that is not one of the --data sets")
+    parts = {p.resolve(): LabelledSet.read(p).split("train") for p in data}
+    folded = LabelledSet.concat([parts[p] for p in chosen])
+    rest = [part for p, part in parts.items() if p not in chosen]
+    fixed = LabelledSet.concat(rest) if rest else LabelledSet([], np.zeros(0, np.int64), "")
+    builder = MemberBuilder(settings)
+
+    def score(fold: Any) -> Any:
+        what = f"fold {fold.number + 1}/{folds}"
+        with tempfile.TemporaryDirectory(prefix="riskwire-fold-") as scratch:
+            target = Path(scratch) / ("head.json" if kind == "head" else "model")
+            scores = fit(fold.train, target, fold.train.sha256, what)
+            spec = (
+                {"member": "head", "head": str(target), "name": name}
+                | ({"encoder": base} if base else {})
+                if kind == "head"
+                else {"member": "hf", "model": str(target), "name": name, "max_length": max_length}
+            )
+            with console.status(f"{what}: scoring the {len(fold.held):,} rows held out"):
+                proba = builder.build(spec).predict_proba(fold.held.texts)
+        held = evaluate(proba, fold.held.labels)["macro_f1"]
+        console.print(
+            f"{name} {what}: trained on {len(fold.train):,} rows (validation macro-F1 "
+            f"{scores['macro_f1']:.3f}); macro-F1 {held:.3f} on the {len(fold.held):,} held out"
+        )
+        return proba
+
+    result = cross_fit(name, fixed, folded, folds, score)
+    result.save(oof)
+    console.print(f"{name}: out-of-fold probabilities for {len(result.keys):,} rows in {oof}")
+
+
+def _finetune(base: str | None, train: Any, val: Any, out: Path, config: Any, what: str) -> Any:
+    """``models.finetune.finetune`` with a progress bar and each evaluation's figures."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from models.embedding import default_encoder_path
+    from models.finetune import finetune
+
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
+        task = bar.add_task(what, total=None)
+
+        def progress(step: int, total: int, figures: dict[str, float]) -> None:
+            bar.update(task, completed=step, total=total)
+            if figures:
+                bar.console.print(
+                    f"step {step}: train loss {figures['train_loss']:.3f}, val macro-F1 "
+                    f"{figures['val_macro_f1']:.3f}, val accuracy {figures['val_accuracy']:.3f}"
+                )
+
+        return finetune(base or default_encoder_path(), train, val, out, config, progress)
 
 
 def _head_proba(encoder: Any, head: Any, texts: list[str]) -> Any:
@@ -341,10 +430,20 @@ def models_fuse(
     ] = "stacking",
     split: SplitOption = "val",
     name: Annotated[str | None, typer.Option(help="ensemble name; default: the file's")] = None,
+    oof: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="folder of out-of-fold files (models train --folds): members' answers on the "
+            "rows they trained on",
+        ),
+    ] = None,
     register: Annotated[bool, typer.Option(help="record the version in the database")] = True,
 ) -> None:
     """Fit an ensemble's fusion (temperatures and weights, stacker, Dawid-Skene) on a split of
-    --data (default val), and report it on the test split."""
+    --data (default val), and report it on the test split. With --oof, a member's answers on rows
+    it trained on are its out-of-fold ones, so its training rows can be fitting rows too."""
     from models.ensemble import Ensemble
     from models.factory import MemberBuilder, read_spec, relocate, spec_of
     from models.fusion import get_fusion
@@ -359,8 +458,19 @@ def models_fuse(
         name=name or str(spec.get("name", "ensemble")),
     )  # fmt: skip
     labelled = _labelled(data, split)
-    with console.status(f"scoring {len(labelled):,} texts with {len(built)} members and fitting"):
-        ensemble.fit_fusion(labelled.texts, labelled.labels)
+    with console.status(f"scoring {len(labelled):,} texts with {len(built)} members"):
+        probs = ensemble.member_proba(labelled.texts)
+    cross_fitted: dict[str, int] = {}
+    if oof is not None:
+        from models.crossfit import OutOfFold, apply_out_of_fold
+
+        files = [OutOfFold.load(p) for p in sorted(oof.glob("*.npz"))]
+        cross_fitted = apply_out_of_fold(probs, [m.name for m in built], labelled.texts,
+                                         {f.member: f for f in files})  # fmt: skip
+        for member, rows in cross_fitted.items():
+            console.print(f"{member}: out-of-fold answers on {rows:,} of the fitting rows")
+    with console.status(f"fitting {fusion} on {len(labelled):,} rows"):
+        ensemble.fit_fusion(labelled.texts, labelled.labels, probs)
     # figures on held-out rows: the test split when fitted on val, else the rows it was fitted on
     held = "test" if split == "val" else split
     check = _labelled(data, held)
@@ -371,7 +481,8 @@ def models_fuse(
     # relative paths in the written file are rewritten for its own folder
     written = spec_of(
         ensemble, relocate(spec["members"], members.parent, out.parent),
-        fitted_on={"data_sha256": labelled.sha256, "rows": len(labelled)},
+        fitted_on={"data_sha256": labelled.sha256, "rows": len(labelled)}
+        | ({"out_of_fold": cross_fitted} if cross_fitted else {}),
         metrics={"split": held, "rows": len(check), "fused": evaluation.fused,
                  "members": evaluation.members},
     )  # fmt: skip
