@@ -338,6 +338,52 @@ def alert_of(row: AlertRow) -> Alert:
     )  # fmt: skip
 
 
+def evidence_documents(session: Session, alert: AlertRow) -> list[dict[str, Any]]:
+    """An alert's evidence, in its order (the documents that weighed most first): each document
+    with its fused score in the alert's run and every member vote stored for it. A document gone
+    since (retention) is listed by id alone."""
+    ids = list(alert.evidence)
+    if not ids:
+        return []
+    docs = {d.id: d for d in session.scalars(select(DocumentRow).where(DocumentRow.id.in_(ids)))}
+    scores = {
+        s.document_id: s
+        for s in session.scalars(
+            select(ScoreRow)
+            .where(ScoreRow.run_id == alert.run_id, ScoreRow.document_id.in_(ids))
+            .order_by(ScoreRow.model_version)
+        )
+    }
+    votes: dict[str, list[dict[str, Any]]] = {}
+    for v in session.scalars(
+        select(VoteRow)
+        .where(VoteRow.document_id.in_(ids))
+        .order_by(VoteRow.member, VoteRow.model_version)
+    ):
+        votes.setdefault(v.document_id, []).append({
+            "member": v.member, "model_version": v.model_version, "label": v.label,
+            "probabilities": [v.p_negative, v.p_neutral, v.p_positive],
+        })  # fmt: skip
+    out: list[dict[str, Any]] = []
+    for document_id in ids:
+        d, s = docs.get(document_id), scores.get(document_id)
+        if d is None:
+            out.append({"id": document_id, "found": False})
+            continue
+        out.append({
+            "id": d.id, "found": True, "title": d.title, "source": d.source, "kind": d.kind,
+            "url": d.url, "published_at": d.published_at.isoformat(),
+            "text": d.text[:500],
+            "score": None if s is None else {
+                "model_version": s.model_version, "label": s.label, "score": s.score,
+                "confidence": s.confidence, "disagreement": s.disagreement,
+                "probabilities": [s.p_negative, s.p_neutral, s.p_positive],
+            },
+            "votes": votes.get(d.id, []),
+        })  # fmt: skip
+    return out
+
+
 AGGREGATE_VALUES = (
     "group_kind", "window_end", "documents", "mean_score", "negative_share", "dispersion",
     "disagreement", "sentiment_z", "volume_z",

@@ -28,6 +28,7 @@ from riskwire.delivery import keys
 from riskwire.delivery.model import AlertFilter, DeliveryError, check_webhook_url, sector_map
 from riskwire.settings import Settings
 from storage import delivery as store
+from storage.repository import evidence_documents
 from storage.tables import (
     AlertEventRow,
     AlertRow,
@@ -574,12 +575,13 @@ def delivery_router(
 
     @router.get("/alerts/{alert_id}", tags=["alerts"])
     def get_alert(alert_id: str, principal: Principal = reader) -> dict[str, Any]:
-        """One alert: measured values against thresholds, window, evidence, explanation."""
+        """One alert: measured values against thresholds, window, explanation, and its evidence:
+        the documents that weighed most, each with its fused score and its members' votes."""
         with sessions() as session:
             row = session.get(AlertRow, alert_id)
             if row is None:
                 raise HTTPException(404, f"no alert {alert_id!r}")
-            return _alert_out(row)
+            return _alert_out(row) | {"documents": evidence_documents(session, row)}
 
     @router.get("/feeds", tags=["ingest"])
     def feed_health(principal: Principal = reader) -> list[dict[str, Any]]:

@@ -14,11 +14,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from riskwire.api import create_api
-from riskwire.records import Alert, AlertState
+from riskwire.records import Alert, AlertState, Vote
 from riskwire.settings import Settings
 from storage import delivery as store
 from storage import repository
-from tests.factories import T0, make_alert
+from tests.factories import T0, make_alert, make_document, make_score
 
 ADMIN = "admin-token"
 
@@ -237,6 +237,39 @@ def test_alert_history_pages_through_everything_once(
     one = client.get(f"/alerts/{alerts[3].id}", headers=reader).json()
     assert one["values"] == alerts[3].values and one["evidence"] == ["d1", "d2"]
     assert client.get("/alerts?cursor=garbage", headers=reader).status_code == 422
+
+
+def test_an_alert_shows_its_evidence_with_scores_and_member_votes(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    first, second = make_document(title="Plant fire"), make_document(title="Recall widens")
+    votes = (
+        Vote(member="finlex", model_version="finlex-1", label="neutral",
+             probabilities=(0.3, 0.5, 0.2)),
+        Vote(member="minilm-ft", model_version="ft-2", label="negative",
+             probabilities=(0.9, 0.08, 0.02)),
+    )  # fmt: skip
+    with sessions.begin() as session:
+        repository.upsert_documents(session, [first, second])
+        repository.upsert_scores(session, [
+            make_score(first.id, score=-0.7, votes=votes),
+            make_score(second.id, score=-0.4, votes=votes[:1]),
+            make_score(second.id, score=0.5, run_id="replay-1"),  # another run's score
+        ])  # fmt: skip
+    alert = make_alert(evidence=(second.id, first.id, "f" * 32))  # the most weighty first
+    store_alerts(sessions, [alert])
+    body = client.get(f"/alerts/{alert.id}", headers=key(sessions, "alerts:read")).json()
+    docs = body["documents"]
+    assert [d["id"] for d in docs] == [second.id, first.id, "f" * 32]
+    assert docs[2] == {"id": "f" * 32, "found": False}  # gone since (retention)
+    assert docs[0]["title"] == "Recall widens" and docs[0]["score"]["score"] == -0.4
+    assert docs[0]["score"]["model_version"] == "test-1" and docs[0]["score"]["label"] == "negative"
+    assert [v["member"] for v in docs[1]["votes"]] == ["finlex", "minilm-ft"]
+    assert docs[1]["votes"][1] == {
+        "member": "minilm-ft", "model_version": "ft-2", "label": "negative",
+        "probabilities": [0.9, 0.08, 0.02],
+    }  # fmt: skip
+    assert docs[1]["published_at"] == first.published_at.isoformat()
 
 
 def test_ticker_scores_page_in_event_time(
