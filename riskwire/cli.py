@@ -295,7 +295,8 @@ def models_train(
     if out is None and folds is None:
         raise RiskwireError("say where the member goes (--out), or cross-fit it (--folds, --oof)")
     settings = _settings()
-    full = LabelledSet.read_many(data)
+    sets = [(path, LabelledSet.read(path)) for path in data]
+    full = LabelledSet.concat([labelled for _, labelled in sets])
     train, val = full.split("train"), full.split("val")
     console.print(f"{len(train):,} training rows, {len(val):,} validation rows")
     config = FinetuneConfig(
@@ -340,12 +341,12 @@ def models_train(
         if register:
             _register(settings, [(name, version, description)])
     if folds is not None and oof is not None:
-        _cross_fit(settings, data, fold_on, folds, oof, name, kind, base, max_length, fit)
+        _cross_fit(settings, sets, fold_on, folds, oof, name, kind, base, max_length, fit)
 
 
 def _cross_fit(
-    settings: Settings, data: list[Path], fold_on: list[Path] | None, folds: int, oof: Path,
-    name: str, kind: str, base: str | None, max_length: int, fit: Any,
+    settings: Settings, sets: list[tuple[Path, Any]], fold_on: list[Path] | None, folds: int,
+    oof: Path, name: str, kind: str, base: str | None, max_length: int, fit: Any,
 ) -> None:  # fmt: skip
     """The copies of ``models train --folds``, each scored as the ensemble scores its member."""
     import tempfile
@@ -356,10 +357,10 @@ def _cross_fit(
     from models.factory import MemberBuilder
     from models.training import LabelledSet, evaluate
 
-    chosen = [p.resolve() for p in (fold_on or data)]
-    if not set(chosen) <= {p.resolve() for p in data}:
+    parts = {p.resolve(): labelled.split("train") for p, labelled in sets}
+    chosen = [p.resolve() for p in fold_on] if fold_on else list(parts)
+    if not set(chosen) <= set(parts):
         raise RiskwireError("--fold-on names a set that is not one of the --data sets")
-    parts = {p.resolve(): LabelledSet.read(p).split("train") for p in data}
     folded = LabelledSet.concat([parts[p] for p in chosen])
     rest = [part for p, part in parts.items() if p not in chosen]
     fixed = LabelledSet.concat(rest) if rest else LabelledSet([], np.zeros(0, np.int64), "")
