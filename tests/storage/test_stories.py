@@ -4,8 +4,11 @@ once each, and stories are forgotten after the horizon."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -66,6 +69,30 @@ def test_a_redelivered_document_gets_its_first_answer_and_counts_once(
     with sessions() as session:
         assert session.scalar(select(StoryRow.copies)) == 1
         assert session.scalar(select(func.count()).select_from(StoryMemberRow)) == 1  # the copy
+
+
+def test_two_workers_starting_one_story_at_once_store_it_and_its_keys_once(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The second worker's insert waits for the first's transaction, then leaves the story and
+    its band keys to it (on SQLite one writer at a time: the second could not even begin)."""
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("concurrent writers: PostgreSQL only")
+    original = doc(ORIGINAL)
+    first = sessions()
+    first.begin()
+    mine = SharedStoryIndex().assign(first, [original])  # not committed yet
+    with ThreadPoolExecutor(1) as pool:
+        theirs = pool.submit(assign, SharedStoryIndex(), sessions, [original])
+        time.sleep(0.3)
+        assert not theirs.done()  # waiting on the first worker's row
+        first.commit()
+        first.close()
+        assert theirs.result(timeout=10) == mine
+    keys = len({k for k in StoryIndex().document_fingerprints([original])[original.id].keys})
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(StoryRow)) == 1
+        assert session.scalar(select(func.count()).select_from(StoryKeyRow)) == keys > 0
 
 
 def test_a_copy_about_another_company_or_with_other_numbers_is_another_story(
