@@ -340,26 +340,45 @@ def alert_of(row: AlertRow) -> Alert:
 
 def evidence_documents(session: Session, alert: AlertRow) -> list[dict[str, Any]]:
     """An alert's evidence, in its order (the documents that weighed most first): each document
-    with its fused score in the alert's run and every member vote stored for it. A document gone
+    with its fused score in the alert's run and the member votes behind that score (every vote
+    stored for it where the model registry does not know the score's version). A document gone
     since (retention) is listed by id alone."""
     ids = list(alert.evidence)
     if not ids:
         return []
     docs = {d.id: d for d in session.scalars(select(DocumentRow).where(DocumentRow.id.in_(ids)))}
-    scores = {
-        s.document_id: s
-        for s in session.scalars(
-            select(ScoreRow)
-            .where(ScoreRow.run_id == alert.run_id, ScoreRow.document_id.in_(ids))
-            .order_by(ScoreRow.model_version)
-        )
-    }
+    # A document scored twice in the run (the models changed while it was redelivered) shows the
+    # score its group counted, as its rolling row recorded it; failing that, the last version.
+    rolling = sentiment_table(alert.ticker)
+    counted = {
+        document_id: (label, score)
+        for document_id, label, score in session.execute(
+            select(rolling.document_id, rolling.label, rolling.score).where(
+                rolling.run_id == alert.run_id, rolling.ticker == alert.ticker,
+                rolling.document_id.in_(ids),
+            )
+        ).tuples()
+    }  # fmt: skip
+    scores: dict[str, ScoreRow] = {}
+    for row in session.scalars(
+        select(ScoreRow)
+        .where(ScoreRow.run_id == alert.run_id, ScoreRow.document_id.in_(ids))
+        .order_by(ScoreRow.model_version)
+    ):
+        held = scores.get(row.document_id)
+        if held is None or counted.get(row.document_id) != (held.label, held.score):
+            scores[row.document_id] = row
+    members = _member_versions(session, {s.model_version for s in scores.values()})
     votes: dict[str, list[dict[str, Any]]] = {}
     for v in session.scalars(
         select(VoteRow)
         .where(VoteRow.document_id.in_(ids))
         .order_by(VoteRow.member, VoteRow.model_version)
     ):
+        chosen = scores.get(v.document_id)
+        cast_by = members.get(chosen.model_version) if chosen is not None else None
+        if cast_by is not None and v.model_version not in cast_by:
+            continue  # another ensemble's member scored it too: not a vote in this score
         votes.setdefault(v.document_id, []).append({
             "member": v.member, "model_version": v.model_version, "label": v.label,
             "probabilities": [v.p_negative, v.p_neutral, v.p_positive],
@@ -381,6 +400,31 @@ def evidence_documents(session: Session, alert: AlertRow) -> list[dict[str, Any]
             },
             "votes": votes.get(d.id, []),
         })  # fmt: skip
+    return out
+
+
+def _member_versions(session: Session, versions: set[str]) -> dict[str, set[str]]:
+    """The member versions behind each of these ensemble or router versions, as the model
+    registry describes them; a version the registry does not know is left out."""
+
+    def described(wanted: set[str]) -> dict[str, dict[str, Any]]:
+        rows = select(ModelVersionRow.version, ModelVersionRow.description)
+        return {v: d for v, d in session.execute(rows.where(ModelVersionRow.version.in_(wanted)))}
+
+    out: dict[str, set[str]] = {}
+    known = described(versions)
+    routed = {e for d in known.values() for e in (d.get("ensembles") or {}).values()}
+    known |= described(routed - known.keys())
+    for version in versions:
+        d = known.get(version)
+        if d is None:
+            continue
+        if d.get("kind") == "ensemble":
+            out[version] = set(d.get("members") or ())
+        elif d.get("kind") == "router":
+            inner = [known.get(e) for e in (d.get("ensembles") or {}).values()]
+            if all(i is not None for i in inner):
+                out[version] = {m for i in inner if i is not None for m in i.get("members") or ()}
     return out
 
 

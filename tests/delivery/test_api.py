@@ -255,7 +255,21 @@ def test_an_alert_shows_its_evidence_with_scores_and_member_votes(
             make_score(first.id, score=-0.7, votes=votes),
             make_score(second.id, score=-0.4, votes=votes[:1]),
             make_score(second.id, score=0.5, run_id="replay-1"),  # another run's score
+            # scored again in the run by a later ensemble, after the group counted the first
+            make_score(second.id, score=0.6, model_version="test-2"),
+            make_score(first.id, score=0.3, model_version="test-0"),
         ])  # fmt: skip
+        repository.upsert_ticker_sentiment(session, [
+            {"run_id": "live", "ticker": "ACME", "document_id": d.id, "published_at": T0,
+             "score": s, "label": "negative", "window_documents": 2, "window_mean_score": -0.55,
+             "window_negative_share": 1.0}
+            for d, s in ((second, -0.4), (first, -0.7))
+        ])  # fmt: skip
+        repository.register_model_versions(session, [  # whose members cast which votes
+            ("default", "test-1", {"kind": "router", "ensembles": {"news": "news-1"}}),
+            ("news", "news-1", {"kind": "ensemble", "members": ["finlex-1", "ft-2"]}),
+            ("later", "test-2", {"kind": "ensemble", "members": ["m1-1"]}),
+        ], T0)  # fmt: skip
     alert = make_alert(evidence=(second.id, first.id, "f" * 32))  # the most weighty first
     store_alerts(sessions, [alert])
     body = client.get(f"/alerts/{alert.id}", headers=key(sessions, "alerts:read")).json()
@@ -264,7 +278,9 @@ def test_an_alert_shows_its_evidence_with_scores_and_member_votes(
     assert docs[2] == {"id": "f" * 32, "found": False}  # gone since (retention)
     assert docs[0]["title"] == "Recall widens" and docs[0]["score"]["score"] == -0.4
     assert docs[0]["score"]["model_version"] == "test-1" and docs[0]["score"]["label"] == "negative"
-    assert [v["member"] for v in docs[1]["votes"]] == ["finlex", "minilm-ft"]
+    assert docs[1]["score"]["model_version"] == "test-1" and docs[1]["score"]["score"] == -0.7
+    assert [v["member"] for v in docs[1]["votes"]] == ["finlex", "minilm-ft"]  # not test-0's m1
+    assert [v["model_version"] for v in docs[0]["votes"]] == ["finlex-1"]  # not test-2's m1-1
     assert docs[1]["votes"][1] == {
         "member": "minilm-ft", "model_version": "ft-2", "label": "negative",
         "probabilities": [0.9, 0.08, 0.02],

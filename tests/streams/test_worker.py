@@ -25,7 +25,7 @@ from riskwire.demo import SAMPLE, expected_outcome
 from riskwire.records import SCORE_BATCH, Alert, DeadLetter, Score, decode_batch
 from riskwire.settings import Settings, load_settings
 from riskwire.worker import spawn_worker, stop_worker
-from storage import make_engine, session_factory, upgrade
+from storage import make_engine, repository, session_factory, upgrade
 from storage.tables import (
     AlertRow,
     DeadLetterRow,
@@ -125,7 +125,12 @@ def test_every_good_record_is_stored_once_and_every_bad_one_is_dead_lettered(
         )
         assert used and used <= versions  # every version that scored is in the registry
         alerts = session.scalars(select(AlertRow)).all()
+        # the API's evidence: each document with the score its group counted and the votes of
+        # that score's members, found through the registry the worker wrote
+        evidence = repository.evidence_documents(session, alerts[0]) if alerts else []
     engine.dispose()
+    assert evidence and all(d["found"] and d["score"] is not None for d in evidence)
+    assert all(len(d["votes"]) == 5 for d in evidence)
 
     # the scored topic carries each mention's fused score, without the votes (they are stored)
     on_scored = [
