@@ -23,7 +23,7 @@ the newest document seen are pruned every ``prune_every`` documents.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -120,6 +120,16 @@ def _key_arrays(keys_of: list[list[int]]) -> dict[str, str]:
         "idx": "{" + ",".join(str(i) for i, ks in enumerate(keys_of) for _ in ks) + "}",
         "keys": "{" + ",".join(str(k) for ks in keys_of for k in ks) + "}",
     }
+
+
+def _array(values: Iterable[str]) -> str:
+    """A PostgreSQL array literal of these strings, each quoted (for the same reason as
+    ``_key_arrays``: psycopg dumps a list's strings one at a time in Python)."""
+    return (
+        "{"
+        + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+        + "}"
+    )
 
 
 def key_id(key: bytes) -> int:
@@ -258,10 +268,11 @@ class SharedStoryIndex:
             return
         if session.connection().dialect.name == "postgresql":
             session.execute(_POSTGRES_STORIES, _key_arrays(keys) | {
-                name: [s[column] for s in stories]
-                for name, column in (("ids", "story_id"), ("started", "started_at"),
-                                     ("tickers", "tickers"), ("numbers", "numbers"),
-                                     ("signatures", "signature"))
+                "ids": _array(s["story_id"] for s in stories),
+                "started": _array(s["started_at"].isoformat() for s in stories),
+                "tickers": _array(s["tickers"] for s in stories),
+                "numbers": _array(s["numbers"] for s in stories),
+                "signatures": _array(s["signature"] for s in stories),
             })  # fmt: skip
             return
         _insert_ignore(session, StoryRow, stories)
@@ -288,7 +299,7 @@ class SharedStoryIndex:
         if session.connection().dialect.name == "postgresql":
             keys_of = [band_keys_of[doc.id] for doc in fresh]
             by_index = list(session.execute(_POSTGRES_CANDIDATES, _key_arrays(keys_of) | {
-                "nums": [_words(prints[doc.id].numbers) for doc in fresh], "oldest": oldest,
+                "nums": _array(_words(prints[doc.id].numbers) for doc in fresh), "oldest": oldest,
             }).tuples())  # fmt: skip
         else:
             pairs: list[tuple[int, str]] = []

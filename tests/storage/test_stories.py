@@ -71,6 +71,26 @@ def test_a_redelivered_document_gets_its_first_answer_and_counts_once(
         assert session.scalar(select(func.count()).select_from(StoryMemberRow)) == 1  # the copy
 
 
+def test_ids_and_tickers_with_quotes_braces_and_commas_are_stored_as_they_are(
+    sessions: sessionmaker[Session],
+) -> None:
+    """On PostgreSQL the new stories go to the database as array literals written here: every
+    character such a literal treats specially must come back unchanged."""
+    odd = 'we"ird\\id, {x} NULL'
+    original = make_document(
+        id=odd, text=ORIGINAL, title=ORIGINAL, published_at=T0,
+        tickers=(TickerLink(ticker='A\\"B,{C}', relevance=1.0),),
+    )  # fmt: skip
+    copy = doc(COPIES[0], minutes=1, ticker='A\\"B,{C}')
+    first = assign(SharedStoryIndex(), sessions, [original])
+    again = assign(SharedStoryIndex(), sessions, [copy])  # found through the stored story
+    assert first[0].story_id == again[0].story_id == odd and again[0].copy == 1
+    with sessions() as session:
+        story = session.scalars(select(StoryRow)).one()
+        assert (story.story_id, story.tickers) == (odd, 'A\\"B,{C}')
+        assert story.started_at.replace(tzinfo=T0.tzinfo) == T0
+
+
 def test_two_workers_starting_one_story_at_once_store_it_and_its_keys_once(
     sessions: sessionmaker[Session],
 ) -> None:
