@@ -13,11 +13,12 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from ingest.feeds import Health, store_health
-from riskwire.records import DeadLetter
+from riskwire.records import DeadLetter, Vote
 from riskwire.replay import ReplayRunner, ReplaySpec, create_job
 from riskwire.settings import load_settings
 from storage import make_engine, repository, session_factory, upgrade
 from storage.delivery import Targets
+from tests.factories import T0, make_alert, make_document, make_score
 from tests.replay_helpers import DAY0, lexicon_ensemble, run_live, world
 
 GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
@@ -96,3 +97,61 @@ def test_every_dashboard_query_runs_on_the_real_schema_and_finds_data(
             rows = conn.execute(text(render(sql, {"run": job, "ticker": "ACME"}))).all()
             assert rows, f"{path.name}{where} found nothing"
     engine.dispose()
+
+
+def panel_sql(title: str) -> str:
+    ticker = json.loads((GRAFANA / "dashboards" / "ticker.json").read_text())
+    (panel,) = [p for p in ticker["panels"] if p["title"] == title]
+    return render(panel["targets"][0]["rawSql"], {"ticker": "ACME"})
+
+
+def test_the_ticker_panels_show_each_document_once_with_the_score_it_counted_and_its_votes(
+    postgres_url: str,
+) -> None:
+    """A document scored twice in the live run (the models changed while it was redelivered),
+    and evidence of two alerts: one row each, with the score its ticker counted (its rolling row)
+    and the votes of that score's members, as the API shows them."""
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    doc = make_document(title="Recall widens")
+    counted = (
+        Vote(member="finlex", model_version="finlex-1", label="negative",
+             probabilities=(0.6, 0.3, 0.1)),
+        Vote(member="minilm", model_version="ft-2", label="negative",
+             probabilities=(0.9, 0.08, 0.02)),
+    )  # fmt: skip
+    later = (
+        Vote(member="m1", model_version="m1-1", label="positive", probabilities=(0.1, 0.2, 0.7)),
+    )
+    with session_factory(engine).begin() as session:
+        repository.upsert_documents(session, [doc])
+        repository.upsert_scores(session, [
+            make_score(doc.id, score=-0.7, model_version="test-1", votes=counted),
+            make_score(doc.id, score=0.6, model_version="test-2", votes=later),  # sorts last
+        ])  # fmt: skip
+        repository.upsert_ticker_sentiment(session, [
+            {"run_id": "live", "ticker": "ACME", "document_id": doc.id, "published_at": T0,
+             "score": -0.7, "label": "negative", "window_documents": 1,
+             "window_mean_score": -0.7, "window_negative_share": 1.0}
+        ])  # fmt: skip
+        repository.register_model_versions(session, [
+            ("default", "test-1", {"kind": "router", "ensembles": {"news": "news-1"}}),
+            ("news", "news-1", {"kind": "ensemble", "members": ["finlex-1", "ft-2"]}),
+            ("later", "test-2", {"kind": "ensemble", "members": ["m1-1"]}),
+        ], T0)  # fmt: skip
+        repository.upsert_alerts(session, [
+            make_alert(evidence=(doc.id,)), make_alert(evidence=(doc.id,)),
+        ])  # fmt: skip
+    with engine.connect() as conn:
+        evidence = conn.execute(
+            text(panel_sql("Documents behind the alerts, with their member votes"))
+        ).all()
+        documents = conn.execute(text(panel_sql("All $ticker documents in range"))).all()
+    engine.dispose()
+    assert [(r.title, r.label, float(r.score)) for r in evidence] == [
+        ("Recall widens", "negative", -0.7)
+    ] * 2  # one row per alert it is evidence of
+    assert {r.member_votes for r in evidence} == {"finlex: negative, minilm: negative"}
+    assert [(r.label, float(r.score), r.member_votes) for r in documents] == [
+        ("negative", -0.7, "finlex: negative, minilm: negative")
+    ]
