@@ -11,6 +11,14 @@ from riskwire.records import Alert, Document, Kind, Label, Score, TickerLink, Vo
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 _ids = count()
 
+# model registry entries for a document scored twice in one run: ``test-1`` (a router whose
+# ``news`` ensemble has members ``finlex-1`` and ``ft-2``), then ``test-2`` (member ``m1-1``)
+TWO_VERSIONS = [
+    ("default", "test-1", {"kind": "router", "ensembles": {"news": "news-1"}}),
+    ("news", "news-1", {"kind": "ensemble", "members": ["finlex-1", "ft-2"]}),
+    ("later", "test-2", {"kind": "ensemble", "members": ["m1-1"]}),
+]
+
 
 def make_document(**overrides: Any) -> Document:
     n = next(_ids)

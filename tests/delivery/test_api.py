@@ -18,7 +18,7 @@ from riskwire.records import Alert, AlertState, Vote
 from riskwire.settings import Settings
 from storage import delivery as store
 from storage import repository
-from tests.factories import T0, make_alert, make_document, make_score
+from tests.factories import T0, TWO_VERSIONS, make_alert, make_document, make_score
 
 ADMIN = "admin-token"
 
@@ -265,11 +265,7 @@ def test_an_alert_shows_its_evidence_with_scores_and_member_votes(
              "window_negative_share": 1.0}
             for d, s in ((second, -0.4), (first, -0.7))
         ])  # fmt: skip
-        repository.register_model_versions(session, [  # whose members cast which votes
-            ("default", "test-1", {"kind": "router", "ensembles": {"news": "news-1"}}),
-            ("news", "news-1", {"kind": "ensemble", "members": ["finlex-1", "ft-2"]}),
-            ("later", "test-2", {"kind": "ensemble", "members": ["m1-1"]}),
-        ], T0)  # fmt: skip
+        repository.register_model_versions(session, TWO_VERSIONS, T0)  # who cast which votes
     alert = make_alert(evidence=(second.id, first.id, "f" * 32))  # the most weighty first
     store_alerts(sessions, [alert])
     body = client.get(f"/alerts/{alert.id}", headers=key(sessions, "alerts:read")).json()

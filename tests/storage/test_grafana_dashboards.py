@@ -18,7 +18,7 @@ from riskwire.replay import ReplayRunner, ReplaySpec, create_job
 from riskwire.settings import load_settings
 from storage import make_engine, repository, session_factory, upgrade
 from storage.delivery import Targets
-from tests.factories import T0, make_alert, make_document, make_score
+from tests.factories import T0, TWO_VERSIONS, make_alert, make_document, make_score
 from tests.replay_helpers import DAY0, lexicon_ensemble, run_live, world
 
 GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
@@ -134,11 +134,7 @@ def test_the_ticker_panels_show_each_document_once_with_the_score_it_counted_and
              "score": -0.7, "label": "negative", "window_documents": 1,
              "window_mean_score": -0.7, "window_negative_share": 1.0}
         ])  # fmt: skip
-        repository.register_model_versions(session, [
-            ("default", "test-1", {"kind": "router", "ensembles": {"news": "news-1"}}),
-            ("news", "news-1", {"kind": "ensemble", "members": ["finlex-1", "ft-2"]}),
-            ("later", "test-2", {"kind": "ensemble", "members": ["m1-1"]}),
-        ], T0)  # fmt: skip
+        repository.register_model_versions(session, TWO_VERSIONS, T0)  # who cast which votes
         repository.upsert_alerts(session, [
             make_alert(evidence=(doc.id,)), make_alert(evidence=(doc.id,)),
         ])  # fmt: skip
