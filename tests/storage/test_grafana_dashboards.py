@@ -105,7 +105,7 @@ def panel_sql(title: str) -> str:
     return render(panel["targets"][0]["rawSql"], {"ticker": "ACME"})
 
 
-def test_the_ticker_panels_show_each_document_once_with_the_score_it_counted_and_its_votes(
+def test_the_ticker_panels_show_a_row_per_document_and_alert_with_the_counted_score_and_votes(
     postgres_url: str,
 ) -> None:
     """A document scored twice in the live run (the models changed while it was redelivered),
