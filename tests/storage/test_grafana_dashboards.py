@@ -99,9 +99,9 @@ def test_every_dashboard_query_runs_on_the_real_schema_and_finds_data(
     engine.dispose()
 
 
-def panel_sql(title: str) -> str:
-    ticker = json.loads((GRAFANA / "dashboards" / "ticker.json").read_text())
-    (panel,) = [p for p in ticker["panels"] if p["title"] == title]
+def panel_sql(title: str, dashboard: str = "ticker.json") -> str:
+    panels = json.loads((GRAFANA / "dashboards" / dashboard).read_text())["panels"]
+    (panel,) = [p for p in panels if p["title"] == title]
     return render(panel["targets"][0]["rawSql"], {"ticker": "ACME"})
 
 
@@ -150,4 +150,52 @@ def test_the_ticker_panels_show_a_row_per_document_and_alert_with_the_counted_sc
     assert {r.member_votes for r in evidence} == {"finlex: negative, minilm: negative"}
     assert [(r.label, float(r.score), r.member_votes) for r in documents] == [
         ("negative", -0.7, "finlex: negative, minilm: negative")
+    ]
+
+
+def test_member_agreement_compares_each_vote_with_the_live_score_of_its_own_ensemble(
+    postgres_url: str,
+) -> None:
+    """A document scored twice in the live run by two ensembles that disagree: each member's vote
+    is compared with the fused label of the ensemble it voted in, once; votes cast only for a replay
+    run are not live model health; a score whose version the registry does not know is compared with
+    every vote of its document, as before the registry."""
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    doc, unregistered = make_document(), make_document()
+    first = (
+        Vote(member="finlex", model_version="finlex-1", label="negative",
+             probabilities=(0.6, 0.3, 0.1)),
+        Vote(member="minilm", model_version="ft-2", label="positive",
+             probabilities=(0.1, 0.2, 0.7)),
+    )  # fmt: skip
+    later = (
+        Vote(member="m1", model_version="m1-1", label="positive", probabilities=(0.1, 0.2, 0.7)),
+    )
+    replayed = (
+        Vote(member="m1", model_version="m1-9", label="neutral", probabilities=(0.2, 0.6, 0.2)),
+    )
+    other = (
+        Vote(member="finlex", model_version="finlex-0", label="negative",
+             probabilities=(0.6, 0.3, 0.1)),
+    )  # fmt: skip
+    with session_factory(engine).begin() as session:
+        repository.upsert_documents(session, [doc, unregistered])
+        repository.upsert_scores(session, [
+            make_score(doc.id, score=-0.7, model_version="test-1", votes=first),
+            make_score(doc.id, score=0.6, model_version="test-2", votes=later),
+            make_score(doc.id, score=0.0, model_version="replay-9", votes=replayed,
+                       run_id="replay-1"),
+            make_score(unregistered.id, score=-0.5, model_version="old-0", votes=other),
+        ])  # fmt: skip
+        repository.register_model_versions(session, TWO_VERSIONS, T0)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(panel_sql("Member agreement with the fused label", "model-health.json"))
+        ).all()
+    engine.dispose()
+    assert [(r.member, float(r.agreement), r.votes) for r in rows] == [
+        ("finlex", 1.0, 2),  # test-1's negative, and old-0's (unregistered) negative
+        ("m1", 1.0, 1),  # test-2's positive; the replay's neutral vote is not counted
+        ("minilm", 0.0, 1),  # voted positive in test-1, which fused negative
     ]
