@@ -268,6 +268,15 @@ def models_train(
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     learning_rate: Annotated[float, typer.Option()] = 5e-5,
     seed: Annotated[int, typer.Option()] = 0,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fine-tuning arithmetic: auto (bf16 autocast on a CPU that has it), fp32 or bf16"
+        ),
+    ] = "auto",
+    group_by_length: Annotated[
+        bool, typer.Option(help="fine-tune on batches of similar length (less padding)")
+    ] = True,
     folds: Annotated[
         int | None,
         typer.Option(min=2, help="also train a copy per fold; write out-of-fold answers to --oof"),
@@ -301,7 +310,8 @@ def models_train(
     console.print(f"{len(train):,} training rows, {len(val):,} validation rows")
     config = FinetuneConfig(
         epochs=epochs, max_minutes=max_minutes, max_length=max_length, batch_size=batch_size,
-        learning_rate=learning_rate, seed=seed,
+        learning_rate=learning_rate, seed=seed, precision=precision,
+        group_by_length=group_by_length,
     )  # fmt: skip
     encoder = (
         SentenceEncoder(base or settings.encoder_path, settings.model_device)

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from models.exceptions import ModelError
-from models.finetune import FinetuneConfig, finetune
+from models.finetune import (
+    GROUP_BATCHES,
+    FinetuneConfig,
+    batches,
+    finetune,
+    training_precision,
+)
 from models.hf import HFClassifierMember
 from models.training import LabelledSet
 
@@ -66,3 +72,53 @@ def test_empty_data_and_missing_bases_are_clear_errors(tmp_path: Path, data: Lab
         finetune("unused", empty, data, tmp_path / "x")
     with pytest.raises(ModelError, match="cannot load base model"):
         finetune(str(tmp_path / "nowhere"), data, data, tmp_path / "x")
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_an_epoch_holds_every_row_once_in_batches_drawn_from_the_seed(group: bool) -> None:
+    lengths = np.random.default_rng(1).integers(3, 97, size=1000)
+    epoch = batches(lengths, 32, np.random.default_rng(5), group)
+    rows = np.concatenate(epoch)
+    assert sorted(rows.tolist()) == list(range(1000))
+    assert len(epoch) == -(-1000 // 32) and sum(len(b) < 32 for b in epoch) == 1
+    again = batches(lengths, 32, np.random.default_rng(5), group)
+    assert all(np.array_equal(a, b) for a, b in zip(epoch, again, strict=True))
+    other = batches(lengths, 32, np.random.default_rng(6), group)
+    assert not all(np.array_equal(a, b) for a, b in zip(epoch, other, strict=True))
+
+
+def test_grouped_batches_pad_less_and_are_not_in_length_order() -> None:
+    lengths = np.random.default_rng(2).integers(3, 97, size=32 * GROUP_BATCHES * 3)
+    grouped = batches(lengths, 32, np.random.default_rng(0), group=True)
+    plain = batches(lengths, 32, np.random.default_rng(0), group=False)
+
+    def padded(epoch: list[np.ndarray]) -> int:
+        return sum(int(lengths[b].max()) * len(b) for b in epoch)
+
+    assert padded(grouped) < 0.6 * padded(plain)
+    # each batch holds rows of one stretch of a sorted chunk: its spread is small
+    assert max(int(np.ptp(lengths[b])) for b in grouped) <= 20
+    # and the batches themselves are shuffled, not served shortest first
+    longest = [int(lengths[b].max()) for b in grouped]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+
+
+def test_training_precision_is_fp32_or_bf16() -> None:
+    assert training_precision("fp32") == "fp32" and training_precision("bf16") == "bf16"
+    assert training_precision("auto") in ("fp32", "bf16")
+    with pytest.raises(ModelError, match="training precision 'int8'"):
+        training_precision("int8")
+
+
+def test_bf16_fine_tuning_is_deterministic_and_says_its_arithmetic(
+    tmp_path: Path, tiny_encoder_dir: Path, data: LabelledSet
+) -> None:
+    config = FinetuneConfig(epochs=1, batch_size=8, max_length=32, learning_rate=1e-3,
+                            precision="bf16", patience=10)  # fmt: skip
+    a = finetune(str(tiny_encoder_dir), data, data, tmp_path / "a", config)
+    b = finetune(str(tiny_encoder_dir), data, data, tmp_path / "b", config)
+    wa, wb = weights(a.path), weights(b.path)
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert all(w.dtype == np.float32 for w in wa.values())  # autocast: weights stay fp32
+    meta = json.loads((a.path / "riskwire.json").read_text())
+    assert meta["config"]["precision"] == "bf16" and meta["config"]["group_by_length"] is True
