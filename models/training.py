@@ -184,6 +184,40 @@ def evaluate(member_proba: np.ndarray, labels: Sequence[int] | np.ndarray) -> di
     }
 
 
+def macro_f1_difference(
+    labels: Sequence[int] | np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """Macro-F1 of ``first`` minus ``second`` (probabilities or class indices for the same rows), with
+    a paired bootstrap's percentile interval: each resample draws rows with replacement and scores
+    both on the same draw, so what the two share (the hard rows) cancels out."""
+    y = np.asarray(labels)
+    predicted = [
+        p if p.ndim == 1 else np.argmax(p, axis=1) for p in map(np.asarray, (first, second))
+    ]
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=resamples).astype(float)
+    ones = np.ones((1, len(y)))
+
+    def macro(pred: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        f1s = []
+        for c in range(3):
+            tp = weights @ ((pred == c) & (y == c))
+            wrong = weights @ (((pred == c) & (y != c)) | ((pred != c) & (y == c)))
+            f1s.append(np.divide(2 * tp, 2 * tp + wrong, out=np.zeros_like(tp), where=tp > 0))
+        return np.mean(f1s, axis=0)
+
+    difference = macro(predicted[0], draws) - macro(predicted[1], draws)
+    whole = macro(predicted[0], ones) - macro(predicted[1], ones)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(difference, [tail, 100 - tail])
+    return {"difference": float(whole[0]), "low": float(low), "high": float(high)}
+
+
 def reliability(
     probs: np.ndarray, labels: np.ndarray, bins: int = 10
 ) -> list[tuple[float, float, int]]:

@@ -23,7 +23,7 @@ from rich.table import Table
 from models.base import Member
 from models.ensemble import Ensemble
 from models.routing import Router
-from models.training import LabelledSet, confusion, evaluate, reliability
+from models.training import LabelledSet, confusion, evaluate, macro_f1_difference, reliability
 from riskwire.records import LABELS
 
 METRICS = ("accuracy", "macro_f1", "weighted_f1", "ece", "docs_per_s")
@@ -38,6 +38,8 @@ class Evaluation:
     fused: dict[str, float]
     probs: dict[str, np.ndarray]
     labels: np.ndarray
+    # per member: fused macro-F1 minus the member's, with a paired bootstrap's 95% interval
+    versus: dict[str, dict[str, float]]
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -46,7 +48,21 @@ class Evaluation:
             "n": self.n,
             "ensemble": self.ensemble,
             "data": self.data,
+            "fused_minus_members": self.versus,
         }
+
+
+def _versus(
+    probs: dict[str, np.ndarray], fused: np.ndarray, labels: np.ndarray
+) -> dict[str, dict[str, float]]:
+    return {
+        name: {k: round(v, 4) for k, v in macro_f1_difference(labels, fused, member).items()}
+        for name, member in probs.items()
+    }
+
+
+def _interval(figures: dict[str, float]) -> str:
+    return f"{figures['difference']:+.3f} ({figures['low']:+.3f} to {figures['high']:+.3f})"
 
 
 def _figures(probs: np.ndarray, labels: np.ndarray, seconds: float) -> dict[str, float]:
@@ -69,6 +85,7 @@ def evaluate_ensemble(
         data=name, n=len(texts), ensemble=ensemble.version, members=figures,
         fused=_figures(fused, labels, time.perf_counter() - started),
         probs={**probs, f"fused ({ensemble.fusion_name})": fused}, labels=labels,
+        versus=_versus(probs, fused, labels),
     )  # fmt: skip
 
 
@@ -91,6 +108,7 @@ def evaluate_router(
         data=name, n=len(texts), ensemble=router.version, members=figures,
         fused=_figures(fused, labels, time.perf_counter() - started),
         probs={**probs, "fused (routed)": fused}, labels=labels,
+        versus=_versus(probs, fused, labels),
     )  # fmt: skip
 
 
@@ -124,10 +142,12 @@ def table(evaluation: Evaluation) -> Table:
     out.add_column("model")
     for metric in METRICS:
         out.add_column(metric.replace("_", " "), justify="right")
+    out.add_column("fused macro f1 minus this (95%)", justify="right")
     rows = [*evaluation.members.items(), ("fused", evaluation.fused)]
     for name, figures in rows:
+        versus = evaluation.versus.get(name)
         out.add_row(name, *(f"{figures[m]:.3f}" if m != "docs_per_s" else f"{figures[m]:,.0f}"
-                           for m in METRICS))  # fmt: skip
+                           for m in METRICS), _interval(versus) if versus else "")  # fmt: skip
     return out
 
 
@@ -135,11 +155,15 @@ def markdown(evaluation: Evaluation) -> str:
     lines = [
         f"# Evaluation: {evaluation.data} ({evaluation.n:,} texts), ensemble {evaluation.ensemble}",
         "",
-        "| model | " + " | ".join(METRICS) + " |",
-        "|---|" + "---:|" * len(METRICS),
+        "| model | " + " | ".join(METRICS) + " | fused macro_f1 minus this (95% interval) |",
+        "|---|" + "---:|" * (len(METRICS) + 1),
     ]
     for name, figures in [*evaluation.members.items(), ("**fused**", evaluation.fused)]:
-        lines.append(f"| {name} | " + " | ".join(f"{figures[m]:g}" for m in METRICS) + " |")
+        versus = evaluation.versus.get(name)
+        cells = [f"{figures[m]:g}" for m in METRICS] + [_interval(versus) if versus else ""]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Intervals: a paired bootstrap of the rows (2,000 resamples); an interval that "
+              "holds 0 is a difference within the noise of this many rows."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

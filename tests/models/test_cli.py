@@ -64,8 +64,16 @@ def test_train_fuse_and_evaluate_through_the_cli(
     assert all(set(m) == keys for m in [*body["members"].values(), body["fused"]])
     # the stacker was fitted on these very rows: it must at least match its best member here
     assert body["fused"]["macro_f1"] >= max(m["macro_f1"] for m in body["members"].values())
+    versus = body["fused_minus_members"]  # with a paired bootstrap's interval per member
+    assert set(versus) == set(body["members"])
+    for name, figures in versus.items():
+        assert figures["difference"] == pytest.approx(
+            body["fused"]["macro_f1"] - body["members"][name]["macro_f1"], abs=2e-4
+        )
+        assert figures["low"] <= figures["difference"] <= figures["high"]
     assert (report / "report.png").stat().st_size > 10_000
     assert "| **fused** |" in (report / "report.md").read_text()
+    assert "paired bootstrap" in (report / "report.md").read_text()
 
     result = riskwire("models", "list", "--json", env=env)
     assert result.returncode == 0, result.stderr

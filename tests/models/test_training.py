@@ -8,7 +8,14 @@ import pytest
 
 from models.embedding import DEFAULT_HEAD, EmbeddingHeadMember, Head, SentenceEncoder
 from models.exceptions import ModelError
-from models.training import DEFAULT_TRAIN_SET, LabelledSet, evaluate, fit_softmax, train_head
+from models.training import (
+    DEFAULT_TRAIN_SET,
+    LabelledSet,
+    evaluate,
+    fit_softmax,
+    macro_f1_difference,
+    train_head,
+)
 
 
 def separable(n: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -116,3 +123,28 @@ def test_shipped_head_matches_its_training_set_and_scores_held_out_text(fixtures
     member = EmbeddingHeadMember(encoder, head)
     scores = evaluate(member.predict_proba(held_out.texts), held_out.labels)
     assert scores["accuracy"] >= 0.75, scores
+
+
+def one_hot(classes: np.ndarray) -> np.ndarray:
+    return np.eye(3)[classes]
+
+
+def test_the_paired_bootstrap_of_a_macro_f1_difference() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, size=600)
+    noisy = np.where(rng.random(600) < 0.3, (labels + 1) % 3, labels)  # wrong on about 30%
+    same = macro_f1_difference(labels, noisy, one_hot(noisy))  # classes or probabilities alike
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0}
+
+    better = macro_f1_difference(labels, labels, noisy)
+    whole = (
+        evaluate(one_hot(labels), labels)["macro_f1"] - evaluate(one_hot(noisy), labels)["macro_f1"]
+    )
+    assert better["difference"] == pytest.approx(whole)
+    assert 0.0 < better["low"] < better["difference"] < better["high"]  # clearly better
+    assert better == macro_f1_difference(labels, labels, noisy)  # the same draws for a seed
+
+    # two predictors as good as each other, wrong on different rows: the interval holds 0
+    other = np.where(rng.random(600) < 0.3, (labels + 2) % 3, labels)
+    tie = macro_f1_difference(labels, noisy, other)
+    assert tie["low"] < 0.0 < tie["high"] and tie["high"] - tie["low"] < 0.15
