@@ -20,6 +20,18 @@ TWO_VERSIONS = [
 ]
 
 
+# a member's vote whose probabilities lean to its label
+LEANING: dict[str, tuple[float, float, float]] = {
+    "negative": (0.7, 0.2, 0.1), "neutral": (0.2, 0.6, 0.2), "positive": (0.1, 0.2, 0.7),
+}  # fmt: skip
+
+
+def make_vote(member: str, model_version: str, label: Label) -> Vote:
+    return Vote(
+        member=member, model_version=model_version, label=label, probabilities=LEANING[label]
+    )
+
+
 def make_document(**overrides: Any) -> Document:
     n = next(_ids)
     fields: dict[str, Any] = {

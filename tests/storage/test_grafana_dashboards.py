@@ -13,12 +13,19 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from ingest.feeds import Health, store_health
-from riskwire.records import DeadLetter, Vote
+from riskwire.records import DeadLetter
 from riskwire.replay import ReplayRunner, ReplaySpec, create_job
 from riskwire.settings import load_settings
 from storage import make_engine, repository, session_factory, upgrade
 from storage.delivery import Targets
-from tests.factories import T0, TWO_VERSIONS, make_alert, make_document, make_score
+from tests.factories import (
+    T0,
+    TWO_VERSIONS,
+    make_alert,
+    make_document,
+    make_score,
+    make_vote,
+)
 from tests.replay_helpers import DAY0, lexicon_ensemble, run_live, world
 
 GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
@@ -114,15 +121,8 @@ def test_the_ticker_panels_show_a_row_per_document_and_alert_with_the_counted_sc
     upgrade(postgres_url)
     engine = make_engine(postgres_url)
     doc = make_document(title="Recall widens")
-    counted = (
-        Vote(member="finlex", model_version="finlex-1", label="negative",
-             probabilities=(0.6, 0.3, 0.1)),
-        Vote(member="minilm", model_version="ft-2", label="negative",
-             probabilities=(0.9, 0.08, 0.02)),
-    )  # fmt: skip
-    later = (
-        Vote(member="m1", model_version="m1-1", label="positive", probabilities=(0.1, 0.2, 0.7)),
-    )
+    counted = (make_vote("finlex", "finlex-1", "negative"), make_vote("minilm", "ft-2", "negative"))
+    later = (make_vote("m1", "m1-1", "positive"),)
     with session_factory(engine).begin() as session:
         repository.upsert_documents(session, [doc])
         repository.upsert_scores(session, [
@@ -163,22 +163,10 @@ def test_member_agreement_compares_each_vote_with_the_live_score_of_its_own_ense
     upgrade(postgres_url)
     engine = make_engine(postgres_url)
     doc, unregistered = make_document(), make_document()
-    first = (
-        Vote(member="finlex", model_version="finlex-1", label="negative",
-             probabilities=(0.6, 0.3, 0.1)),
-        Vote(member="minilm", model_version="ft-2", label="positive",
-             probabilities=(0.1, 0.2, 0.7)),
-    )  # fmt: skip
-    later = (
-        Vote(member="m1", model_version="m1-1", label="positive", probabilities=(0.1, 0.2, 0.7)),
-    )
-    replayed = (
-        Vote(member="m1", model_version="m1-9", label="neutral", probabilities=(0.2, 0.6, 0.2)),
-    )
-    other = (
-        Vote(member="finlex", model_version="finlex-0", label="negative",
-             probabilities=(0.6, 0.3, 0.1)),
-    )  # fmt: skip
+    first = (make_vote("finlex", "finlex-1", "negative"), make_vote("minilm", "ft-2", "positive"))
+    later = (make_vote("m1", "m1-1", "positive"),)
+    replayed = (make_vote("m1", "m1-9", "neutral"),)
+    other = (make_vote("finlex", "finlex-0", "negative"),)
     with session_factory(engine).begin() as session:
         repository.upsert_documents(session, [doc, unregistered])
         repository.upsert_scores(session, [
