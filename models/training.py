@@ -200,8 +200,10 @@ def macro_f1_difference(
         p if p.ndim == 1 else np.argmax(p, axis=1) for p in map(np.asarray, (first, second))
     ]
     rng = np.random.default_rng(seed)
-    draws = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=resamples).astype(float)
-    ones = np.ones((1, len(y)))
+    uniform = np.full(len(y), 1.0 / len(y))
+    # each resample as how often it draws each row, a block of resamples at a time (about 4 M
+    # counts), so a large set does not hold resamples x rows at once
+    block = max(1, min(resamples, 4_000_000 // max(len(y), 1)))
 
     def macro(pred: np.ndarray, weights: np.ndarray) -> np.ndarray:
         f1s = []
@@ -211,7 +213,12 @@ def macro_f1_difference(
             f1s.append(np.divide(2 * tp, 2 * tp + wrong, out=np.zeros_like(tp), where=tp > 0))
         return np.mean(f1s, axis=0)
 
-    difference = macro(predicted[0], draws) - macro(predicted[1], draws)
+    parts = []
+    for done in range(0, resamples, block):
+        draws = rng.multinomial(len(y), uniform, size=min(block, resamples - done)).astype(float)
+        parts.append(macro(predicted[0], draws) - macro(predicted[1], draws))
+    difference = np.concatenate(parts)
+    ones = np.ones((1, len(y)))
     whole = macro(predicted[0], ones) - macro(predicted[1], ones)
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(difference, [tail, 100 - tail])

@@ -148,3 +148,15 @@ def test_the_paired_bootstrap_of_a_macro_f1_difference() -> None:
     other = np.where(rng.random(600) < 0.3, (labels + 2) % 3, labels)
     tie = macro_f1_difference(labels, noisy, other)
     assert tie["low"] < 0.0 < tie["high"] and tie["high"] - tie["low"] < 0.15
+
+
+def test_the_bootstrap_of_a_large_set_draws_its_resamples_in_blocks() -> None:
+    """5,000 rows: 800 resamples a block, 1,000 in all; still one interval, the same each time."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, size=5000)
+    a = np.where(rng.random(5000) < 0.2, (labels + 1) % 3, labels)
+    b = np.where(rng.random(5000) < 0.25, (labels + 2) % 3, labels)
+    figures = macro_f1_difference(labels, a, b, resamples=1000)
+    assert figures["low"] < figures["difference"] < figures["high"]
+    assert figures["high"] - figures["low"] < 0.05
+    assert figures == macro_f1_difference(labels, a, b, resamples=1000)
