@@ -30,6 +30,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any, NamedTuple, Protocol
 
 from riskwire.records import (
@@ -135,6 +136,47 @@ def z_scores(cell: Sequence[float], base: Baseline | None) -> tuple[float | None
     sentiment = (mean - base.sentiment_mean) / max(base.sentiment_std, SENTIMENT_STD_FLOOR)
     volume = (cell[0] - base.volume_mean) / max(base.volume_std, VOLUME_STD_FLOOR)
     return round(sentiment, 6), round(volume, 6)
+
+
+SENTIMENT_SCALE = 1 << 40  # a window's mean score in a baseline, as an integer of this many parts
+
+
+class _BaselineSums:
+    """Running sums over a baseline's windows, all integers, so adding and removing windows in
+    any order gives exactly what summing them afresh gives: a baseline is the same however the
+    windows that ask for it are batched (live, after a restart, or in a replay)."""
+
+    __slots__ = ("active", "documents", "mean_squares", "means", "squares")
+
+    def __init__(self) -> None:
+        self.documents = self.squares = self.active = self.means = self.mean_squares = 0
+
+    def add(self, cell: Sequence[float], sign: int = 1) -> None:
+        n = int(cell[0])
+        if not n:
+            return
+        mean = round(cell[1] / n * SENTIMENT_SCALE)
+        self.documents += sign * n
+        self.squares += sign * n * n
+        self.active += sign
+        self.means += sign * mean
+        self.mean_squares += sign * mean * mean
+
+    def remove(self, cell: Sequence[float]) -> None:
+        self.add(cell, -1)
+
+    def baseline(self, span: int) -> Baseline:
+        volume_mean = self.documents / span
+        volume_std = math.sqrt(max(self.squares / span - volume_mean * volume_mean, 0.0))
+        a = self.active
+        if not a:
+            return Baseline(span, 0, volume_mean, volume_std, 0.0, 0.0)
+        # exact to the last step: a * mean_squares >= means ** 2, so the variance is never negative
+        variance = (a * self.mean_squares - self.means * self.means) / (a * a * SENTIMENT_SCALE**2)
+        return Baseline(
+            span, a, volume_mean, volume_std, self.means / (a * SENTIMENT_SCALE),
+            math.sqrt(variance),
+        )  # fmt: skip
 
 
 class TickerWindow:
@@ -325,19 +367,33 @@ class TickerWindow:
         else:
             get = buckets.get
             cells = [c for c in (get(k) for k in range(lo, hi)) if c is not None]
-        counts = sum(c[0] for c in cells)
-        squares = sum(c[0] * c[0] for c in cells)
-        volume_mean = counts / span
-        volume_std = math.sqrt(max(squares / span - volume_mean * volume_mean, 0.0))
-        means = [c[1] / c[0] for c in cells if c[0]]
-        if means:
-            m = sum(means) / len(means)
-            s = math.sqrt(max(sum(x * x for x in means) / len(means) - m * m, 0.0))
-        else:
-            m = s = 0.0
-        base = Baseline(span, len(means), volume_mean, volume_std, m, s)
-        self.baselines[(length, index)] = base
+        sums = _BaselineSums()
+        for cell in cells:
+            sums.add(cell)
+        base = self.baselines[(length, index)] = sums.baseline(span)
         return base
+
+    def prepare_baselines(self, length: timedelta, indices: Sequence[int]) -> None:
+        """Cache the baselines of many windows of ``length`` in one sweep over the buckets: each
+        window's history is the last one's plus the buckets that entered it, less those that left
+        (exact integer sums, so the same as ``baseline`` one window at a time)."""
+        span = (self.keep - self.horizon) // length
+        todo = sorted({i for i in indices if (length, i) not in self.baselines})
+        if span < 1 or len(todo) < 2:
+            return
+        buckets = self.buckets[length]
+        first, last = todo[0] - span, todo[-1]
+        keys = sorted(k for k in buckets if first <= k < last)
+        sums = _BaselineSums()
+        lo = hi = 0
+        for index in todo:
+            while hi < len(keys) and keys[hi] < index:
+                sums.add(buckets[keys[hi]])
+                hi += 1
+            while lo < hi and keys[lo] < index - span:
+                sums.remove(buckets[keys[lo]])
+                lo += 1
+            self.baselines[(length, index)] = sums.baseline(span)
 
     def evidence(self, start: datetime, end: datetime, limit: int = 5) -> tuple[str, ...]:
         """The documents that weigh most in ``[start, end)``: the most negative first, then (for
@@ -367,7 +423,9 @@ class TickerWindow:
         n = hi - lo
         if not n:
             return WindowStats(self.ticker, start, end, 0, 0.0, 0.0)
-        total, negatives, squares, disputed = (p[hi] - p[lo] for p in self._prefix)
+        scores, negs, sqs, dis = self._prefix
+        total, negatives = scores[hi] - scores[lo], negs[hi] - negs[lo]
+        squares, disputed = sqs[hi] - sqs[lo], dis[hi] - dis[lo]
         # exact integers to the last step: n * squares >= total ** 2, so the variance is never
         # negative, and it is exactly 0 when every score is the same
         variance = (n * squares - total * total) / (n * n * FIXED * FIXED)
@@ -514,7 +572,7 @@ class Rule:
         if self.cooldown is not None and self.cooldown < timedelta(0):
             raise ValueError(f"{at}: cooldown must not be negative")
 
-    @property
+    @cached_property
     def strict(self) -> tuple[tuple[str, float], ...]:
         return self.critical or ()
 
@@ -523,36 +581,36 @@ class Rule:
         assert self.hop is not None
         return self.hop
 
-    @property
+    @cached_property
     def min_documents(self) -> int:
         return int(dict(self.conditions)["documents"])
 
-    @property
+    @cached_property
     def negative_share(self) -> float | None:
         return dict(self.conditions).get("negative_share")
 
-    @property
+    @cached_property
     def mean_score(self) -> float | None:
         return dict(self.conditions).get("mean_score")
 
-    @property
+    @cached_property
     def tumbling(self) -> bool:
         return self.step == self.window
 
-    @property
+    @cached_property
     def needs_z(self) -> bool:
         return any(n in Z_METRICS for n, _ in (*self.conditions, *self.strict))
 
-    @property
+    @cached_property
     def span(self) -> timedelta:
         """How far back the rule looks."""
         return self.window * self.consecutive
 
-    @property
+    @cached_property
     def family_name(self) -> str:
         return self.family or self.type
 
-    @property
+    @cached_property
     def quiet_period(self) -> timedelta:
         return self.cooldown if self.cooldown is not None else self.window
 
@@ -694,8 +752,8 @@ class RiskEngine:
         if late:
             self.late += 1
         else:
-            for length in self.aggregates:
-                self.touched.add((key, length, (t - EPOCH) // length))
+            since = t - EPOCH
+            self.touched.update([(key, length, since // length) for length in self.aggregates])
         trailing = window.stats_at(t, self.trailing)
         row = {
             "run_id": self.run_id, "ticker": key, "document_id": score.document_id,
@@ -708,25 +766,33 @@ class RiskEngine:
             return RiskUpdate(row=row, late=True)
         alerts: list[Alert] = []
         for rule in self.by_kind[group_kind(key)]:
-            alerts.extend(self._evaluate(rule, window, t))
+            fired = self._evaluate(rule, window, t)
+            if fired:
+                alerts += fired
         return RiskUpdate(row=row, alerts=alerts)
 
     def drain_aggregates(self) -> list[dict[str, Any]]:
         """Rows of every aggregate window changed since the last call (latest values)."""
         rows = []
-        for key, length, index in sorted(self.touched, key=lambda k: (k[0], k[1], k[2])):
+        touched: dict[tuple[str, timedelta], list[int]] = {}
+        for key, length, index in self.touched:
+            touched.setdefault((key, length), []).append(index)
+        for key, length in sorted(touched):
             window = self.windows.get(key)
             if window is None:
                 continue
-            s = window.tumbling(length, index)
-            rows.append({
-                "run_id": self.run_id, "ticker": key, "group_kind": group_kind(key),
-                "window_minutes": int(length.total_seconds() // 60), "window_start": s.start,
-                "window_end": s.end, "documents": s.documents, "mean_score": s.mean_score,
-                "negative_share": s.negative_share, "dispersion": s.dispersion,
-                "disagreement": s.disagreement, "sentiment_z": s.sentiment_z,
-                "volume_z": s.volume_z,
-            })  # fmt: skip
+            indices = sorted(touched[(key, length)])
+            window.prepare_baselines(length, indices)
+            for index in indices:
+                s = window.tumbling(length, index)
+                rows.append({
+                    "run_id": self.run_id, "ticker": key, "group_kind": group_kind(key),
+                    "window_minutes": int(length.total_seconds() // 60),
+                    "window_start": s.start, "window_end": s.end, "documents": s.documents,
+                    "mean_score": s.mean_score, "negative_share": s.negative_share,
+                    "dispersion": s.dispersion, "disagreement": s.disagreement,
+                    "sentiment_z": s.sentiment_z, "volume_z": s.volume_z,
+                })  # fmt: skip
         self.touched.clear()
         return rows
 

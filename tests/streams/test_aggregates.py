@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -250,3 +251,60 @@ def test_new_rule_types_parse_and_round_trip() -> None:
 def test_bad_rules_of_the_new_types_are_refused(entry: dict, reason: str) -> None:
     with pytest.raises(RulesError, match=reason):
         parse_rules({"rules": [{"name": "x", **entry}]}, "r.yaml")
+
+
+def test_baselines_swept_for_many_windows_equal_each_window_on_its_own() -> None:
+    """``drain_aggregates`` sweeps the baselines of all the windows it rewrites; each must be what
+    a window computed alone gets, and what the plain definition gives (the mean and spread of the
+    per-window means, the mean and spread of the counts, over the baseline period)."""
+    rng = random.Random(7)
+    engine = engine_with(Rule("s", "sentiment_z", window=HOUR))
+    window = engine.window_of("ACME")
+    events = [
+        Event(DAY0 + timedelta(minutes=rng.randrange(8 * 24 * 60)), f"d{i}",
+              round(rng.uniform(-1, 1), 3), rng.random() < 0.3)
+        for i in range(600)
+    ]  # fmt: skip
+    for event in events:  # out of order: the cache is dropped on every late event
+        window.add(event)
+    indices = sorted({(e.published_at - datetime(1970, 1, 1, tzinfo=UTC)) // HOUR for e in events})
+    window.baselines.clear()
+    window.prepare_baselines(HOUR, indices)
+    swept = {i: window.baselines[(HOUR, i)] for i in indices}
+    window.baselines.clear()
+    span = (window.keep - window.horizon) // HOUR
+    cells = window.buckets[HOUR]
+    for i in indices:
+        alone = window.baseline(HOUR, i)
+        window.baselines.clear()
+        assert swept[i] == alone
+        past = [cells[k] for k in range(i - span, i) if k in cells]
+        counts = [c[0] for c in past] + [0] * (span - len(past))
+        means = [c[1] / c[0] for c in past]
+        assert alone is not None and alone.active == len(means)
+        assert alone.volume_mean == pytest.approx(sum(counts) / span)
+        assert alone.volume_std == pytest.approx(statistics.pstdev(counts))
+        if means:
+            assert alone.sentiment_mean == pytest.approx(statistics.fmean(means), abs=1e-9)
+            assert alone.sentiment_std == pytest.approx(statistics.pstdev(means), abs=1e-9)
+
+
+def test_aggregates_do_not_depend_on_how_documents_are_batched_between_drains() -> None:
+    scores = history(days=8, per_hour=2)
+    rng = random.Random(3)
+    rng.shuffle(scores[-100:])  # some out of order too
+
+    def rows(drain_every: int) -> dict:
+        engine = engine_with(Rule("s", "sentiment_z", window=HOUR))
+        out = {}
+        for i, s in enumerate(scores):
+            engine.process(s)
+            if i % drain_every == 0:
+                out.update({(r["window_minutes"], r["window_start"]): r
+                            for r in engine.drain_aggregates()})  # fmt: skip
+        out.update({(r["window_minutes"], r["window_start"]): r for r in engine.drain_aggregates()})
+        return out
+
+    once = rows(len(scores) + 1)
+    assert any(r["sentiment_z"] is not None for r in once.values())
+    assert rows(1) == once and rows(37) == once
