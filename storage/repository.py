@@ -63,6 +63,10 @@ def _insert_ignore(session: Session, table: type[Base], rows: Sequence[dict[str,
     if _copies(connection, rows):
         _copy_in(connection, table, rows, "DO NOTHING")
         return
+    if connection.dialect.name == "sqlite" and _sqlite_insert(
+        connection, table, rows, "DO NOTHING"
+    ):
+        return
     stmt = _insert(session, table).on_conflict_do_nothing()  # type: ignore[attr-defined]
     for start in range(0, len(rows), CHUNK):
         connection.execute(stmt, list(rows[start : start + CHUNK]))
@@ -113,6 +117,73 @@ def _copy_in(
         if conflict != "DO NOTHING":  # staged again in this transaction, a row would update twice
             cursor.execute(f'DELETE FROM "{stage}"')
         # (DO NOTHING: rows staged again in this transaction are offered again; nothing happens)
+
+
+def _sqlite_insert(
+    connection: Connection, table: type[Base], rows: Sequence[dict[str, Any]], conflict: str
+) -> bool:
+    """SQLite: one INSERT … ON CONFLICT ``conflict`` run as the driver's executemany over tuples,
+    each value bound as SQLAlchemy would bind it (its own processors; UTC datetimes in its storage
+    format, by ``_sqlite_utc``), missing columns given their scalar defaults. Through Core, building
+    each row's parameters cost more than SQLite spent storing it (a replay stores four rows a
+    document). Runs in the session's transaction, on its connection. False, having done nothing,
+    where a missing column's default is not a constant (Core must compute it)."""
+    target = cast(Table, table.__table__)
+    columns = list(rows[0])
+    dialect = connection.dialect
+    defaults = []
+    for column in target.c:
+        if column.name not in rows[0] and column.default is not None:
+            if not column.default.is_scalar:  # a callable or SQL default: Core computes it
+                return False
+            defaults.append(column)
+    convert = [_sqlite_converter(target.c[name].type, dialect) for name in columns]
+    tail = tuple(_sqlite_bound(d, d.default.arg, dialect) for d in defaults)  # type: ignore[union-attr]
+    names = ", ".join(f'"{name}"' for name in [*columns, *(d.name for d in defaults)])
+    marks = ", ".join("?" * (len(columns) + len(defaults)))
+    processed = [(i, f) for i, f in enumerate(convert) if f is not None]
+    values = []
+    for row in rows:
+        if len(row) != len(columns):
+            raise ValueError(f"{target.name}: rows of one batch must have the same columns")
+        value = [row[name] for name in columns]
+        for i, f in processed:
+            value[i] = f(value[i])
+        values.append((*value, *tail))
+    dbapi = connection.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        cursor.executemany(
+            f'INSERT INTO "{target.name}" ({names}) VALUES ({marks}) ON CONFLICT {conflict}', values
+        )
+    finally:
+        cursor.close()
+    return True
+
+
+def _sqlite_bound(column: Any, value: Any, dialect: Any) -> Any:
+    convert = _sqlite_converter(column.type, dialect)
+    return value if convert is None else convert(value)
+
+
+def _sqlite_converter(kind: Any, dialect: Any) -> Callable[[Any], Any] | None:
+    if isinstance(kind, UtcDateTime):
+        return _sqlite_utc
+    return cast(Callable[[Any], Any] | None, kind._cached_bind_processor(dialect))
+
+
+def _sqlite_utc(value: datetime | None) -> str | None:
+    """``UtcDateTime``'s bind processing then SQLAlchemy's SQLite storage format, at a fraction of
+    the cost: naive datetimes refused, aware ones as UTC, always with six decimals."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r} refused: riskwire stores UTC only")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    text_ = value.replace(tzinfo=None).isoformat(" ")
+    return text_ if value.microsecond else text_ + ".000000"
 
 
 def _copy_converter(kind: Any) -> Callable[[Any], Any]:
@@ -440,10 +511,15 @@ def upsert_aggregates(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     connection = session.connection()
+    keys = '"run_id", "ticker", "window_minutes", "window_start"'
+    values = ", ".join(f'"{name}" = excluded."{name}"' for name in AGGREGATE_VALUES)
+    conflict = f"({keys}) DO UPDATE SET {values}"
     if _copies(connection, rows):
-        keys = '"run_id", "ticker", "window_minutes", "window_start"'
-        values = ", ".join(f'"{name}" = EXCLUDED."{name}"' for name in AGGREGATE_VALUES)
-        _copy_in(connection, RiskAggregateRow, rows, f"({keys}) DO UPDATE SET {values}")
+        _copy_in(connection, RiskAggregateRow, rows, conflict)
+        return
+    if connection.dialect.name == "sqlite" and _sqlite_insert(
+        connection, RiskAggregateRow, rows, conflict
+    ):
         return
     stmt = _insert(session, RiskAggregateRow)
     excluded = stmt.excluded  # type: ignore[attr-defined]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import inspect, select
@@ -294,6 +294,50 @@ def test_aggregates_are_rewritten_with_their_latest_values(
         last = session.get(RiskAggregateRow, ("live", f"T{n - 1}", 15, T0))
         assert last is not None and last.volume_z == n - 1 and last.sentiment_z is None
         assert last.window_end == T0 + timedelta(minutes=15)
+
+
+def test_sqlite_binds_datetimes_as_sqlalchemy_does() -> None:
+    """The SQLite bulk path formats datetimes itself; SQLite compares them as text, so they must be
+    exactly what SQLAlchemy's binding writes (a row written either way sorts among the others)."""
+    from sqlalchemy.dialects import sqlite
+
+    from storage.base import UtcDateTime
+    from storage.repository import _sqlite_utc
+
+    dialect = sqlite.dialect()
+    core = UtcDateTime()
+    bind = core.impl_instance._cached_bind_processor(dialect)
+    assert bind is not None
+    tokyo = timezone(timedelta(hours=9))
+    for value in (T0, T0 + timedelta(microseconds=7), datetime(2026, 3, 1, 23, 59, 59, 999999,
+                  tzinfo=UTC), datetime(2026, 3, 2, 8, 0, tzinfo=tokyo), None):  # fmt: skip
+        assert _sqlite_utc(value) == bind(core.process_bind_param(value, dialect))
+    with pytest.raises(ValueError, match="naive datetime"):
+        _sqlite_utc(datetime(2026, 1, 1))  # noqa: DTZ001
+
+
+def test_rows_stored_by_the_bulk_path_and_by_core_are_read_alike(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Rows stored in batches of different sizes (on PostgreSQL a large one through COPY, one row
+    through Core; on SQLite both by the driver's executemany) read back alike, the column default
+    filled, and range queries over datetimes see all of them."""
+    rows = _sentiment_rows(40)
+    with sessions.begin() as session:
+        upsert_ticker_sentiment(session, rows[:39])
+        upsert_ticker_sentiment(session, rows[39:])
+        upsert_ticker_sentiment(session, rows)  # again: nothing doubles
+    with sessions() as session:
+        stored = session.scalars(
+            select(TickerSentimentRow).order_by(TickerSentimentRow.published_at)
+        ).all()
+        assert [r.document_id for r in stored] == [r["document_id"] for r in rows]
+        assert all(r.late is False for r in stored)
+        assert stored[39].published_at == T0 + timedelta(seconds=39)
+        later = select(TickerSentimentRow.document_id).where(
+            TickerSentimentRow.published_at >= T0 + timedelta(seconds=30)
+        )
+        assert len(session.scalars(later).all()) == 10
 
 
 def test_large_batches_refuse_naive_datetimes_too(sessions: sessionmaker[Session]) -> None:
