@@ -6,10 +6,13 @@ and a ``RiskEngine`` built by the same factory as the live stream's. A replay wr
 rolling sentiment and alerts under its own run id, so it never touches live rows; a backfill imports
 an archive and writes under ``live``, with the same insert-if-absent writes the stream uses.
 
-Each page of documents is written in one transaction together with the job's checkpoint (a cursor and
-the engine's state), so a job that is interrupted resumes where its last page ended, and writes are
-idempotent if a page is ever repeated. Cancellation is a status in the database, so the CLI and the
-API can cancel each other's jobs.
+Each page of documents is written in one transaction; every ``checkpoint_every`` documents, and with
+the last page, that transaction also moves the job's checkpoint (a cursor, the engine's state and the
+job's counts), so a job that is interrupted resumes where its last checkpoint was, repeating the
+pages after it: writes are idempotent, and the counts are reset to the checkpoint's. (The engine's
+state is most of a page's cost to store: a replay of 200 tickers carries megabytes of baseline
+buckets.) Cancellation is a status in the database, so the CLI and the API can cancel each other's
+jobs; a cancelled job checkpoints the pages it stored.
 """
 
 from __future__ import annotations
@@ -42,7 +45,14 @@ from riskwire.delivery.model import sector_map
 from riskwire.exceptions import InvalidRecord, RiskwireError
 from riskwire.records import DeadLetter, Document, Kind, Score, TickerLink, group_key
 from riskwire.replay_plot import plot_report
-from riskwire.replay_writer import PageWrite, copy_cached, forget_inherited, warm_up, write_page
+from riskwire.replay_writer import (
+    Counts,
+    PageWrite,
+    copy_cached,
+    forget_inherited,
+    warm_up,
+    write_page,
+)
 from riskwire.settings import Settings
 from storage import repository
 from storage.tables import DocumentRow, DocumentTickerRow, ReplayRunRow, ScoreRow
@@ -57,6 +67,7 @@ PENDING, RUNNING, CANCELLING = "pending", "running", "cancelling"
 CANCELLED, DONE, FAILED = "cancelled", "done", "failed"
 ACTIVE = (PENDING, RUNNING, CANCELLING)
 PAGE = 20000
+CHECKPOINT_EVERY = 50_000  # documents between checkpoints (and one with the last page)
 WRITES_IN_FLIGHT = 2
 
 
@@ -222,6 +233,17 @@ def _bulk_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
+def _flag_last(pages: Iterator[list[Item]]) -> Iterator[tuple[list[Item], bool]]:
+    """Each page, and whether it is the last (the next is already read ahead)."""
+    held: list[Item] | None = None
+    for page in pages:
+        if held is not None:
+            yield held, False
+        held = page
+    if held is not None:
+        yield held, True
+
+
 def _prefetch(pages: Iterator[list[Item]], depth: int = 2) -> Iterator[list[Item]]:
     """Iterate ``pages`` in a thread, ``depth`` pages ahead of the consumer."""
     buffer: queue.Queue[Any] = queue.Queue(depth)
@@ -280,6 +302,7 @@ class ReplayRunner:
         page_size: int = PAGE,
         process_writer_from: int = 20_000,
         process_start: str | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -291,6 +314,7 @@ class ReplayRunner:
         # process costs about a second to start, so small jobs write from a thread
         self.process_writer_from = process_writer_from
         self.process_start = process_start  # "fork" or "spawn"; None: fork when that is safe
+        self.checkpoint_every = checkpoint_every
 
     def ensemble(self) -> Scorer:
         if self._ensemble is None:
@@ -339,7 +363,15 @@ class ReplayRunner:
             job.started_at = job.started_at or datetime.now(UTC)
             job.updated_at = datetime.now(UTC)
             spec = _spec_of(job)
-            run_id, checkpoint, processed_before = job.run_id, job.checkpoint, job.processed
+            run_id, checkpoint = job.run_id, job.checkpoint
+            # pages stored after the checkpoint are done again: count from the checkpoint's counts
+            # (a checkpoint without them moved with every page: the job's counts are its own)
+            if not checkpoint or "counts" in checkpoint:
+                counts = Counts(**checkpoint["counts"]) if checkpoint else Counts()
+                job.processed, job.rescored = counts.processed, counts.rescored
+                job.cached, job.alerts = counts.cached, counts.alerts
+            counts = Counts(job.processed, job.rescored, job.cached, job.alerts)
+            processed_before = job.processed
         rules = spec.rules or ()
         engine = build_risk_engine(self.settings, run_id, rules=rules, lateness=timedelta(0))
         after: tuple[datetime, str] | None = None
@@ -390,8 +422,17 @@ class ReplayRunner:
                         if progress is not None:
                             progress(processed, total)
 
-                for page in _prefetch(source.pages(after, self.page_size)):
+                since = 0  # documents since the last checkpoint
+                stored: PageWrite | None = None  # the last page handed to the writer
+                for page, last in _flag_last(_prefetch(source.pages(after, self.page_size))):
                     if self._status(job_id) == CANCELLING:
+                        if stored is not None and stored.engine_state is None:
+                            # the engine is past exactly the pages handed over: checkpoint them
+                            pending.append(writer.submit(write_page, target, PageWrite(
+                                job_id=job_id, run_id=run_id, model_version=version, documents=0,
+                                rescored=0, after=stored.after, engine_state=engine.state(),
+                                counts=counts,
+                            )))  # fmt: skip
                         settle(0)
                         if copying is not None:
                             copying.result()
@@ -399,9 +440,15 @@ class ReplayRunner:
                             job = _job(session, job_id)
                             job.status, job.updated_at = CANCELLED, datetime.now(UTC)
                         return CANCELLED
-                    result = self._compute(job_id, spec, version, engine, page)
+                    since += len(page)
+                    moves = last or since >= self.checkpoint_every  # the checkpoint
+                    result = self._compute(job_id, spec, version, engine, page, moves)
+                    counts = counts.after(result)
+                    if moves:
+                        result.counts, since = counts, 0
                     settle(WRITES_IN_FLIGHT - 1)
                     pending.append(writer.submit(write_page, target, result))
+                    stored = result
                 if copying is not None:
                     copying.result()
                 settle(0)
@@ -428,7 +475,13 @@ class ReplayRunner:
             return _job(session, job_id).status
 
     def _compute(
-        self, job_id: str, spec: ReplaySpec, version: str, engine: RiskEngine, page: list[Item]
+        self,
+        job_id: str,
+        spec: ReplaySpec,
+        version: str,
+        engine: RiskEngine,
+        page: list[Item],
+        checkpoint: bool = True,
     ) -> PageWrite:
         """Scores (cached or fresh) through the engine, in event-time order; nothing is written."""
         run_id = engine.run_id
@@ -454,7 +507,7 @@ class ReplayRunner:
         last = page[-1]
         out = PageWrite(
             job_id=job_id, run_id=run_id, model_version=version, documents=len(page),
-            rescored=len(fresh), after=(last.published_at, last.id), engine_state={},
+            rescored=len(fresh), after=(last.published_at, last.id),
         )  # fmt: skip
         wanted = set(spec.tickers)
         rows, alerts = out.rows, out.alerts
@@ -478,7 +531,7 @@ class ReplayRunner:
         out.new_documents = [i.document for i in page if i.document is not None]
         out.copy_ids = [i.id for i in found if start is None or i.published_at >= start]
         out.copy_from = page[0].published_at
-        out.engine_state = engine.state()
+        out.engine_state = engine.state() if checkpoint else None
         out.aggregates = [
             a for a in engine.drain_aggregates() if start is None or a["window_end"] > start
         ]

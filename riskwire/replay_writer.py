@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,9 +21,25 @@ from storage import make_engine, repository, session_factory
 from storage.tables import ReplayRunRow
 
 
+class Counts(NamedTuple):
+    """A job's counts after a page: documents, those scored again, those cached, alerts fired."""
+
+    processed: int = 0
+    rescored: int = 0
+    cached: int = 0
+    alerts: int = 0
+
+    def after(self, page: PageWrite) -> Counts:
+        return Counts(
+            self.processed + page.documents, self.rescored + page.rescored,
+            self.cached + page.documents - page.rescored, self.alerts + page.fired,
+        )  # fmt: skip
+
+
 @dataclass
 class PageWrite:
-    """Everything one page stores; plain data, so it crosses to a child process by pickling."""
+    """Everything one page stores; plain data, so it crosses to a child process by pickling.
+    ``engine_state`` and ``counts`` are set on the pages that move the checkpoint."""
 
     job_id: str
     run_id: str
@@ -31,7 +47,8 @@ class PageWrite:
     documents: int
     rescored: int
     after: tuple[datetime, str]
-    engine_state: dict[str, Any]
+    engine_state: dict[str, Any] | None = None
+    counts: Counts | None = None
     new_documents: list[Document] = field(default_factory=list)
     copy_ids: list[str] = field(default_factory=list)
     copy_from: datetime | None = None
@@ -39,6 +56,10 @@ class PageWrite:
     rows: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     aggregates: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def fired(self) -> int:
+        return sum(a.state == "firing" for a in self.alerts)
 
 
 _SESSIONS: dict[str, sessionmaker[Session]] = {}
@@ -90,7 +111,8 @@ def copy_cached(
 
 
 def write_page(target: str | sessionmaker[Session], page: PageWrite) -> int:
-    """Store the page and move the checkpoint past it; returns the number of documents."""
+    """Store the page (and move the checkpoint past it, if it carries one); returns the number
+    of documents."""
     sessions = _sessions(target) if isinstance(target, str) else target
     with sessions.begin() as session:
         if page.new_documents:
@@ -104,19 +126,19 @@ def write_page(target: str | sessionmaker[Session], page: PageWrite) -> int:
         repository.upsert_ticker_sentiment(session, page.rows)
         repository.upsert_aggregates(session, page.aggregates)
         repository.upsert_alerts(session, page.alerts)
-        session.execute(
-            update(ReplayRunRow)
-            .where(ReplayRunRow.id == page.job_id)
-            .values(
-                processed=ReplayRunRow.processed + page.documents,
-                rescored=ReplayRunRow.rescored + page.rescored,
-                cached=ReplayRunRow.cached + page.documents - page.rescored,
-                alerts=ReplayRunRow.alerts + sum(a.state == "firing" for a in page.alerts),
-                checkpoint={
-                    "after": [page.after[0].isoformat(), page.after[1]],
-                    "engine": page.engine_state,
-                },
-                updated_at=datetime.now(UTC),
-            )
-        )
+        values: dict[str, Any] = {
+            "processed": ReplayRunRow.processed + page.documents,
+            "rescored": ReplayRunRow.rescored + page.rescored,
+            "cached": ReplayRunRow.cached + page.documents - page.rescored,
+            "alerts": ReplayRunRow.alerts + page.fired,
+            "updated_at": datetime.now(UTC),
+        }
+        if page.engine_state is not None:
+            assert page.counts is not None
+            values["checkpoint"] = {
+                "after": [page.after[0].isoformat(), page.after[1]],
+                "engine": page.engine_state,
+                "counts": page.counts._asdict(),
+            }
+        session.execute(update(ReplayRunRow).where(ReplayRunRow.id == page.job_id).values(values))
     return page.documents

@@ -139,19 +139,28 @@ def test_an_interrupted_replay_resumes_from_its_checkpoint_to_the_same_result(se
     job = create_job(
         sessions, settings, ReplaySpec(start=DAY0, end=END, model_version=ensemble.version)
     )
-    runner = ReplayRunner(settings, sessions, lambda: ensemble, page_size=50)
+    # a checkpoint every 100 documents (pages of about 45): the writer stores page 4, in flight
+    # when the third crashes, past the checkpoint of page 3
+    runner = ReplayRunner(settings, sessions, lambda: ensemble, page_size=50, checkpoint_every=100)
     assert runner.run(job, crash_after_three_pages) == "failed"
     interrupted = job_row(sessions, job)
     assert "power cut" in (interrupted.error or "")
-    assert 0 < interrupted.processed < 432 and interrupted.checkpoint
+    checkpoint = interrupted.checkpoint
+    assert checkpoint and 0 < checkpoint["counts"]["processed"] < interrupted.processed
 
     assert runner.run(job) == "failed"  # a failed job runs again only when asked to resume
-    assert ReplayRunner(settings, sessions, lambda: ensemble, 50).run(job, resume=True) == "done"
+    resumed: list[int] = []
+    assert runner.run(job, lambda done, total: resumed.append(done), resume=True) == "done"
+    # from the checkpoint (page 3), page 4 is done again and lands on the count it had: not
+    # counted twice
+    assert resumed[0] == interrupted.processed
     with sessions() as session:
         assert scores_of(session, job) == scores_of(session, whole)
         assert sentiment_of(session, job) == sentiment_of(session, whole)
         assert alerts_of(session, job) == alerts_of(session, whole)
-    assert job_row(sessions, job).processed == 432
+    done, complete = job_row(sessions, job), job_row(sessions, whole)
+    assert (done.processed, done.cached, done.rescored) == (432, 432, 0)
+    assert done.alerts == complete.alerts
 
 
 def test_cancel_stops_a_running_job_which_can_then_be_resumed(setup) -> None:
@@ -159,7 +168,9 @@ def test_cancel_stops_a_running_job_which_can_then_be_resumed(setup) -> None:
     job = create_job(
         sessions, settings, ReplaySpec(start=DAY0, end=END, model_version=ensemble.version)
     )
-    runner = ReplayRunner(settings, sessions, lambda: ensemble, page_size=40)
+    runner = ReplayRunner(
+        settings, sessions, lambda: ensemble, page_size=40, checkpoint_every=10**6
+    )
     seen: list[int] = []
 
     def cancel_from_elsewhere(done: int, total: int) -> None:
@@ -170,6 +181,8 @@ def test_cancel_stops_a_running_job_which_can_then_be_resumed(setup) -> None:
     assert runner.run(job, cancel_from_elsewhere) == "cancelled"
     cancelled = job_row(sessions, job)
     assert cancelled.status == "cancelled" and cancelled.processed < 432
+    # no checkpoint was due yet: cancelling checkpoints the pages it stored
+    assert cancelled.checkpoint["counts"]["processed"] == cancelled.processed
     assert runner.run(job) == "cancelled"  # stays cancelled unless resumed
     assert runner.run(job, resume=True) == "done"
     with sessions() as session:
