@@ -44,6 +44,7 @@ from riskwire.records import (
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EMPTY = (0, 0.0, 0.0, 0.0, 0.0)  # a bucket no document fell in
+_US = timedelta(microseconds=1)
 # Trailing windows are summed from prefix sums of integers counting 1/FIXED: exact, so a window's
 # figures do not depend on the order events came in, nor on whether its group was rebuilt from
 # storage (the crash tests compare runs bit for bit). A score of magnitude 1/256 or more is held
@@ -231,8 +232,9 @@ class TickerWindow:
     def _count(self, event: Event) -> None:
         t = event.published_at
         score = event.score
+        since = t - EPOCH
         for hop, buckets in self.buckets.items():
-            key = (t - EPOCH) // hop
+            key = since // hop
             bucket = buckets.get(key)
             if bucket is None:
                 buckets[key] = [1, score, float(event.negative), score * score, event.disagreement]
@@ -324,18 +326,19 @@ class TickerWindow:
         ticker = self.ticker
         start = EPOCH + first * hop
         out = []
-        for j in range(k):
-            total: Sequence[float] = cells[j]
-            if k > 1:  # one pass over the window's cells (this runs per document)
-                n = s = neg = sq = dis = 0.0
-                for c in cells[j : j + k]:
-                    n += c[0]
-                    s += c[1]
-                    neg += c[2]
-                    sq += c[3]
-                    dis += c[4]
-                total = (n, s, neg, sq, dis)
-            if total[0] >= at_least:
+        counts = [c[0] for c in cells]
+        for j in range(k):  # (this runs per document)
+            if sum(counts[j : j + k]) >= at_least:  # else the window needs no sums
+                total: Sequence[float] = cells[j]
+                if k > 1:  # one pass over the window's cells
+                    n = s = neg = sq = dis = 0.0
+                    for c in cells[j : j + k]:
+                        n += c[0]
+                        s += c[1]
+                        neg += c[2]
+                        sq += c[3]
+                        dis += c[4]
+                    total = (n, s, neg, sq, dis)
                 out.append(_stats(ticker, start, start + length, total))
             start += hop
         return out
@@ -716,10 +719,14 @@ class RiskEngine:
         self.horizon = max([trailing, *(r.span for r in self.rules)]) + lateness
         self.hops = tuple(dict.fromkeys([*(r.step for r in self.rules), *self.aggregates]))
         self.by_kind = {k: tuple(r for r in self.rules if r.group == k) for k in GROUP_KINDS}
+        self._rules_of: dict[str, tuple[Rule, ...]] = {}  # per group key, from its kind
         self.windows: dict[str, TickerWindow] = {}
         self.firing: dict[tuple[str, str], Alert] = {}
         self.last_fired: dict[tuple[str, str], datetime] = {}
-        self.touched: set[tuple[str, timedelta, int]] = set()
+        # groups and stretches of event time (of ``grain``, which every aggregate length is a
+        # multiple of) whose aggregate windows changed since the last drain
+        self.grain = timedelta(microseconds=math.gcd(*(a // _US for a in self.aggregates)) or 1)
+        self.touched: set[tuple[str, int]] = set()
         self.late = 0  # documents later than the allowed lateness
         self.out_of_order = 0  # documents older than their group's newest when they came
 
@@ -749,11 +756,11 @@ class RiskEngine:
         assert window.high_water is not None
         self.out_of_order += behind
         late = t < window.high_water - self.horizon
+        since = t - EPOCH
         if late:
             self.late += 1
         else:
-            since = t - EPOCH
-            self.touched.update([(key, length, since // length) for length in self.aggregates])
+            self.touched.add((key, since // self.grain))
         trailing = window.stats_at(t, self.trailing)
         row = {
             "run_id": self.run_id, "ticker": key, "document_id": score.document_id,
@@ -765,8 +772,11 @@ class RiskEngine:
         if late:
             return RiskUpdate(row=row, late=True)
         alerts: list[Alert] = []
-        for rule in self.by_kind[group_kind(key)]:
-            fired = self._evaluate(rule, window, t)
+        rules = self._rules_of.get(key)
+        if rules is None:
+            rules = self._rules_of[key] = self.by_kind[group_kind(key)]
+        for rule in rules:
+            fired = self._evaluate(rule, window, t, since)
             if fired:
                 alerts += fired
         return RiskUpdate(row=row, alerts=alerts)
@@ -774,9 +784,12 @@ class RiskEngine:
     def drain_aggregates(self) -> list[dict[str, Any]]:
         """Rows of every aggregate window changed since the last call (latest values)."""
         rows = []
-        touched: dict[tuple[str, timedelta], list[int]] = {}
-        for key, length, index in self.touched:
-            touched.setdefault((key, length), []).append(index)
+        touched: dict[tuple[str, timedelta], set[int]] = {}
+        grain = self.grain
+        for key, index in self.touched:
+            at = grain * index
+            for length in self.aggregates:
+                touched.setdefault((key, length), set()).add(at // length)
         for key, length in sorted(touched):
             window = self.windows.get(key)
             if window is None:
@@ -796,14 +809,16 @@ class RiskEngine:
         self.touched.clear()
         return rows
 
-    def _windows(self, rule: Rule, window: TickerWindow, t: datetime) -> list[list[WindowStats]]:
+    def _windows(
+        self, rule: Rule, window: TickerWindow, t: datetime, since: timedelta
+    ) -> list[list[WindowStats]]:
         """The candidate windows a document at ``t`` can change, each as the run of windows the
         rule looks at (one, or ``consecutive`` for drift), and with enough documents."""
         if not rule.tumbling:
             return [
                 [w] for w in window.aligned_windows(t, rule.window, rule.step, rule.min_documents)
             ]
-        index = (t - EPOCH) // rule.window
+        index = since // rule.window
         runs = []
         # a drift run ending at any of the next ``consecutive`` windows includes this one
         for end in range(index, index + rule.consecutive):
@@ -813,16 +828,24 @@ class RiskEngine:
                 runs.append(run)
         return runs
 
-    def _evaluate(self, rule: Rule, window: TickerWindow, t: datetime) -> list[Alert]:
-        """Rule state after a document at ``t``: resolve, then fire, per candidate window."""
+    def _evaluate(
+        self, rule: Rule, window: TickerWindow, t: datetime, since: timedelta
+    ) -> list[Alert]:
+        """Rule state after a document at ``t`` (``since`` the epoch): resolve, then fire, per
+        candidate window."""
         key = (rule.name, window.ticker)
-        if key not in self.firing and not rule.consecutive > 1:
-            # every aligned window holding t lies in [t - window, floor(t, hop) + window): with
-            # too few documents there, none can hold and nothing can change
-            newest = EPOCH + ((t - EPOCH) // rule.step) * rule.step
-            if window.count_between(t - rule.window, newest + rule.window) < rule.min_documents:
-                return []
-        runs = self._windows(rule, window, t)
+        if key not in self.firing:  # with too few documents, nothing can fire
+            if rule.tumbling:
+                # every candidate (every window of a drift's runs) includes t's own window
+                cell = window.buckets[rule.window].get(since // rule.window, _EMPTY)
+                if cell[0] < rule.min_documents:
+                    return []
+            else:
+                # every aligned window holding t lies in [t - window, floor(t, hop) + window)
+                newest = EPOCH + (since // rule.step) * rule.step
+                if window.count_between(t - rule.window, newest + rule.window) < rule.min_documents:
+                    return []
+        runs = self._windows(rule, window, t, since)
         alerts = self._resolve(rule, key, runs, window, t)
         for run in runs:
             if all(rule.holds(w) for w in run) and self._may_fire(rule, key, run[-1].start):
