@@ -163,7 +163,8 @@ def describe_job(job: ReplayRunRow) -> dict[str, Any]:
 
 
 def mark_interrupted(sessions: sessionmaker[Session], job_id: str) -> None:
-    """A job stopped by its user (Ctrl-C) is cancelled: its checkpoint is its last stored page."""
+    """A job stopped by its user (Ctrl-C) is cancelled: resumed, it continues from its last
+    checkpoint (pages stored after it are done again)."""
     with sessions.begin() as session:
         job = _job(session, job_id)
         if job.status in ACTIVE:
