@@ -872,7 +872,8 @@ def bench_replay(
         f"cached replay: {result['cached_docs_per_s']:,.0f} docs/s "
         f"({result['documents']:,} documents in {result['cached_seconds']:.1f}s, {result['database']}); "
         f"{result['cached_pages_docs_per_s']:,.0f} docs/s before the report "
-        f"({result['report_seconds']:.1f}s)"
+        f"({result['report_seconds']:.1f}s); the risk engine alone: "
+        f"{result['engine_docs_per_s']:,.0f} docs/s"
     )
     if "rescored_docs_per_s" in result:
         console.print(

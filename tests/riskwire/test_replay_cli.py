@@ -87,6 +87,7 @@ def test_bench_replay_prints_one_json_object(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert figures["documents"] == 2000 and figures["cached_docs_per_s"] > 0
+    assert figures["engine_docs_per_s"] > 0
 
 
 def test_resume_refuses_a_job_that_seems_to_be_running_unless_forced(
