@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from riskwire.delivery.model import sector_map
-from riskwire.records import Document, Kind, Label, Score, TickerLink, group_key
-from riskwire.replay import PAGE, ReplayRunner, ReplaySpec, create_job
+from riskwire.records import Document, Kind, Label, Score, TickerLink
+from riskwire.replay import PAGE, ReplayRunner, ReplaySpec, create_job, group_keys
 from riskwire.settings import Settings, load_settings
 from storage import make_engine, repository, session_factory, upgrade
 from streams.pipeline import score_documents
@@ -90,9 +90,7 @@ def time_engine(settings: Settings, docs: list[Document], scores: list[Score]) -
     started = time.perf_counter()
     for i in range(0, len(ordered), PAGE):
         for doc, score in ordered[i : i + PAGE]:
-            keys = [t.ticker for t in doc.tickers]
-            keys += sorted({group_key("sector", sector_of[t]) for t in keys if t in sector_of})
-            keys += [group_key("market")] if settings.market_group else []
+            keys = group_keys([t.ticker for t in doc.tickers], sector_of, settings.market_group)
             for key in keys:
                 engine.process(score, key)
         engine.drain_aggregates()

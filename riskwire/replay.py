@@ -234,6 +234,15 @@ def _bulk_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
+def group_keys(tickers: list[str], sector_of: dict[str, str], market: bool) -> list[str]:
+    """The groups a document's tickers count in, as the live stream orders them: the tickers,
+    their sectors, then the market (none for a document without tickers)."""
+    if not tickers or not (sector_of or market):
+        return tickers
+    sectors = sorted({group_key("sector", sector_of[t]) for t in tickers if t in sector_of})
+    return [*tickers, *sectors, *([group_key("market")] if market else [])]
+
+
 def _flag_last(pages: Iterator[list[Item]]) -> Iterator[tuple[list[Item], bool]]:
     """Each page, and whether it is the last (the next is already read ahead)."""
     held: list[Item] | None = None
@@ -367,12 +376,13 @@ class ReplayRunner:
             run_id, checkpoint = job.run_id, job.checkpoint
             # pages stored after the checkpoint are done again: count from the checkpoint's counts
             # (a checkpoint without them moved with every page: the job's counts are its own)
-            if not checkpoint or "counts" in checkpoint:
+            if checkpoint and "counts" not in checkpoint:
+                counts = Counts(job.processed, job.rescored, job.cached, job.alerts)
+            else:
                 counts = Counts(**checkpoint["counts"]) if checkpoint else Counts()
                 job.processed, job.rescored = counts.processed, counts.rescored
                 job.cached, job.alerts = counts.cached, counts.alerts
-            counts = Counts(job.processed, job.rescored, job.cached, job.alerts)
-            processed_before = job.processed
+        processed_before = counts.processed
         rules = spec.rules or ()
         engine = build_risk_engine(self.settings, run_id, rules=rules, lateness=timedelta(0))
         after: tuple[datetime, str] | None = None
@@ -517,10 +527,9 @@ class ReplayRunner:
         for item in page:
             score: Scored = item.cached or fresh[item.id]
             keep = start is None or item.published_at >= start
-            keys = [t for t in item.tickers if not wanted or t in wanted]
-            if keys and (sector_of or market):  # as the live stream: sectors, then the market
-                keys += sorted({group_key("sector", sector_of[t]) for t in keys if t in sector_of})
-                keys += [group_key("market")] if market else []
+            keys = group_keys(
+                [t for t in item.tickers if not wanted or t in wanted], sector_of, market
+            )
             for ticker in keys:
                 update_ = engine.process(score, ticker)
                 if keep:  # before the period, the engine only warms up
