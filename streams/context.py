@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -34,37 +34,44 @@ RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
 
 
 class Positions:
-    """Where each partition's events must resume after a rebalance.
+    """Per partition, the offset a stage owes next: an event past it is left out, and the partition
+    is sought back to it. So a stage never takes an event past one it has not taken, and (its
+    acknowledgements following what it took) the commit never passes an unprocessed message.
 
-    After a rebalance Faust seeks every partition back to its committed offset, but events can
-    first come from where the fetcher was: past events that were fetched, then cleared from the
-    stream's buffer by the rebalance, and never processed. A stage that took those would run
-    ahead of what it processed: scoring and normalise would send watermarks vouching for documents
-    they never sent, and the risk stage would release scores before earlier ones it had dropped,
-    out of event-time order (the crash test's rebalance caught both). So, per partition, the next
-    offset owed is remembered (the one after the last event taken, or, for the risk stage, the
-    first score it dropped on a revoke); after a rebalance an event past it is left out, and the
-    partition is sought back to it. Partitions that were not this worker's in the previous
-    generation start wherever Faust starts them.
+    Events can come past the offset owed in three ways, all seen here:
 
-    Between a revoke and the next assignment (seconds, on the embedded broker) events already in
-    the batch buffer still come, stamped with the old generation. Nothing of a revoked partition
-    is taken then (``revoke``): a risk stage that had just dropped its held scores would release
-    the later ones it was handed, past the dropped ones, and store their rows first (the
-    two-worker crash test caught it: an hour of a group's rows computed without the hour before).
+    - After a rebalance Faust seeks every partition back to its committed offset, but events can
+      first come from where the fetcher was: past events that were fetched, then cleared from the
+      stream's buffer by the rebalance, and never processed. A stage that took those would run
+      ahead of what it processed: scoring and normalise would send watermarks vouching for
+      documents they never sent, and the risk stage would release scores before earlier ones it
+      had dropped, out of event-time order (the crash test's rebalance caught both). For a
+      partition kept across the rebalance the offset owed is the one after the last event taken,
+      or, for the risk stage, the first score it dropped on a revoke (``rewind``); a partition new
+      to this worker owes its committed offset, where Faust starts it.
+    - Between a revoke and the next assignment (seconds, on the embedded broker) events already in
+      the batch buffer still come, stamped with the old generation. Nothing of a revoked partition
+      is taken then (``revoke``): a risk stage that had just dropped its held scores would release
+      the later ones it was handed, past the dropped ones, and store their rows first (the
+      two-worker crash test caught it: an hour of a group's rows computed without the hour before).
+    - Faust's fetcher drops a record below the last one it delivered, which a seek can leave behind
+      (``streams.transport._Consumer``): a hole in what a partition delivers is sought back too.
     """
 
     def __init__(self) -> None:
         self.next: dict[Any, int] = {}  # tp -> the offset owed next
-        self.resync: set[Any] = set()  # partitions still waiting for that offset
         self.assigned: set[Any] = set()  # the partitions of the current generation
         self.revoked: set[Any] = set()  # given up in the rebalance under way
         self.sought: dict[Any, float] = {}
 
-    def rebalanced(self, assigned: set[Any]) -> None:
+    def rebalanced(self, assigned: set[Any], committed: Mapping[Any, int | None]) -> None:
+        """A new generation: ``committed`` holds the offsets Faust starts partitions from."""
         kept = self.assigned & assigned
         self.next = {tp: o for tp, o in self.next.items() if tp in kept}
-        self.resync = set(self.next)
+        for tp in assigned - kept:
+            start = committed.get(tp)
+            if start is not None:  # none: the partition has no committed offset yet
+                self.next[tp] = start
         self.assigned = set(assigned)
         self.revoked.clear()
         self.sought.clear()
@@ -81,16 +88,15 @@ class Positions:
         if tp in self.revoked:
             return False  # not ours since the revoke: whoever gets it reads it again
         owed = self.next.get(tp)
-        if tp in self.resync and owed is not None and offset > owed:
-            return False  # fetched from where the fetcher was: it comes again after the seek
-        self.resync.discard(tp)
-        self.next[tp] = offset + 1
+        if owed is not None and offset > owed:
+            return False  # past one not taken yet: it comes again after the seek
+        self.next[tp] = offset + 1  # at or before: a repeat after a seek back, taken again
         return True
 
     def seek_due(self, tp: Any) -> int | None:
         """The offset to seek ``tp`` to, at most every few seconds while it is out of step."""
         now = time.monotonic()
-        if tp not in self.resync or now - self.sought.get(tp, 0.0) < 5.0:
+        if tp in self.revoked or tp not in self.next or now - self.sought.get(tp, 0.0) < 5.0:
             return None
         self.sought[tp] = now
         return self.next[tp]
@@ -140,7 +146,9 @@ async def _batches(
     ):
         if app.consumer_generation_id != generation:
             generation = app.consumer_generation_id
-            positions.rebalanced(set(app.consumer.assignment()))
+            # Faust's committed offsets (its own, updated as it commits): where it starts a
+            # partition new to this worker
+            positions.rebalanced(set(app.consumer.assignment()), app.consumer._committed_offset)
         current = []
         stale: dict[Any, int] = {}
         for event in events:
@@ -157,7 +165,7 @@ async def _batches(
             owed = positions.seek_due(tp)
             if owed is not None:
                 log.warning(
-                    "%s: events from offset %d after a rebalance, but %d is owed: seeking back",
+                    "%s: events from offset %d, but %d is owed (not taken yet): seeking back",
                     tp,
                     offset,
                     owed,

@@ -173,7 +173,7 @@ class RiskStage:
                         "there): starting it over", self.topic, partition, last, offset,
                         len(self.held.get(partition, ())),
                     )  # fmt: skip
-                    self._forget_partitions({partition}, "starts over with")
+                    self._forget_partitions({partition}, "starts over with", resume_at=offset)
                 self.offsets[partition] = offset
                 # every message is held, and acknowledged in offset order once none of its
                 # scores is held any more (see ``_ack``): [event, scores still held]
@@ -258,15 +258,17 @@ class RiskStage:
         async with self.lock:
             self._forget_partitions(set(partitions), "gave up")
 
-    def _forget_partitions(self, gone: set[int], why: str) -> None:
+    def _forget_partitions(self, gone: set[int], why: str, resume_at: int | None = None) -> None:
         """Drop everything held, marked and known of the groups of ``gone`` partitions: what was
-        not finished is read again (the partition is owed from its first unfinished offset)."""
+        not finished is read again (the partition is owed from its first unfinished offset, unless
+        it goes on from ``resume_at``, at or before that)."""
         for p in gone:
             self.offsets.pop(p, None)
             unfinished = self.acks.get(p)
             if unfinished:  # dropped, not processed: owed again from the first of them
                 first = unfinished[0][0].message
-                self.positions.rewind(first.tp, first.offset)
+                if resume_at is None or first.offset < resume_at:
+                    self.positions.rewind(first.tp, first.offset)
             self.held.pop(p, None)
             self.marks.pop(p, None)
             self.acks.pop(p, None)

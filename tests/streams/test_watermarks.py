@@ -178,21 +178,39 @@ def test_after_a_restart_a_partition_is_idle_only_once_processed_not_once_fetche
 def test_after_a_rebalance_a_partition_resumes_where_it_is_owed_not_where_it_was_fetched() -> None:
     from streams.context import Positions
 
-    kept, moved, new = (
+    kept, moved, new, fresh = (
         TopicPartition("docs", 0),
         TopicPartition("docs", 1),
         TopicPartition("docs", 2),
+        TopicPartition("docs", 3),
     )
     positions = Positions()
-    positions.rebalanced({kept, moved})
+    positions.rebalanced({kept, moved}, {})
     assert all(positions.accept(kept, o) for o in range(100, 110))  # taken: 100..109
     assert positions.accept(moved, 50)
-    positions.rebalanced({kept, new})  # events 110.. were fetched, then cleared from the buffer
+    # events 110.. were fetched, then cleared from the buffer; Faust starts new at its commit
+    positions.rebalanced({kept, new, fresh}, {kept: 103, new: 7, fresh: None})
     assert not positions.accept(kept, 140)  # from where the fetcher was: not yet
     assert positions.seek_due(kept) == 110 and positions.seek_due(kept) is None  # once a while
-    assert positions.accept(new, 7)  # not ours before: wherever Faust starts it
+    assert not positions.accept(new, 9)  # past where Faust starts it: 7 and 8 were not taken
+    assert positions.seek_due(new) == 7
+    assert positions.accept(new, 7) and positions.accept(new, 8) and positions.accept(new, 9)
+    assert positions.accept(fresh, 12)  # no committed offset yet: wherever Faust starts it
     assert positions.accept(kept, 103)  # Faust's seek to the committed offset: repeats, fine
-    assert positions.accept(kept, 140)  # and onwards
+    assert all(positions.accept(kept, o) for o in range(104, 141))  # and onwards
+
+
+def test_a_hole_in_what_a_partition_delivers_is_sought_back_not_skipped() -> None:
+    from streams.context import Positions
+
+    tp = TopicPartition("docs", 0)
+    positions = Positions()
+    positions.rebalanced({tp}, {tp: 40})
+    assert all(positions.accept(tp, o) for o in range(40, 50))
+    assert not positions.accept(tp, 57)  # 50..56 never came (the fetcher dropped them)
+    assert not positions.accept(tp, 58)
+    assert positions.seek_due(tp) == 50
+    assert positions.accept(tp, 50)  # the seek brings them
 
 
 def test_a_risk_stage_owes_again_the_scores_it_dropped() -> None:
@@ -200,10 +218,10 @@ def test_a_risk_stage_owes_again_the_scores_it_dropped() -> None:
 
     tp = TopicPartition("scored", 3)
     positions = Positions()
-    positions.rebalanced({tp})
+    positions.rebalanced({tp}, {})
     assert all(positions.accept(tp, o) for o in range(20, 30))  # taken, 24.. still held
     positions.rewind(tp, 24)  # a revoke dropped the held ones
-    positions.rebalanced({tp})
+    positions.rebalanced({tp}, {tp: 22})
     assert not positions.accept(tp, 30)  # would release 30 before 24..29 come again
     assert positions.accept(tp, 24)
 
@@ -213,7 +231,7 @@ def test_between_a_revoke_and_the_next_assignment_nothing_of_a_revoked_partition
 
     held, other = TopicPartition("groups", 1), TopicPartition("groups", 2)
     positions = Positions()
-    positions.rebalanced({held, other})
+    positions.rebalanced({held, other}, {})
     assert all(positions.accept(held, o) for o in range(10, 20))  # taken: 10..19, 14.. held
     positions.rewind(held, 14)  # the revoke dropped the held ones
     positions.revoke({held})
@@ -222,7 +240,7 @@ def test_between_a_revoke_and_the_next_assignment_nothing_of_a_revoked_partition
     assert not positions.accept(held, 20)
     assert positions.seek_due(held) is None  # not ours: nothing to seek
     assert positions.accept(other, 5)  # a partition not revoked is taken as before
-    positions.rebalanced({held})  # kept in the next generation
+    positions.rebalanced({held}, {held: 12})  # kept in the next generation
     assert not positions.accept(held, 20)
     assert positions.accept(held, 14)
     assert positions.accept(held, 15)
