@@ -70,7 +70,7 @@ class Positions:
         self.next = {tp: o for tp, o in self.next.items() if tp in kept}
         for tp in assigned - kept:
             start = committed.get(tp)
-            if start is not None:  # none: the partition has no committed offset yet
+            if start is not None and start >= 0:  # none: the partition has no committed offset
                 self.next[tp] = start
         self.assigned = set(assigned)
         self.revoked.clear()

@@ -57,7 +57,8 @@ class _Consumer(driver.Consumer):
     - No gaps: riskwire's topics are neither compacted nor transactional, so their offsets have
       none; a missing offset holds the commit back instead of being skipped.
     - A partition's commit waits for its committed offset itself to be acknowledged (Faust commits
-      the first run of acknowledged offsets even when it begins one above the committed offset).
+      the first run of acknowledged offsets even when it begins one above the committed offset),
+      and a partition with no committed offset starts, and commits, from its beginning.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -68,6 +69,19 @@ class _Consumer(driver.Consumer):
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        """Seek every partition to its committed offset (Faust, after each assignment), and a
+        partition with none to its beginning: aiokafka leaves such a partition where its fetcher
+        was, past records fetched before the rebalance and dropped in it, never processed."""
+        await super().perform_seek()
+        # none, or -1 (what the broker answers for a group with offsets, but none for it)
+        fresh = [tp for tp in self.assignment() if (self._committed_offset.get(tp) or 0) <= 0]
+        if not fresh:
+            return
+        for tp, offset in (await self.earliest_offsets(*fresh)).items():
+            await self.seek(tp, offset)
+            self._committed_offset[tp] = offset  # where the commit starts: held until it is acked
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
@@ -94,7 +108,7 @@ class _Consumer(driver.Consumer):
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
         committed = self._committed_offset[tp]
-        if acked and committed is not None and min(acked) > committed:
+        if acked and committed is not None and committed >= 0 and min(acked) > committed:
             now = time.monotonic()
             if now - self._held_since.setdefault(tp, now) > 60:
                 self._held_since[tp] = now

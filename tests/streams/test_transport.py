@@ -64,34 +64,46 @@ def test_the_commit_never_passes_an_offset_not_acknowledged(tmp_path: Path) -> N
     asyncio.run(check())
 
 
-def test_a_seek_back_while_a_fetch_is_delivered_redelivers_from_there(
-    broker: EmbeddedBroker, tmp_path: Path
-) -> None:
-    """Faust's fetcher went on with the records of the fetch under way and dropped the ones the
-    seek fetched again: a seek from 1,023 back to 200 redelivered nothing."""
+def produced(broker: EmbeddedBroker, n: int) -> str:
+    """A new topic of one partition holding offsets 0..n-1."""
     from kafka import KafkaProducer
 
     from riskwire.broker import ensure_topics
-    from streams.transport import RiskwireApp
 
-    n, back = 3000, 200
-    topic = f"seek-{uuid.uuid4().hex[:8]}"
+    topic = f"offsets-{uuid.uuid4().hex[:8]}"
     ensure_topics(broker.bootstrap, [topic], 1)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
     for i in range(n):
         producer.send(topic, key=b"k", value=str(i).encode())
     producer.flush()
     producer.close()
+    return topic
+
+
+def consumer_app(broker: EmbeddedBroker, topic: str, data_dir: Path) -> Any:
+    """The worker's kind of app, with a stream buffer small enough to fill up."""
+    from streams.transport import RiskwireApp
+
+    return RiskwireApp(f"group-{topic}", broker=f"kafka://{broker.bootstrap}", datadir=data_dir,
+                       fetch_wait_ms=100, value_serializer="raw", key_serializer="raw",
+                       topic_partitions=1, broker_session_timeout=6, broker_heartbeat_interval=1,
+                       consumer_auto_offset_reset="earliest", web_enabled=False,
+                       autodiscover=False, store="memory://", stream_wait_empty=False,
+                       stream_buffer_maxsize=64)  # fmt: skip
+
+
+def test_a_seek_back_while_a_fetch_is_delivered_redelivers_from_there(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Faust's fetcher went on with the records of the fetch under way and dropped the ones the
+    seek fetched again: a seek from 1,023 back to 200 redelivered nothing."""
+    n, back = 3000, 200
+    topic = produced(broker, n)
     seen: list[int] = []
     sought_at: list[int] = []
 
     async def run() -> None:
-        app = RiskwireApp(f"seek-{topic}", broker=f"kafka://{broker.bootstrap}", datadir=tmp_path,
-                          fetch_wait_ms=100, value_serializer="raw", key_serializer="raw",
-                          topic_partitions=1, broker_session_timeout=6,
-                          broker_heartbeat_interval=1, consumer_auto_offset_reset="earliest",
-                          web_enabled=False, autodiscover=False, store="memory://",
-                          stream_wait_empty=False, stream_buffer_maxsize=64)  # fmt: skip
+        app = consumer_app(broker, topic, tmp_path)
         done = asyncio.Event()
 
         async def agent(stream: Any) -> None:
@@ -119,3 +131,48 @@ def test_a_seek_back_while_a_fetch_is_delivered_redelivers_from_there(
     assert back in after, f"nothing came again from {back}: {after[:3]}..{after[-3:]}"
     again = after[after.index(back) :]
     assert again == list(range(back, n))  # everything from there, once, in order
+
+
+def test_a_partition_with_no_committed_offset_is_sought_to_its_beginning(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """aiokafka seeks only partitions with a committed offset after an assignment: one without
+    stayed where its fetcher was, past records fetched before the rebalance, never processed."""
+    from faust.types import TP
+
+    n = 300
+    topic = produced(broker, n)
+    seen: list[int] = []
+    sought_at: list[int] = []
+    committed: list[int | None] = []
+
+    async def run() -> None:
+        app = consumer_app(broker, topic, tmp_path)
+        done = asyncio.Event()
+
+        async def agent(stream: Any) -> None:
+            async for events in stream.take_events(32, 0.2):
+                for event in events:
+                    event.message.incref()  # nothing finished: nothing committed
+                seen.extend(e.message.offset for e in events)
+                if seen[-1] >= 100 and not sought_at:
+                    sought_at.append(len(seen))
+                    await app.consumer.perform_seek()  # what Faust does after a rebalance
+                    committed.append(app.consumer._committed_offset[TP(topic, 0)])
+                if sought_at and 0 in seen[sought_at[0] :] and seen[-1] == n - 1:
+                    done.set()
+
+        app.agent(app.topic(topic))(agent)
+        await app.start()
+        try:
+            await asyncio.wait_for(done.wait(), 60)
+        except TimeoutError:
+            pass
+        finally:
+            await app.stop()
+
+    asyncio.run(run())
+    assert sought_at and committed == [0]  # the commit starts there too
+    after = seen[sought_at[0] :]
+    assert 0 in after, f"nothing came again from the beginning: {after[:3]}..{after[-3:]}"
+    assert after[after.index(0) :] == list(range(n))
