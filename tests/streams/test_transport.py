@@ -4,7 +4,9 @@ commits never pass a message not processed, whatever a seek does."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,28 +94,37 @@ def consumer_app(broker: EmbeddedBroker, topic: str, data_dir: Path) -> Any:
                        stream_buffer_maxsize=64)  # fmt: skip
 
 
-def test_a_seek_back_while_a_fetch_is_delivered_redelivers_from_there(
-    broker: EmbeddedBroker, tmp_path: Path
-) -> None:
-    """Faust's fetcher went on with the records of the fetch under way and dropped the ones the
-    seek fetched again: a seek from 1,023 back to 200 redelivered nothing."""
-    n, back = 3000, 200
+def delivered_around_a_seek(
+    broker: EmbeddedBroker, data_dir: Path, n: int, past: int,
+    seek: Callable[[Any, Any], Awaitable[None]], finish: bool = True,
+) -> list[int]:  # fmt: skip
+    """A slow agent reads a new topic of ``n`` offsets and, once past offset ``past``, calls
+    ``seek(app, tp)``; it reads on until offset n - 1 comes after a repeat. The offsets delivered
+    after the seek. ``finish=False``: nothing is acknowledged."""
     topic = produced(broker, n)
     seen: list[int] = []
     sought_at: list[int] = []
+    app = consumer_app(broker, topic, data_dir)
 
     async def run() -> None:
-        app = consumer_app(broker, topic, tmp_path)
         done = asyncio.Event()
 
         async def agent(stream: Any) -> None:
             async for events in stream.take_events(32, 0.2):
+                if not finish:
+                    for event in events:
+                        event.message.incref()  # never finished: nothing committed
                 seen.extend(e.message.offset for e in events)
                 await asyncio.sleep(0.02)  # slower than the fetcher: its records wait in line
-                if not sought_at and seen[-1] > 1000:
+                if not sought_at and seen[-1] > past:
                     sought_at.append(len(seen))
-                    await app.consumer.seek(events[-1].message.tp, back)
-                if sought_at and seen[-1] == n - 1 and back in seen[sought_at[0] :]:
+                    await seek(app, events[-1].message.tp)
+                after = seen[sought_at[0] :] if sought_at else []
+                if (
+                    after
+                    and seen[-1] == n - 1
+                    and any(b <= a for a, b in itertools.pairwise(after))
+                ):
                     done.set()
 
         app.agent(app.topic(topic))(agent)
@@ -126,11 +137,22 @@ def test_a_seek_back_while_a_fetch_is_delivered_redelivers_from_there(
             await app.stop()
 
     asyncio.run(run())
-    assert sought_at, "the agent never got past offset 1000"
-    after = seen[sought_at[0] :]
-    assert back in after, f"nothing came again from {back}: {after[:3]}..{after[-3:]}"
-    again = after[after.index(back) :]
-    assert again == list(range(back, n))  # everything from there, once, in order
+    assert sought_at, f"the agent never got past offset {past}"
+    return seen[sought_at[0] :]
+
+
+def test_a_seek_back_while_a_fetch_is_delivered_redelivers_from_there(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Faust's fetcher went on with the records of the fetch under way and dropped the ones the
+    seek fetched again: a seek from 1,023 back to 200 redelivered nothing."""
+
+    async def back_to_200(app: Any, tp: Any) -> None:
+        await app.consumer.seek(tp, 200)
+
+    after = delivered_around_a_seek(broker, tmp_path, 3000, 1000, back_to_200)
+    assert 200 in after, f"nothing came again from 200: {after[:3]}..{after[-3:]}"
+    assert after[after.index(200) :] == list(range(200, 3000))  # all from there, once, in order
 
 
 def test_a_partition_with_no_committed_offset_is_sought_to_its_beginning(
@@ -138,41 +160,13 @@ def test_a_partition_with_no_committed_offset_is_sought_to_its_beginning(
 ) -> None:
     """aiokafka seeks only partitions with a committed offset after an assignment: one without
     stayed where its fetcher was, past records fetched before the rebalance, never processed."""
-    from faust.types import TP
-
-    n = 300
-    topic = produced(broker, n)
-    seen: list[int] = []
-    sought_at: list[int] = []
     committed: list[int | None] = []
 
-    async def run() -> None:
-        app = consumer_app(broker, topic, tmp_path)
-        done = asyncio.Event()
+    async def as_after_a_rebalance(app: Any, tp: Any) -> None:
+        await app.consumer.perform_seek()  # what Faust does after each assignment
+        committed.append(app.consumer._committed_offset[tp])
 
-        async def agent(stream: Any) -> None:
-            async for events in stream.take_events(32, 0.2):
-                for event in events:
-                    event.message.incref()  # nothing finished: nothing committed
-                seen.extend(e.message.offset for e in events)
-                if seen[-1] >= 100 and not sought_at:
-                    sought_at.append(len(seen))
-                    await app.consumer.perform_seek()  # what Faust does after a rebalance
-                    committed.append(app.consumer._committed_offset[TP(topic, 0)])
-                if sought_at and 0 in seen[sought_at[0] :] and seen[-1] == n - 1:
-                    done.set()
-
-        app.agent(app.topic(topic))(agent)
-        await app.start()
-        try:
-            await asyncio.wait_for(done.wait(), 60)
-        except TimeoutError:
-            pass
-        finally:
-            await app.stop()
-
-    asyncio.run(run())
-    assert sought_at and committed == [0]  # the commit starts there too
-    after = seen[sought_at[0] :]
+    after = delivered_around_a_seek(broker, tmp_path, 300, 100, as_after_a_rebalance, finish=False)
+    assert committed == [0]  # the commit starts there too
     assert 0 in after, f"nothing came again from the beginning: {after[:3]}..{after[-3:]}"
-    assert after[after.index(0) :] == list(range(n))
+    assert after[after.index(0) :] == list(range(300))
