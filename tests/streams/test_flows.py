@@ -275,6 +275,38 @@ def test_a_score_batch_message_is_finished_only_when_all_its_scores_are_released
     assert stage.released == 1 and batch.acked and first.acked and second.acked
 
 
+def test_a_partition_sought_back_starts_over_and_owes_only_what_will_not_come_again(
+    context: WorkerContext,
+) -> None:
+    from riskwire.records import encode_scores
+    from streams.risk import RiskStage
+
+    t0 = NOW - timedelta(days=1)
+
+    def scores_at(stage: RiskStage, offsets: range) -> None:
+        """Messages of partition 0 at ``offsets``, each a score no marker has released yet."""
+        events = [
+            StageEvent(b"ACME", encode_scores([make_score(published_at=t0)]),
+                       Ackable("riskwire.scored", 0, o))
+            for o in offsets
+        ]  # fmt: skip
+        asyncio.run(stage.take(events))
+
+    tp = ("riskwire.scored", 0)
+    # Faust sought back to its committed offset, at or before the first held score: all of them
+    # come again from there, so nothing more is owed
+    stage = RiskStage(context, context.risk, "riskwire.scored")
+    scores_at(stage, range(10, 20))
+    scores_at(stage, range(10, 12))
+    assert tp not in stage.positions.next
+    assert [e[0].message.offset for e in stage.acks[0]] == [10, 11]  # held: only what came again
+    # sought back past the first held score: 10..13 would not come again, so they are owed
+    stage = RiskStage(context, context.risk, "riskwire.scored")
+    scores_at(stage, range(10, 20))
+    scores_at(stage, range(14, 16))
+    assert stage.positions.next[tp] == 10
+
+
 def test_documents_travel_in_messages_under_the_size_limit_and_a_bad_one_is_told_apart() -> None:
     from riskwire.records import DOCUMENT_BATCH
     from streams.normalising import MESSAGE_BYTES, batch_messages
