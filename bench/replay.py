@@ -28,7 +28,14 @@ from typing import Any
 
 from riskwire.delivery.model import sector_map
 from riskwire.records import Document, Kind, Label, Score, TickerLink
-from riskwire.replay import PAGE, ReplayRunner, ReplaySpec, create_job, group_keys
+from riskwire.replay import (
+    CHECKPOINT_EVERY,
+    PAGE,
+    ReplayRunner,
+    ReplaySpec,
+    create_job,
+    group_keys,
+)
 from riskwire.settings import Settings, load_settings
 from storage import make_engine, repository, session_factory, upgrade
 from streams.pipeline import score_documents
@@ -83,18 +90,24 @@ def cached_score(doc: Document, rng: random.Random) -> Score:
 
 def time_engine(settings: Settings, docs: list[Document], scores: list[Score]) -> float:
     """Seconds the risk engine takes over the documents in event-time order, in the groups a replay
-    gives them, with a drain of the aggregates and a checkpoint's state every page."""
+    gives them, with a drain of the aggregates every page and the engine's state where a replay
+    checkpoints (every ``CHECKPOINT_EVERY`` documents, and with the last page)."""
     sector_of = dict(sector_map(settings)) if settings.sector_groups else {}
     engine = build_risk_engine(settings, "bench-engine", lateness=timedelta(0))
     ordered = sorted(zip(docs, scores, strict=True), key=lambda p: (p[0].published_at, p[0].id))
     started = time.perf_counter()
+    since = 0
     for i in range(0, len(ordered), PAGE):
-        for doc, score in ordered[i : i + PAGE]:
+        page = ordered[i : i + PAGE]
+        for doc, score in page:
             keys = group_keys([t.ticker for t in doc.tickers], sector_of, settings.market_group)
             for key in keys:
                 engine.process(score, key)
         engine.drain_aggregates()
-        engine.state()
+        since += len(page)
+        if since >= CHECKPOINT_EVERY or i + PAGE >= len(ordered):
+            engine.state()
+            since = 0
     return time.perf_counter() - started
 
 
