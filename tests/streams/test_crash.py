@@ -1,10 +1,11 @@
 """Processing that survives crashes, against the real broker and PostgreSQL.
 
-20,000 records go through the whole worker three times: once uninterrupted; once with the worker
+20,000 records go through the whole worker four times: once uninterrupted; once with the worker
 SIGKILLed part of the way and restarted (a); once with a second worker joining (a rebalance) and
-the first then SIGKILLed (another), the second finishing alone (b). Every stored result (documents,
-scores, rolling rows, aggregates, alerts, alert events) must be identical to the uninterrupted
-run's: nothing lost, nothing stored twice, no alert emitted twice.
+the first then SIGKILLed (another), the second finishing alone (b); once with four workers coming
+and two of them SIGKILLed, a rebalance at each step. Every stored result (documents, scores,
+rolling rows, aggregates, alerts, alert events) must be identical to the uninterrupted run's:
+nothing lost, nothing stored twice, no alert emitted twice.
 """
 
 from __future__ import annotations
@@ -322,3 +323,29 @@ def test_two_workers_with_rebalances_and_a_kill_change_nothing(
     assert_as_uninterrupted(settings, postgres_url, uninterrupted, tmp_path)
     log = (tmp_path / "worker-2.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_workers_joining_and_dying_change_nothing(
+    broker: EmbeddedBroker, postgres_url: str, corpus: Path, tmp_path: Path,
+    uninterrupted: dict[str, list[Any]],
+) -> None:  # fmt: skip
+    """Four workers over the run, two of them SIGKILLed, with a rebalance at each step: every
+    partition moves, some twice, while scores are held and batches are in flight."""
+    settings, stored, first = start(broker, postgres_url, corpus, tmp_path)
+    alive = {1: first}
+    try:
+        for share, step in ((0.10, "+2"), (0.25, "+3"), (0.40, "-2"), (0.55, "+4"), (0.70, "-1")):
+            wait_until(lambda share=share: stored() >= N * share, *alive.values())
+            n = int(step[1:])
+            if step[0] == "+":
+                alive[n] = spawn_worker(settings, tmp_path / f"worker-{n}.log")
+            else:
+                killed = alive.pop(n)
+                killed.send_signal(signal.SIGKILL)
+                killed.wait(10)
+        assert stored() < N, "the last kill came too late to test anything"
+        drain(settings)
+    finally:
+        for worker in alive.values():
+            assert stop_worker(worker) == 0
+    assert_as_uninterrupted(settings, postgres_url, uninterrupted, tmp_path)
