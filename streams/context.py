@@ -45,10 +45,10 @@ class Positions:
       stream's buffer by the rebalance, and never processed. A stage that took those would run
       ahead of what it processed: scoring and normalise would send watermarks vouching for
       documents they never sent, and the risk stage would release scores before earlier ones it
-      had dropped, out of event-time order (the crash test's rebalance caught both). For a
-      partition kept across the rebalance the offset owed is the one after the last event taken,
-      or, for the risk stage, the first score it dropped on a revoke (``rewind``); a partition new
-      to this worker owes its committed offset, where Faust starts it.
+      had dropped, out of event-time order (the crash test's rebalance caught both). After a
+      rebalance a partition owes its committed offset, where Faust starts it (or an earlier one:
+      the one after the last event taken, or, for the risk stage, the first score it dropped on a
+      revoke, ``rewind``; see ``rebalanced``).
     - Between a revoke and the next assignment (seconds, on the embedded broker) events already in
       the batch buffer still come, stamped with the old generation. Nothing of a revoked partition
       is taken then (``revoke``): a risk stage that had just dropped its held scores would release
@@ -65,13 +65,22 @@ class Positions:
         self.sought: dict[Any, float] = {}
 
     def rebalanced(self, assigned: set[Any], committed: Mapping[Any, int | None]) -> None:
-        """A new generation: ``committed`` holds the offsets Faust starts partitions from."""
+        """A new generation: ``committed`` holds the offsets Faust starts partitions from.
+
+        Each partition owes its committed offset, or, if this stage owes an earlier one, that.
+        Not the later offset a kept partition owed before: the revoke dropped the acknowledgements
+        of the offsets between, uncommitted, so Faust's commit of the partition would wait for
+        them forever (``streams.transport._Consumer``); they are taken again, and their writes are
+        idempotent."""
         kept = self.assigned & assigned
-        self.next = {tp: o for tp, o in self.next.items() if tp in kept}
-        for tp in assigned - kept:
+        own = {tp: o for tp, o in self.next.items() if tp in kept}
+        self.next = {}
+        for tp in assigned:
             start = committed.get(tp)
-            if start is not None and start >= 0:  # none: the partition has no committed offset
-                self.next[tp] = start
+            if start is not None and start >= 0:  # none, -1: the partition has no commit yet
+                self.next[tp] = min(start, own.get(tp, start))
+            elif tp in own:
+                self.next[tp] = own[tp]
         self.assigned = set(assigned)
         self.revoked.clear()
         self.sought.clear()
