@@ -14,6 +14,7 @@ stage has processed, and a worker that dies or hands the partition over then nev
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -58,14 +59,19 @@ class _Consumer(driver.Consumer):
       none; a missing offset holds the commit back instead of being skipped.
     - A partition's commit waits for its committed offset itself to be acknowledged (Faust commits
       the first run of acknowledged offsets even when it begins one above the committed offset),
-      and a partition with no committed offset starts, and commits, from its beginning.
+      and a partition with no committed offset starts, and commits, from its beginning. If later
+      offsets are acknowledged and that one is not for ``HOLE_WAIT_S``, the partition is sought
+      back to it: a commit never passes a message, and never stops for good.
     """
+
+    HOLE_WAIT_S = 30.0  # how long a commit may be held by a missing offset before seeking back
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fetches = 0  # getmany calls so far
         self._sought: dict[TP, tuple[int, int]] = {}  # tp -> (offset sought, fetch under way)
         self._held_since: dict[TP, float] = {}
+        self._seeks: set[asyncio.Future[None]] = set()  # seeks back under way (see ``_hole``)
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -109,16 +115,28 @@ class _Consumer(driver.Consumer):
         acked = self._acked[tp]
         committed = self._committed_offset[tp]
         if acked and committed is not None and committed >= 0 and min(acked) > committed:
-            now = time.monotonic()
-            if now - self._held_since.setdefault(tp, now) > 60:
-                self._held_since[tp] = now
-                log.warning(
-                    "%s: commit held at %d for a minute: that offset is not acknowledged yet "
-                    "(the lowest acknowledged is %d)", tp, committed, min(acked),
-                )  # fmt: skip
+            self._hole(tp, committed, min(acked))
             return None
         self._held_since.pop(tp, None)
         return cast(int | None, super()._new_offset(tp))
+
+    def _hole(self, tp: TP, committed: int, lowest: int) -> None:
+        """Offsets from ``committed`` are not acknowledged, later ones are. Every stage
+        acknowledges in offset order, so those were never processed here (dropped by a path
+        nothing else caught): after ``HOLE_WAIT_S``, seek back to take them again (a repeat of
+        what was processed since is harmless: writes are idempotent)."""
+        now = time.monotonic()
+        since = self._held_since.setdefault(tp, now)
+        if now - since < self.HOLE_WAIT_S or tp not in self.assignment():
+            return
+        self._held_since[tp] = now
+        log.warning(
+            "%s: commit held at %d for %.0f s: that offset is not acknowledged, %d is: seeking "
+            "back to it", tp, committed, now - since, lowest,
+        )  # fmt: skip
+        task = asyncio.ensure_future(self.seek(tp, committed))
+        self._seeks.add(task)
+        task.add_done_callback(self._seeks.discard)
 
 
 class _Transport(driver.Transport):
