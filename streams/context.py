@@ -120,9 +120,9 @@ async def event_batches(
 
     Events fetched before a rebalance can still sit in the batch buffer afterwards. They are left
     out and never acknowledged: Faust seeks to the committed offsets after a rebalance, so they come
-    again; acknowledging them would let Faust commit past the offsets before them (it does so on a
-    partition without a committed offset), and those would be lost. Events fetched after it from
-    where the fetcher was, past offsets never processed, are left out too (``Positions``).
+    again; acknowledged, they could let the commit pass the offsets before them, and those would
+    be lost. Events past the offset a partition owes (from where the fetcher was, after a
+    rebalance, or after a hole) are left out too, and the partition sought back (``Positions``).
     """
     concrete = cast(faust.Stream[bytes], stream)  # take_events is missing from faust's StreamT
     app = concrete.app
@@ -155,8 +155,8 @@ async def _batches(
     ):
         if app.consumer_generation_id != generation:
             generation = app.consumer_generation_id
-            # Faust's committed offsets (its own, updated as it commits): where it starts a
-            # partition new to this worker
+            # Faust's committed offsets (its own, updated as it commits): where it starts each
+            # partition of the new generation
             positions.rebalanced(set(app.consumer.assignment()), app.consumer._committed_offset)
         current = []
         stale: dict[Any, int] = {}
