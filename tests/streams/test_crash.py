@@ -225,6 +225,12 @@ def start(
     return settings, rows_stored(url), worker
 
 
+def kill(worker: Any) -> None:
+    """SIGKILL: no shutdown, no last commit."""
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+
+
 def warnings_in(logs: Path) -> str:
     """The workers' warnings (out-of-order scores say what the watermarks said), for a failure."""
     lines = [
@@ -293,8 +299,7 @@ def test_a_worker_killed_mid_stream_and_restarted_changes_nothing(
 ) -> None:  # fmt: skip
     settings, stored, first = start(broker, postgres_url, corpus, tmp_path)
     wait_until(lambda: stored() >= N * 0.35, first)
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    kill(first)
     assert stored() < N, "the kill came too late to test anything"
 
     second = spawn_worker(settings, tmp_path / "worker-2.log")
@@ -314,8 +319,7 @@ def test_two_workers_with_rebalances_and_a_kill_change_nothing(
     second = spawn_worker(settings, tmp_path / "worker-2.log")  # joins: partitions move
     try:
         wait_until(lambda: stored() >= N * 0.55, first, second)
-        first.send_signal(signal.SIGKILL)  # its partitions move again, to the second
-        first.wait(10)
+        kill(first)  # its partitions move again, to the second
         assert stored() < N, "the kill came too late to test anything"
         drain(settings)
     finally:
@@ -334,15 +338,14 @@ def test_workers_joining_and_dying_change_nothing(
     settings, stored, first = start(broker, postgres_url, corpus, tmp_path)
     alive = {1: first}
     try:
-        for share, step in ((0.10, "+2"), (0.25, "+3"), (0.40, "-2"), (0.55, "+4"), (0.70, "-1")):
+        steps = ((0.10, "join", 2), (0.25, "join", 3), (0.40, "kill", 2), (0.55, "join", 4),
+                 (0.70, "kill", 1))  # fmt: skip
+        for share, step, n in steps:
             wait_until(lambda share=share: stored() >= N * share, *alive.values())
-            n = int(step[1:])
-            if step[0] == "+":
+            if step == "join":
                 alive[n] = spawn_worker(settings, tmp_path / f"worker-{n}.log")
             else:
-                killed = alive.pop(n)
-                killed.send_signal(signal.SIGKILL)
-                killed.wait(10)
+                kill(alive.pop(n))
         assert stored() < N, "the last kill came too late to test anything"
         drain(settings)
     finally:

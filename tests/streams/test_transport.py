@@ -94,6 +94,20 @@ def consumer_app(broker: EmbeddedBroker, topic: str, data_dir: Path) -> Any:
                        stream_buffer_maxsize=64)  # fmt: skip
 
 
+async def run_agent(
+    app: Any, topic: str, agent: Callable[[Any], Awaitable[None]], done: asyncio.Event
+) -> None:
+    """Run ``agent`` on ``topic`` until ``done`` is set (at most 60 s), then stop the app."""
+    app.agent(app.topic(topic))(agent)
+    await app.start()
+    try:
+        await asyncio.wait_for(done.wait(), 60)
+    except TimeoutError:
+        pass  # the assertions say what did not come
+    finally:
+        await app.stop()
+
+
 def delivered_around_a_seek(
     broker: EmbeddedBroker, data_dir: Path, n: int, past: int,
     seek: Callable[[Any, Any], Awaitable[None]], finish: bool = True,
@@ -127,14 +141,7 @@ def delivered_around_a_seek(
                 ):
                     done.set()
 
-        app.agent(app.topic(topic))(agent)
-        await app.start()
-        try:
-            await asyncio.wait_for(done.wait(), 60)
-        except TimeoutError:
-            pass
-        finally:
-            await app.stop()
+        await run_agent(app, topic, agent, done)
 
     asyncio.run(run())
     assert sought_at, f"the agent never got past offset {past}"
@@ -204,16 +211,11 @@ def test_a_commit_held_by_a_message_never_processed_seeks_back_to_it(
                 if committed[-1] == n:
                     done.set()
 
-        app.agent(app.topic(topic))(agent)
-        await app.start()
         watcher = asyncio.ensure_future(watch())
         try:
-            await asyncio.wait_for(done.wait(), 60)
-        except TimeoutError:
-            pass
+            await run_agent(app, topic, agent, done)
         finally:
             watcher.cancel()
-            await app.stop()
 
     asyncio.run(run())
     assert seen[:n] == list(range(n))
