@@ -303,8 +303,9 @@ def ensemble_alone(documents: int) -> tuple[dict[str, float], dict[str, float], 
         normalise(item(i, rng.choice(NAMES), rng.choice(CALM), start + timedelta(seconds=i)))
         for i in range(documents)
     ]
-    batches = [docs[k : k + 64] for k in range(0, len(docs), 64)]  # the worker's batch size
-    score_documents(ensemble, docs[:64])  # warm
+    size = settings.score_batch_size  # the worker's batch size
+    batches = [docs[k : k + size] for k in range(0, len(docs), size)]
+    score_documents(ensemble, batches[0])  # warm
     threads = torch.get_num_threads()
     cpu = {}
     began, cpu_began = time.perf_counter(), time.process_time()
