@@ -41,7 +41,8 @@ demo: $(STAMP)
 # fine-tuned members learn on the train splits, fusions on the val splits plus the 203 risk-news
 # sentences written for this project (models/data/train.jsonl: FPB and the tweets have few trial
 # failures, recalls or lawsuits), figures on the test splits (`riskwire models eval --split test`).
-# `make heads` refits the shipped heads and ensembles (a few minutes): `news` (fusion fitted on
+# `make heads` refits the shipped heads (MiniLM embeddings into one hidden layer of HEAD_HIDDEN
+# units; HEAD_HIDDEN=0 for linear ones) and ensembles (a few minutes): `news` (fusion fitted on
 # Financial PhraseBank), `social` (on the tweets), `mixed` (on both); `default.yaml` routes to them.
 # `make models` also fine-tunes three MiniLM members (13 minutes on a 2-core Xeon with AMX) into
 # riskwire-data/models and fits the same three ensembles with them there, where the worker and the
@@ -56,11 +57,12 @@ FUSE = $(BIN)/riskwire models fuse --fusion stacking --split all
 $(SPLITS)/fpb_dev.val.jsonl $(SPLITS)/tfns_train.val.jsonl: $(STAMP)
 	$(BIN)/riskwire models split --data $(FPB) --data $(TWEETS) --out $(SPLITS)
 
+HEAD_HIDDEN ?= 128
 heads: $(STAMP) $(SPLITS)/fpb_dev.val.jsonl
 	$(BIN)/riskwire models train --kind head --data $(FPB) --name minilm-fpb \
-		--out models/artifacts/heads/minilm-fpb.json
+		--hidden $(HEAD_HIDDEN) --out models/artifacts/heads/minilm-fpb.json
 	$(BIN)/riskwire models train --kind head --data $(TWEETS) --name minilm-tweets \
-		--out models/artifacts/heads/minilm-tweets.json
+		--hidden $(HEAD_HIDDEN) --out models/artifacts/heads/minilm-tweets.json
 	$(MAKE) ENSEMBLES=models/artifacts/ensembles RECIPE=models/recipes/shipped.json ensembles
 
 models: heads

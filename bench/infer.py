@@ -83,7 +83,7 @@ def naive_scorer(member: Member, device: str) -> Callable[[str], np.ndarray]:
             tokens = np.asarray(extract(text)[0], dtype=np.float64)  # (tokens, dim)
             pooled = tokens.mean(axis=0)
             pooled /= max(float(np.linalg.norm(pooled)), 1e-9)
-            logits = pooled @ head.weight + head.bias
+            logits = head.logits(pooled)
             e = np.exp(logits - logits.max())
             return np.asarray(e / e.sum())
 

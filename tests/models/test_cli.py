@@ -26,7 +26,8 @@ def test_train_fuse_and_evaluate_through_the_cli(
     data = str(fixtures_dir / "labelled.jsonl")
     head = tmp_path / "heads" / "tiny-head.json"
     result = riskwire("models", "train", "--kind", "head", "--data", data, "--name", "tiny-head",
-                      "--base", str(tiny_encoder_dir), "--out", str(head), env=env)  # fmt: skip
+                      "--base", str(tiny_encoder_dir), "--hidden", "8", "--out", str(head),
+                      env=env)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validation macro-F1" in result.stdout and head.is_file()
     tuned = tmp_path / "tuned"
@@ -37,6 +38,7 @@ def test_train_fuse_and_evaluate_through_the_cli(
     assert "step " in result.stdout and (tuned / "riskwire.json").is_file()
     known = registry(tmp_path / "data")
     assert known["tiny-head"]["data_sha256"] and "val_macro_f1" in known["tiny-head"]["metrics"]
+    assert known["tiny-head"]["hidden"] == 8  # a head with a hidden layer, through fuse and eval
     assert known["tuned"]["kind"] == "hf-classifier" and known["tuned"]["base"]
 
     members = tmp_path / "members.json"

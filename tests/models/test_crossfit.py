@@ -124,6 +124,9 @@ def test_train_with_folds_then_fuse_with_the_out_of_fold_answers(
     assert (
         result.returncode != 0 and "--folds and --oof go together" in result.stdout + result.stderr
     )
+    result = riskwire("models", "train", "--kind", "finetune", "--name", "x", "--hidden", "8",
+                      "--out", str(tmp_path / "x"), "--data", data, env=env)  # fmt: skip
+    assert result.returncode != 0 and "--hidden is for --kind head" in result.stdout + result.stderr
 
     members = tmp_path / "members.json"
     members.write_text(json.dumps({"name": "tiny", "members": [

@@ -27,9 +27,13 @@ TEXTS = [
 ]
 
 
-def random_head(dim: int, seed: int = 0) -> Head:
+def random_head(dim: int, seed: int = 0, hidden: int = 0) -> Head:
+    """Linear, or with a ReLU layer of ``hidden`` units."""
     rng = np.random.default_rng(seed)
-    return Head(rng.normal(size=(dim, 3)), rng.normal(size=3), {"version": "test-head"})
+    if not hidden:
+        return Head(rng.normal(size=(dim, 3)), rng.normal(size=3), {"version": "test-head"})
+    layer = (rng.normal(size=(dim, hidden)), rng.normal(size=hidden))
+    return Head(rng.normal(size=(hidden, 3)), rng.normal(size=3), {"version": "test-mlp"}, layer)
 
 
 FUSED = ["majority", "soft", "stacking", "dawid-skene"]
@@ -43,7 +47,7 @@ def fitted_ensemble(fusion: str, members: list[Member]) -> Ensemble:
     return ensemble
 
 
-MEMBER_KINDS = ["finlex", "lm", "finvader", "embedding-head", "hf", "hf-int8",
+MEMBER_KINDS = ["finlex", "lm", "finvader", "embedding-head", "embedding-mlp-head", "hf", "hf-int8",
                 *(f"ensemble-{f}" for f in FUSED)]  # fmt: skip
 
 
@@ -64,6 +68,8 @@ def member(
             quantize=kind == "hf-int8",
         )  # fmt: skip
     encoder = SentenceEncoder(str(tiny_encoder_dir))
+    if kind == "embedding-mlp-head":
+        return EmbeddingHeadMember(encoder, random_head(encoder.dim, hidden=5))
     head_member = EmbeddingHeadMember(encoder, random_head(encoder.dim))
     if kind == "embedding-head":
         return head_member
@@ -133,6 +139,22 @@ def test_head_round_trips_and_refuses_wrong_shapes(tmp_path: Path) -> None:
         Head(np.zeros((16, 2)), np.zeros(3), {})
     with pytest.raises(ModelError, match="run 'riskwire models train'"):
         Head.load(tmp_path / "missing.json")
+
+
+def test_head_with_a_hidden_layer_round_trips_and_computes_relu_logits(tmp_path: Path) -> None:
+    head = random_head(16, hidden=4)
+    head.save(tmp_path / "mlp.json")
+    loaded = Head.load(tmp_path / "mlp.json")
+    assert loaded.hidden is not None and loaded.input_dim == 16 and loaded.version == "test-mlp"
+    assert np.allclose(loaded.hidden[0], head.hidden[0], atol=1e-6)  # type: ignore[index]
+    x = np.random.default_rng(3).normal(size=(5, 16))
+    assert head.hidden is not None
+    hidden = np.maximum(x @ head.hidden[0] + head.hidden[1], 0)
+    assert np.allclose(loaded.logits(x), hidden @ head.weight + head.bias, atol=1e-4)
+    # rows of numbers one to a line: a hidden layer of 128 units stays a few hundred kB
+    assert len((tmp_path / "mlp.json").read_text().splitlines()) < 40
+    with pytest.raises(ModelError, match="hidden layer must be"):
+        Head(np.zeros((4, 3)), np.zeros(3), {}, (np.zeros((16, 5)), np.zeros(5)))
 
 
 def test_encoder_and_head_must_agree_on_dimensions(tiny_encoder_dir: Path) -> None:

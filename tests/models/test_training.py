@@ -12,6 +12,7 @@ from models.training import (
     DEFAULT_TRAIN_SET,
     LabelledSet,
     evaluate,
+    fit_mlp,
     fit_softmax,
     macro_f1_difference,
     train_head,
@@ -31,6 +32,22 @@ def test_fit_softmax_learns_a_separable_problem_deterministically() -> None:
     a, b = fit_softmax(x, y), fit_softmax(x, y)
     assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
     assert (np.argmax(x @ a.weight + a.bias, axis=1) == y).mean() == 1.0
+
+
+def test_fit_mlp_learns_a_nonlinear_problem_deterministically() -> None:
+    """XOR-like classes no linear head can separate; the same seed gives the same weights."""
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, size=(400, 2))
+    y = np.where(x[:, 0] * x[:, 1] > 0, 0, 2)
+    y[np.abs(x[:, 0]) < 0.15] = 1
+    a, b = fit_mlp(x, y, hidden=32, l2=0.0), fit_mlp(x, y, hidden=32, l2=0.0)
+    assert a.hidden is not None and b.hidden is not None and a.digest() == b.digest()
+    assert a.digest() != fit_mlp(x, y, hidden=32, l2=0.0, seed=1).digest()
+    assert (np.argmax(a.logits(x), axis=1) == y).mean() > 0.9
+    linear = fit_softmax(x, y)
+    assert (np.argmax(linear.logits(x), axis=1) == y).mean() < 0.75
+    with pytest.raises(ModelError, match="at least 2 rows"):
+        fit_mlp(x[:1], y[:1], hidden=4)
 
 
 def test_evaluate_reports_accuracy_and_macro_f1() -> None:
@@ -103,6 +120,9 @@ def test_train_head_on_a_tiny_encoder_records_its_provenance(
     assert head.weight.shape == (16, 3)
     assert head.meta["train_sha256"] == data.sha256 and head.meta["train_rows"] == len(data.texts)
     assert head.version.startswith("minilm-head-") and 0 <= head.meta["cv_accuracy"] <= 1
+    mlp = train_head(SentenceEncoder(str(tiny_encoder_dir)), data, folds=3, hidden=6)
+    assert mlp.hidden is not None and mlp.hidden[0].shape == (16, 6) and mlp.weight.shape == (6, 3)
+    assert mlp.meta["hidden"] == 6 and mlp.meta["l2"] == 1e-3 and "hidden" not in head.meta
 
 
 @pytest.mark.slow
