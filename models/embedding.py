@@ -192,7 +192,10 @@ def _encoder_name(path: str) -> str:
     return Path(path).name if Path(path).exists() else path
 
 
-_NUMBER_LIST = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*,?\s*)+)\]")
+# a list of numbers only, each after the first behind a comma: one way to match, no backtracking
+# blow-up on a list that turns out to hold something else
+_NUMBER = r"-?[0-9][0-9.eE+-]*"
+_NUMBER_LIST = re.compile(rf"\[\s*({_NUMBER}(?:,\s*{_NUMBER})*)\s*\]")
 
 
 class Head:

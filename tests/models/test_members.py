@@ -157,6 +157,22 @@ def test_head_with_a_hidden_layer_round_trips_and_computes_relu_logits(tmp_path:
         Head(np.zeros((4, 3)), np.zeros(3), {}, (np.zeros((16, 5)), np.zeros(5)))
 
 
+def test_head_files_keep_lists_that_are_not_all_numbers(tmp_path: Path) -> None:
+    """Rows of numbers go on one line; a list with a string or a NaN in it is written as JSON
+    writes it, and quickly (a pattern that backtracks over every way to cut the digits would
+    not finish on this row)."""
+    head = random_head(16, hidden=8)
+    head.meta["notes"] = ["scaled", 1, 2.5]
+    assert head.hidden is not None
+    head.hidden[1][:] = 0.1234567
+    head.hidden[1][7] = np.nan
+    head.save(tmp_path / "odd.json")
+    loaded = Head.load(tmp_path / "odd.json")
+    assert loaded.meta["notes"] == ["scaled", 1, 2.5]
+    assert loaded.hidden is not None and np.isnan(loaded.hidden[1][7])
+    assert np.allclose(loaded.hidden[1][:7], 0.123457)
+
+
 def test_encoder_and_head_must_agree_on_dimensions(tiny_encoder_dir: Path) -> None:
     encoder = SentenceEncoder(str(tiny_encoder_dir))
     with pytest.raises(ModelError, match="expects 8-d embeddings"):
