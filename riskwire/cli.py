@@ -297,7 +297,7 @@ def models_train(
     """Train a member on the train split of --data, validate on its val split, register it.
     With --folds K, also cross-fit it: K copies, each trained without one fold of the training
     rows and scoring that fold (``models/crossfit.py``), for ``models fuse --oof``."""
-    from models.embedding import SentenceEncoder
+    from models.embedding import EmbeddingHeadMember, SentenceEncoder
     from models.finetune import FinetuneConfig
     from models.training import LabelledSet, evaluate, train_head
 
@@ -331,7 +331,9 @@ def models_train(
             return dict(_finetune(base, rows, val, target, config, what).best_val)
         with console.status(f"{what}: embedding {len(rows):,} texts and fitting the head"):
             head = train_head(encoder, rows, name=name, hidden=hidden)
-            scores = evaluate(_head_proba(encoder, head, val.texts), val.labels)
+            scores = evaluate(
+                EmbeddingHeadMember(encoder, head).predict_proba(val.texts), val.labels
+            )
         head.meta.update(name=name, base=encoder.name, data_sha256=digest,
                          metrics={f"val_{k}": round(float(v), 4) for k, v in scores.items()})  # fmt: skip
         head.save(target)
@@ -427,12 +429,6 @@ def _finetune(base: str | None, train: Any, val: Any, out: Path, config: Any, wh
                 )
 
         return finetune(base or default_encoder_path(), train, val, out, config, progress)
-
-
-def _head_proba(encoder: Any, head: Any, texts: list[str]) -> Any:
-    from models.base import softmax
-
-    return softmax(head.logits(encoder.encode(texts)).astype(float))
 
 
 @models_app.command("fuse")
