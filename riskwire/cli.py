@@ -268,6 +268,14 @@ def models_train(
     ] = 0,
     epochs: Annotated[int, typer.Option(min=1)] = 3,
     max_minutes: Annotated[float | None, typer.Option(help="stop fine-tuning after this")] = None,
+    patience: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="fine-tuning: stop after this many evaluations (two an epoch) without "
+            "a better validation macro-F1",
+        ),
+    ] = 2,
     max_length: Annotated[int, typer.Option(min=16)] = 128,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     learning_rate: Annotated[float, typer.Option()] = 5e-5,
@@ -316,7 +324,7 @@ def models_train(
     console.print(f"{len(train):,} training rows, {len(val):,} validation rows")
     config = FinetuneConfig(
         epochs=epochs, max_minutes=max_minutes, max_length=max_length, batch_size=batch_size,
-        learning_rate=learning_rate, seed=seed, precision=precision,
+        learning_rate=learning_rate, seed=seed, precision=precision, patience=patience,
         group_by_length=group_by_length,
     )  # fmt: skip
     encoder = (

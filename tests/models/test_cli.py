@@ -33,9 +33,11 @@ def test_train_fuse_and_evaluate_through_the_cli(
     tuned = tmp_path / "tuned"
     result = riskwire("models", "train", "--kind", "finetune", "--data", data, "--name", "tuned",
                       "--base", str(tiny_encoder_dir), "--out", str(tuned), "--epochs", "2",
-                      "--batch-size", "8", "--max-length", "32", env=env)  # fmt: skip
+                      "--batch-size", "8", "--max-length", "32", "--patience", "3",
+                      env=env)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "step " in result.stdout and (tuned / "riskwire.json").is_file()
+    assert json.loads((tuned / "riskwire.json").read_text())["config"]["patience"] == 3
     known = registry(tmp_path / "data")
     assert known["tiny-head"]["data_sha256"] and "val_macro_f1" in known["tiny-head"]["metrics"]
     assert known["tiny-head"]["hidden"] == 8  # a head with a hidden layer, through fuse and eval
