@@ -44,7 +44,7 @@ demo: $(STAMP)
 # `make heads` refits the shipped heads (MiniLM embeddings into one hidden layer of HEAD_HIDDEN
 # units; HEAD_HIDDEN=0 for linear ones) and ensembles (a few minutes): `news` (fusion fitted on
 # Financial PhraseBank), `social` (on the tweets), `mixed` (on both); `default.yaml` routes to them.
-# `make models` also fine-tunes three MiniLM members (21 minutes on a 2-core Xeon with AMX) into
+# `make models` also fine-tunes three MiniLM members (23 minutes on a 2-core Xeon with AMX) into
 # riskwire-data/models and fits the same three ensembles with them there, where the worker and the
 # demo find them before the shipped ones.
 DATA ?= ../shared/data
@@ -69,9 +69,9 @@ models: heads
 	$(BIN)/riskwire models train --kind finetune --data $(FPB) --data $(TWEETS) --name minilm-ft \
 		--out $(TRAINED)/minilm-ft --epochs 6 --patience 4 --max-length 96
 	$(BIN)/riskwire models train --kind finetune --data $(FPB) --name minilm-ft-fpb \
-		--out $(TRAINED)/minilm-ft-fpb --epochs 4 --max-length 96
+		--out $(TRAINED)/minilm-ft-fpb --epochs 6 --patience 4 --max-length 96
 	$(BIN)/riskwire models train --kind finetune --data $(TWEETS) --name minilm-ft-tweets \
-		--out $(TRAINED)/minilm-ft-tweets --epochs 6 --max-length 64
+		--out $(TRAINED)/minilm-ft-tweets --epochs 6 --patience 4 --max-length 64
 	$(MAKE) ENSEMBLES=$(TRAINED)/ensembles RECIPE=models/recipes/finetuned.json NEWS_FUSION=soft \
 		ensembles
 
