@@ -208,9 +208,14 @@ def create_api(
         job = job_row(job_id)
         if job.status == DONE:
             raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is already done")
-        queued = job_id in submitted and not submitted[job_id].done()
-        if job.status in (RUNNING, CANCELLING) or queued:  # after a crash: the CLI's --force
+        if job.status in (RUNNING, CANCELLING):  # after a crash: the CLI's --force
             raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {job.status}")
+        if job_id in submitted and not submitted[job_id].done():
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"job {job_id} is {job.status} but its earlier run is still queued here; resume it "
+                "once that run has left the queue",
+            )
         start(job_id, resume=True)
         return describe_job(job_row(job_id))
 

@@ -102,8 +102,12 @@ def test_results_wait_for_the_end_and_a_cancelled_job_can_be_resumed(client: Tes
     assert early.status_code == 409
     cancelled = client.post(f"/replays/{job['id']}/cancel", headers=AUTH)
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    # its run is still queued behind the blocker: resuming now would run the job twice
+    queued = client.post(f"/replays/{job['id']}/resume", headers=AUTH)
+    assert queued.status_code == 409 and "still queued" in queued.json()["detail"]
     release.set()
     blocker.result()
+    executor.submit(lambda: None).result()  # one worker, in order: the job's queued run is over
     assert wait_for(client, job["id"], {"cancelled"})["processed"] == 0
     resumed = client.post(f"/replays/{job['id']}/resume", headers=AUTH)
     assert resumed.status_code == 202
