@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
+from models.finetune import FinetuneConfig
+from riskwire.cli import models_train
 from tests.riskwire.test_cli import riskwire
 
 
@@ -107,3 +111,13 @@ def test_train_fuse_and_evaluate_through_the_cli(
 
     result = riskwire("models", "eval", "--data", data, "--ensemble", "nonesuch", env=env)
     assert result.returncode != 0 and "no ensemble 'nonesuch'" in result.stdout + result.stderr
+
+
+def test_the_train_command_defaults_to_the_fine_tuning_defaults() -> None:
+    """The CLI spells its fine-tuning defaults out (its imports stay lazy); they must not drift
+    from ``FinetuneConfig``'s."""
+    options = inspect.signature(models_train).parameters
+    shared = [f for f in fields(FinetuneConfig) if f.name in options]
+    assert {f.name for f in shared} >= {"epochs", "patience", "learning_rate", "batch_size"}
+    for f in shared:
+        assert options[f.name].default == f.default, f.name
