@@ -98,6 +98,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/riskwire bench infer
 	$(BIN)/riskwire bench replay
+	$(BIN)/riskwire bench engine
 	$(BIN)/riskwire bench delivery
 	$(BIN)/riskwire bench ingest
 

@@ -11,7 +11,9 @@ Figures, all in the same run:
 - cached: docs/s of a whole replay job that reuses the cached scores (target: >= 20,000 on 2
   cores), and the same without the report it ends with;
 - engine: docs/s of the risk engine alone on the same scores and groups, in memory (the job's
-  critical path: it runs in the job's process while a thread reads and a child writes);
+  critical path: it runs in the job's process while a thread reads and a child writes); and the
+  same with the live stream's allowed lateness (four days by default), where the market group
+  holds days of events (tens of thousands here) instead of the replay's two hours;
 - rescored: docs/s of a replay that scores every document again with the default ensemble, against
   the ensemble's own docs/s on the same texts (``judge`` alone), so the ratio is what replay costs
   on top of the models.
@@ -54,10 +56,10 @@ HEADLINES = [
 ]
 
 
-def synthetic(n: int, seed: int = 0) -> list[Document]:
-    """n documents over ten days, each naming one or two tickers; a few tickers get bad days."""
+def synthetic(n: int, seed: int = 0, days: int = 10) -> list[Document]:
+    """n documents over ``days`` days, each naming one or two tickers; a few tickers get bad days."""
     rng = random.Random(seed)
-    span = 10 * 86_400
+    span = days * 86_400
     docs = []
     for i in range(n):
         t = T0 + timedelta(seconds=rng.randrange(span))
@@ -88,12 +90,18 @@ def cached_score(doc: Document, rng: random.Random) -> Score:
     )  # fmt: skip
 
 
-def time_engine(settings: Settings, docs: list[Document], scores: list[Score]) -> float:
+def time_engine(
+    settings: Settings,
+    docs: list[Document],
+    scores: list[Score],
+    lateness: timedelta | None = timedelta(0),
+) -> float:
     """Seconds the risk engine takes over the documents in event-time order, in the groups a replay
     gives them, with a drain of the aggregates every page and the engine's state where a replay
-    checkpoints (every ``CHECKPOINT_EVERY`` documents, and with the last page)."""
+    checkpoints (every ``CHECKPOINT_EVERY`` documents, and with the last page). A replay's engine
+    has no lateness; ``None`` gives the live stream's."""
     sector_of = dict(sector_map(settings)) if settings.sector_groups else {}
-    engine = build_risk_engine(settings, "bench-engine", lateness=timedelta(0))
+    engine = build_risk_engine(settings, "bench-engine", lateness=lateness)
     ordered = sorted(zip(docs, scores, strict=True), key=lambda p: (p[0].published_at, p[0].id))
     started = time.perf_counter()
     since = 0
@@ -150,6 +158,7 @@ def run(
     )
     assert status == "done", status
     engine_s = time_engine(settings, docs, scores)
+    live_engine_s = time_engine(settings, docs, scores, lateness=None)
     result: dict[str, Any] = {
         "database": url.split(":")[0].split("+")[0],
         "documents": documents,
@@ -159,6 +168,7 @@ def run(
         "cached_pages_docs_per_s": documents / (stamps["written"] - stamps["started"]),
         "report_seconds": stamps["started"] + cached_s - stamps["written"],
         "engine_docs_per_s": documents / engine_s,
+        "engine_live_lateness_docs_per_s": documents / live_engine_s,
     }
     if rescore_documents:
         from models.factory import build_ensemble

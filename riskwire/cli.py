@@ -883,7 +883,8 @@ def bench_replay(
         f"({result['documents']:,} documents in {result['cached_seconds']:.1f}s, {result['database']}); "
         f"{result['cached_pages_docs_per_s']:,.0f} docs/s before the report "
         f"({result['report_seconds']:.1f}s); the risk engine alone: "
-        f"{result['engine_docs_per_s']:,.0f} docs/s"
+        f"{result['engine_docs_per_s']:,.0f} docs/s, with the live stream's lateness "
+        f"{result['engine_live_lateness_docs_per_s']:,.0f} docs/s"
     )
     if "rescored_docs_per_s" in result:
         console.print(
@@ -891,6 +892,34 @@ def bench_replay(
             f"{result['ensemble_docs_per_s']:,.0f} docs/s; replay runs at "
             f"{result['rescored_vs_ensemble']:.0%} of the ensemble's speed"
         )
+
+
+@bench_app.command("engine")
+def bench_engine(
+    documents: Annotated[
+        int, typer.Option(help="synthetic documents, in event-time order")
+    ] = 200_000,
+    days: Annotated[int, typer.Option(help="event-time span of the documents")] = 8,
+    as_json: JsonOutput = False,
+) -> None:
+    """The risk engine's cost per document as its windows fill, against no lateness."""
+    from bench.engine import run
+
+    _settings()
+    result = run(documents, days)
+    if as_json:
+        print(json.dumps(result))
+        return
+    quarters = lambda xs: " / ".join(f"{x:.1f}" for x in xs)  # noqa: E731
+    console.print(
+        f"risk engine, {result['documents']:,} documents over {result['days']} days, µs a "
+        f"document per quarter: live lateness ({result['lateness_minutes']} min; up to "
+        f"{result['live_most_events_held']:,} events in a group) {quarters(result['live_us_per_doc'])}; "
+        f"no lateness ({result['baseline_most_events_held']:,} events) "
+        f"{quarters(result['baseline_us_per_doc'])}; growth first to last quarter "
+        f"{result['live_growth']:.2f}x and {result['baseline_growth']:.2f}x; the live engine's last "
+        f"quarter {result['last_quarter_vs_baseline']:.2f}x the baseline's"
+    )
 
 
 @bench_app.command("pipeline")

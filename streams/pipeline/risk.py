@@ -27,7 +27,7 @@ import bisect
 import heapq
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -163,8 +163,15 @@ class _BaselineSums:
         self.means += sign * mean
         self.mean_squares += sign * mean * mean
 
-    def remove(self, cell: Sequence[float]) -> None:
-        self.add(cell, -1)
+    def add_buckets(
+        self, get: Callable[[int], list[float] | None], lo: int, hi: int, sign: int = 1
+    ) -> None:
+        """Add (or with ``sign`` -1, remove) the buckets numbered ``lo`` to ``hi - 1`` that hold
+        documents; ``get`` looks one up."""
+        for k in range(lo, hi):
+            cell = get(k)
+            if cell is not None:
+                self.add(cell, sign)
 
     def baseline(self, span: int) -> Baseline:
         volume_mean = self.documents / span
@@ -186,6 +193,11 @@ class TickerWindow:
     Events older than ``horizon`` before the newest one are evicted: ``horizon`` is the longest
     window anything looks back over plus the allowed lateness. Bucket sums are kept ``keep`` back
     (the horizon plus the baseline period).
+
+    Eviction moves a start index (``_lo``) and drops the evicted entries from the lists only once
+    they are half of them: a busy group (the market, with four days of lateness: tens of thousands
+    of events) evicts about one event per event, and deleting from the head of the lists every time
+    moved all of them (an O(n) cost per document). Everything reads from ``_lo`` on.
     """
 
     def __init__(
@@ -198,7 +210,8 @@ class TickerWindow:
         self.ticker = ticker
         self.horizon = horizon
         self.keep = max(keep or 2 * horizon, horizon)
-        self.events: list[Event] = []
+        self._events: list[Event] = []
+        self._lo = 0  # events[:_lo] are evicted, not yet deleted
         self._ids: set[str] = set()
         # prefix sums over ``events``, entry i summing the events before index i (less any evicted:
         # only differences are read): scores in 1/FIXED, negatives, squared scores in 1/FIXED**2,
@@ -211,6 +224,9 @@ class TickerWindow:
         # integers hash far faster than datetimes)
         self.buckets: dict[timedelta, dict[int, list[float]]] = {h: {} for h in hops}
         self.baselines: dict[tuple[timedelta, int], Baseline] = {}
+        # per bucket length, the running sums of the last baseline built: (window index, sums of
+        # the buckets in [index - span, index)), moved forward bucket by bucket to the next one
+        self._sweeps: dict[timedelta, tuple[int, _BaselineSums]] = {}
         self._adds = 0
 
     def add(self, event: Event) -> bool:
@@ -218,16 +234,24 @@ class TickerWindow:
         ident = event.key
         if ident in self._ids:
             return False
-        at = bisect.bisect_right(self.events, event)
-        self.events.insert(at, event)
+        t = event.published_at
+        if self.high_water is None or t > self.high_water:
+            self.high_water = t
+        oldest = self.high_water - self.horizon
+        if t < oldest:  # evicted at once: neither kept nor counted
+            return True
+        at = bisect.bisect_right(self._events, event, self._lo)
+        self._events.insert(at, event)
         self._prefix_insert(at, event)
         self._ids.add(ident)
-        if self.high_water is None or event.published_at > self.high_water:
-            self.high_water = event.published_at
-        self._evict()
-        if event.published_at >= self.high_water - self.horizon:  # not evicted at once
-            self._count(event)
+        self._evict(oldest)
+        self._count(event)
         return True
+
+    @property
+    def events(self) -> list[Event]:
+        """The events in the window, oldest first (a copy)."""
+        return self._events[self._lo :]
 
     def _count(self, event: Event) -> None:
         t = event.published_at
@@ -244,8 +268,8 @@ class TickerWindow:
                 bucket[2] += event.negative
                 bucket[3] += score * score
                 bucket[4] += event.disagreement
-        if self.baselines and self.high_water is not None and t < self.high_water:
-            self.baselines.clear()  # a late event changed history some baseline was built from
+        if self.high_water is not None and t < self.high_water:
+            self._forget_baselines()  # a late event changed history some baseline was built from
         self._adds += 1
         if self._adds % 512 == 0:  # buckets no window can reach again
             assert self.high_water is not None
@@ -254,20 +278,30 @@ class TickerWindow:
                 first = (oldest - EPOCH) // hop
                 for key in [k for k in buckets if k < first]:
                     del buckets[key]
-            self.baselines.clear()
+                sweep = self._sweeps.get(hop)
+                if sweep is not None and sweep[0] - (self.keep - self.horizon) // hop < first:
+                    del self._sweeps[hop]  # its sums held buckets just deleted
+            self.baselines.clear()  # (a bound on the cache)
 
-    def _evict(self) -> None:
-        assert self.high_water is not None
-        oldest = self.high_water - self.horizon
-        if self.events[0].published_at >= oldest:  # the common case: nothing to evict
+    def _forget_baselines(self) -> None:
+        if self.baselines:
+            self.baselines.clear()
+        if self._sweeps:
+            self._sweeps.clear()
+
+    def _evict(self, oldest: datetime) -> None:
+        events, lo = self._events, self._lo
+        if events[lo].published_at >= oldest:  # nothing to evict
             return
-        cut = bisect.bisect_left(self.events, (oldest,))
-        if cut:
-            for old in self.events[:cut]:
-                self._ids.discard(old.key)
-            del self.events[:cut]
+        cut = bisect.bisect_left(events, (oldest,), lo)
+        for old in events[lo:cut]:
+            self._ids.discard(old.key)
+        self._lo = cut
+        if cut >= 64 and 2 * cut >= len(events):  # deleted in bulk: amortised O(1) an event
+            del events[:cut]
             for prefix in self._prefix:
                 del prefix[:cut]
+            self._lo = 0
 
     def _prefix_insert(self, at: int, event: Event) -> None:
         """Keep the prefix sums in step with ``events.insert(at, event)``: an append costs four
@@ -288,21 +322,21 @@ class TickerWindow:
 
     def _rebuild_prefix(self) -> None:
         self._prefix = ([0], [0], [0], [0])
-        for at, event in enumerate(self.events):
+        for at, event in enumerate(self._events):
             self._prefix_insert(at, event)
 
     def stats_at(self, end: datetime, length: timedelta) -> WindowStats:
         """Statistics over the events in ``(end - length, end]``."""
-        events = self.events
+        events = self._events
         start = end - length
-        lo = bisect.bisect_right(events, (start, "\uffff"))
+        lo = bisect.bisect_right(events, (start, "\uffff"), self._lo)
         hi = bisect.bisect_right(events, (end, "\uffff"), lo)
         return self._stats(lo, hi, start, end)
 
     def count_between(self, start: datetime, end: datetime) -> int:
         """How many events lie in ``[start, end)``."""
-        events = self.events
-        return bisect.bisect_left(events, (end,)) - bisect.bisect_left(events, (start,))
+        events, lo = self._events, self._lo
+        return bisect.bisect_left(events, (end,), lo) - bisect.bisect_left(events, (start,), lo)
 
     def stats_between(self, start: datetime, end: datetime) -> WindowStats:
         """Statistics over the events in ``[start, end)``."""
@@ -358,45 +392,51 @@ class TickerWindow:
         """Volume and sentiment of the windows of ``length`` in the ``keep - horizon`` before
         window ``index`` (cached: with events in event-time order, history does not change)."""
         cached = self.baselines.get((length, index))
-        if cached is not None:
-            return cached
-        span = (self.keep - self.horizon) // length
-        if span < 1:
-            return None
-        buckets = self.buckets[length]
-        lo, hi = index - span, index
-        if len(buckets) < span:
-            cells = [c for k, c in buckets.items() if lo <= k < hi]
-        else:
-            get = buckets.get
-            cells = [c for c in (get(k) for k in range(lo, hi)) if c is not None]
-        sums = _BaselineSums()
-        for cell in cells:
-            sums.add(cell)
-        base = self.baselines[(length, index)] = sums.baseline(span)
-        return base
+        if cached is None:
+            return self.prepare_baselines(length, (index,)).get(index)
+        return cached
 
-    def prepare_baselines(self, length: timedelta, indices: Sequence[int]) -> None:
-        """Cache the baselines of many windows of ``length`` in one sweep over the buckets: each
-        window's history is the last one's plus the buckets that entered it, less those that left
-        (exact integer sums, so the same as ``baseline`` one window at a time)."""
+    def prepare_baselines(self, length: timedelta, indices: Sequence[int]) -> dict[int, Baseline]:
+        """The baselines of windows of ``length``, each from the last one's sums plus the buckets
+        that entered its history, less those that left (exact integer sums, so the same as summing
+        each window's history afresh). They are cached, and the sums carry over to the next call,
+        where their history is complete: with events in event-time order, the buckets before the
+        newest event's no longer change, and the windows asked for move forward, so a baseline
+        costs the buckets passed since the last one, not the whole baseline period's."""
         span = (self.keep - self.horizon) // length
         todo = sorted({i for i in indices if (length, i) not in self.baselines})
-        if span < 1 or len(todo) < 2:
-            return
+        if span < 1 or not todo or self.high_water is None:
+            return {}
+        settled = (self.high_water - EPOCH) // length  # windows up to it have a settled history
         buckets = self.buckets[length]
-        first, last = todo[0] - span, todo[-1]
-        keys = sorted(k for k in buckets if first <= k < last)
-        sums = _BaselineSums()
-        lo = hi = 0
+        get = buckets.get
+        at, sums = self._sweeps.get(length) or (todo[0], None)
+        if sums is None or todo[0] < at or todo[0] - at >= span:
+            at, sums = todo[0], _BaselineSums()
+            lo = at - span
+            if len(buckets) < span:
+                cells = [c for k, c in buckets.items() if lo <= k < at]
+            else:
+                cells = [c for c in (get(k) for k in range(lo, at)) if c is not None]
+            for cell in cells:
+                sums.add(cell)
+        out = {}
         for index in todo:
-            while hi < len(keys) and keys[hi] < index:
-                sums.add(buckets[keys[hi]])
-                hi += 1
-            while lo < hi and keys[lo] < index - span:
-                sums.remove(buckets[keys[lo]])
-                lo += 1
-            self.baselines[(length, index)] = sums.baseline(span)
+            if index - at >= span:  # nothing in common: summed afresh
+                at, sums = index, _BaselineSums()
+                sums.add_buckets(get, index - span, index)
+            else:
+                sums.add_buckets(get, at, index)  # entering the history
+                sums.add_buckets(get, at - span, index - span, -1)  # leaving it
+                at = index
+            out[index] = base = sums.baseline(span)
+            if index <= settled:
+                self.baselines[(length, index)] = base
+        if at <= settled:
+            self._sweeps[length] = (at, sums)
+        else:
+            self._sweeps.pop(length, None)
+        return out
 
     def evidence(self, start: datetime, end: datetime, limit: int = 5) -> tuple[str, ...]:
         """The documents that weigh most in ``[start, end)``: the most negative first, then (for
@@ -413,12 +453,12 @@ class TickerWindow:
 
     def _span(self, start: datetime, end: datetime) -> tuple[int, int]:
         """The index range of the events in ``[start, end)``."""
-        lo = bisect.bisect_left(self.events, Event(start, ""))
-        return lo, bisect.bisect_left(self.events, Event(end, ""), lo)
+        lo = bisect.bisect_left(self._events, Event(start, ""), self._lo)
+        return lo, bisect.bisect_left(self._events, Event(end, ""), lo)
 
     def _between(self, start: datetime, end: datetime) -> list[Event]:
         lo, hi = self._span(start, end)
-        return self.events[lo:hi]
+        return self._events[lo:hi]
 
     def _stats(self, lo: int, hi: int, start: datetime, end: datetime) -> WindowStats:
         """Statistics of ``events[lo:hi]``, from the prefix sums (this runs for every document,
@@ -446,7 +486,7 @@ class TickerWindow:
                     e.story,
                     e.disagreement,
                 ]
-                for e in self.events
+                for e in self._events[self._lo :]
             ],
             "buckets": {
                 str(int(hop.total_seconds())): [[k, *cell] for k, cell in buckets.items()]
@@ -470,11 +510,12 @@ class TickerWindow:
                 datetime.fromisoformat(published_at), document_id, score, negative, story,
                 disagreement,
             )  # fmt: skip
-            self.events.append(event)
+            self._events.append(event)
             self._ids.add(event.key)
             if self.high_water is None or event.published_at > self.high_water:
                 self.high_water = event.published_at
-        self.events.sort()
+        self._events.sort()
+        self._lo = 0
         self._rebuild_prefix()
 
     def replay(self, events: Iterable[Event]) -> None:

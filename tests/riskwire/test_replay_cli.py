@@ -87,7 +87,21 @@ def test_bench_replay_prints_one_json_object(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert figures["documents"] == 2000 and figures["cached_docs_per_s"] > 0
-    assert figures["engine_docs_per_s"] > 0
+    assert figures["engine_docs_per_s"] > 0 and figures["engine_live_lateness_docs_per_s"] > 0
+
+
+def test_bench_engine_prints_one_json_object(tmp_path: Path) -> None:
+    result = riskwire(
+        "bench", "engine", "--documents", "4000", "--days", "6", "--json",
+        env={"RISKWIRE_DATA_DIR": str(tmp_path), "RISKWIRE_LOG_LEVEL": "warning"}, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["documents"] == 4000 and figures["lateness_minutes"] == 4 * 24 * 60
+    assert len(figures["live_us_per_doc"]) == len(figures["baseline_us_per_doc"]) == 4
+    assert all(x > 0 for x in figures["live_us_per_doc"] + figures["baseline_us_per_doc"])
+    # four of the six days kept against the replay's two hours
+    assert figures["live_most_events_held"] > 10 * figures["baseline_most_events_held"]
 
 
 def test_resume_refuses_a_job_that_seems_to_be_running_unless_forced(

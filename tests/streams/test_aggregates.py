@@ -308,3 +308,38 @@ def test_aggregates_do_not_depend_on_how_documents_are_batched_between_drains() 
     once = rows(len(scores) + 1)
     assert any(r["sentiment_z"] is not None for r in once.values())
     assert rows(1) == once and rows(37) == once
+
+
+def test_baselines_carried_from_window_to_window_equal_the_sums_afresh() -> None:
+    """In event-time order a window's baseline sums carry over to the next window asked for; asked
+    for at any moment (the newest window, one ahead of the newest event, an older one), after late
+    events and bucket pruning, each is exactly what summing its history afresh gives."""
+    from streams.pipeline.risk import EPOCH, _BaselineSums
+
+    rng = random.Random(11)
+    engine = RiskEngine(
+        [Rule("s", "sentiment_z", window=HOUR)], lateness=timedelta(hours=6),
+        baseline=timedelta(days=2),
+    )  # fmt: skip
+    window = engine.window_of("ACME")
+    span = (window.keep - window.horizon) // HOUR
+    t = DAY0
+    checked = 0
+    for i in range(3000):
+        t += timedelta(minutes=rng.choice([1, 3, 7, 20, 45]))
+        late = rng.random() < 0.02
+        at = t - timedelta(hours=rng.randrange(1, 5)) if late else t
+        window.add(Event(at, f"d{i}", round(rng.uniform(-1, 1), 3), rng.random() < 0.3))
+        newest = (window.high_water - EPOCH) // HOUR
+        asked = [newest, newest + 2, newest - rng.randrange(0, 30)]
+        for index in asked if i % 5 == 0 else asked[:1]:
+            got = window.baseline(HOUR, index)
+            sums = _BaselineSums()
+            cells = window.buckets[HOUR]
+            for k in range(index - span, index):
+                if k in cells:
+                    sums.add(cells[k])
+            assert got == sums.baseline(span), (i, index)
+            checked += 1
+    assert checked > 4000
+    assert min(window.buckets[HOUR]) > (DAY0 - EPOCH) // HOUR + 20 * 24  # pruned on the way

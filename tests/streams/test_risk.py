@@ -132,6 +132,33 @@ def test_rows_carry_the_trailing_window_and_the_run_id() -> None:
     assert engine.process(make_score(ticker=None)).row is None
 
 
+def test_a_busy_window_evicts_in_bulk_and_reads_only_what_it_keeps() -> None:
+    """Eviction moves a start index and deletes in bulk: at every step the window holds exactly
+    the events within its horizon, a window reaching further back counts only those, an evicted
+    document is not a duplicate, and a checkpoint restores the same window."""
+    horizon = timedelta(minutes=100)
+    window = TickerWindow("market", horizon)
+    added = []
+    for i in range(1000):
+        event = Event(T + timedelta(minutes=i), f"d{i}", (i % 7 - 3) / 4, i % 3 == 0)
+        assert window.add(event)
+        added.append(event)
+        kept = [e for e in added if e.published_at >= event.published_at - horizon]
+        if i % 37 == 0 or i > 990:
+            assert window.events == kept
+            assert window.stats_at(event.published_at, 2 * horizon).documents == len(kept)
+            assert window.count_between(T, event.published_at) == len(kept) - 1
+    assert len(window._events) < 2 * len(window.events) + 64  # deleted, not only skipped
+    evicted = added[0]
+    assert window.add(evicted)  # too late to keep, and no longer known as a duplicate
+    assert window.events == kept and not window.add(kept[0])
+    stats = window.stats_at(kept[-1].published_at, horizon)
+    restored = TickerWindow("market", horizon)
+    restored.restore(json.loads(json.dumps(window.state())))
+    assert restored.events == kept
+    assert restored.stats_at(kept[-1].published_at, horizon) == stats
+
+
 def test_trailing_windows_are_exact_whatever_the_order_evictions_or_rebuilds() -> None:
     """The prefix sums give each window's figures as if summed exactly: the same bits in any
     arrival order and after a rebuild from stored events, and equal to a direct computation."""
