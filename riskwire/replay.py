@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlalchemy import and_, func, select, tuple_, type_coerce
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 from sqlalchemy.types import NullType
 
 from ingest.files import JsonlSource
@@ -182,8 +182,11 @@ def seems_alive(job: ReplayRunRow) -> float | None:
     return max(age, 0.001) if age < STALE.total_seconds() else None
 
 
-def _job(session: Session, job_id: str) -> ReplayRunRow:
-    job = session.get(ReplayRunRow, job_id)
+def _job(session: Session, job_id: str, light: bool = False) -> ReplayRunRow:
+    """The job's row; ``light`` leaves its checkpoint (megabytes of engine state) unread."""
+    job = session.get(
+        ReplayRunRow, job_id, options=[defer(ReplayRunRow.checkpoint)] if light else ()
+    )
     if job is None:
         raise ReplayError(f"no replay job {job_id!r}")
     return job
@@ -470,7 +473,7 @@ class ReplayRunner:
                     return writer.submit(plot_report, report, path).result()
 
                 with self.sessions.begin() as session:
-                    job = _job(session, job_id)
+                    job = _job(session, job_id, light=True)
                     out = self.settings.data_dir / "replays"
                     finish_report(session, job, out, plot_report if in_process else draw)
                     job.status = DONE
@@ -482,8 +485,13 @@ class ReplayRunner:
         return DONE
 
     def _status(self, job_id: str) -> str:
+        """The job's status alone: the row's checkpoint is megabytes of JSON (the engine's state),
+        and loading the row decoded it before every page."""
         with self.sessions() as session:
-            return _job(session, job_id).status
+            status = session.scalar(select(ReplayRunRow.status).where(ReplayRunRow.id == job_id))
+        if status is None:
+            raise ReplayError(f"no replay job {job_id!r}")
+        return status
 
     def _compute(
         self,
