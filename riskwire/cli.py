@@ -900,19 +900,23 @@ def bench_engine(
         int, typer.Option(help="synthetic documents, in event-time order")
     ] = 200_000,
     days: Annotated[int, typer.Option(help="event-time span of the documents")] = 8,
+    drain_every: Annotated[
+        int, typer.Option(help="documents between drains of the aggregates")
+    ] = 1000,
     as_json: JsonOutput = False,
 ) -> None:
     """The risk engine's cost per document as its windows fill, against no lateness."""
     from bench.engine import run
 
     _settings()
-    result = run(documents, days)
+    result = run(documents, days, drain_every)
     if as_json:
         print(json.dumps(result))
         return
     quarters = lambda xs: " / ".join(f"{x:.1f}" for x in xs)  # noqa: E731
     console.print(
-        f"risk engine, {result['documents']:,} documents over {result['days']} days, µs a "
+        f"risk engine, {result['documents']:,} documents over {result['days']} days, aggregates "
+        f"drained every {result['drain_every']:,}, µs a "
         f"document per quarter: live lateness ({result['lateness_minutes']} min; up to "
         f"{result['live_most_events_held']:,} events in a group) {quarters(result['live_us_per_doc'])}; "
         f"no lateness ({result['baseline_most_events_held']:,} events) "
