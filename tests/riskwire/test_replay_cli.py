@@ -79,24 +79,24 @@ def test_replay_errors_are_one_clear_line_and_exit_code_2(
     assert missing.returncode == 2 and "no replay job 'replay-nope'" in missing.stdout
 
 
-def test_bench_replay_prints_one_json_object(tmp_path: Path) -> None:
+def bench_json(tmp_path: Path, *args: str) -> dict:
+    """``riskwire bench ARGS --json`` in a fresh data directory: its one JSON object."""
     result = riskwire(
-        "bench", "replay", "--documents", "2000", "--rescore-documents", "0", "--json",
+        "bench", *args, "--json",
         env={"RISKWIRE_DATA_DIR": str(tmp_path), "RISKWIRE_LOG_LEVEL": "warning"}, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_bench_replay_prints_one_json_object(tmp_path: Path) -> None:
+    figures = bench_json(tmp_path, "replay", "--documents", "2000", "--rescore-documents", "0")
     assert figures["documents"] == 2000 and figures["cached_docs_per_s"] > 0
     assert figures["engine_docs_per_s"] > 0 and figures["engine_live_lateness_docs_per_s"] > 0
 
 
 def test_bench_engine_prints_one_json_object(tmp_path: Path) -> None:
-    result = riskwire(
-        "bench", "engine", "--documents", "4000", "--days", "6", "--json",
-        env={"RISKWIRE_DATA_DIR": str(tmp_path), "RISKWIRE_LOG_LEVEL": "warning"}, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout)
+    figures = bench_json(tmp_path, "engine", "--documents", "4000", "--days", "6")
     assert figures["documents"] == 4000 and figures["lateness_minutes"] == 4 * 24 * 60
     assert len(figures["live_us_per_doc"]) == len(figures["baseline_us_per_doc"]) == 4
     assert all(x > 0 for x in figures["live_us_per_doc"] + figures["baseline_us_per_doc"])
