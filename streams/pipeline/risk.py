@@ -390,7 +390,7 @@ class TickerWindow:
 
     def baseline(self, length: timedelta, index: int) -> Baseline | None:
         """Volume and sentiment of the windows of ``length`` in the ``keep - horizon`` before
-        window ``index`` (cached: with events in event-time order, history does not change)."""
+        window ``index`` (cached once that history is settled: see ``prepare_baselines``)."""
         cached = self.baselines.get((length, index))
         if cached is None:
             return self.prepare_baselines(length, (index,)).get(index)
