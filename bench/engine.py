@@ -25,14 +25,16 @@ from typing import Any
 
 from bench.replay import cached_score, synthetic
 from riskwire.replay import group_keys
-from riskwire.settings import load_settings
+from riskwire.settings import Settings, load_settings
 from streams.pipeline.rules import build_risk_engine
 
 
 def _quarters(
-    scored: list[tuple[list[str], Any]], lateness: timedelta | None, drain_every: int
+    settings: Settings,
+    scored: list[tuple[list[str], Any]],
+    lateness: timedelta | None,
+    drain_every: int,
 ) -> tuple[list[float], int]:
-    settings = load_settings()
     engine = build_risk_engine(settings, "bench-engine", lateness=lateness)
     quarter = max(len(scored) // 4, 1)
     out: list[float] = []
@@ -61,9 +63,9 @@ def run(documents: int = 200_000, days: int = 8, drain_every: int = 1000) -> dic
     gc.collect()
     gc.freeze()  # the bench's own input is not the engine's to scan: collections see the engine's
     try:
-        live, live_held = _quarters(scored, None, drain_every)
+        live, live_held = _quarters(settings, scored, None, drain_every)
         gc.collect()
-        base, base_held = _quarters(scored, timedelta(0), drain_every)
+        base, base_held = _quarters(settings, scored, timedelta(0), drain_every)
     finally:
         gc.unfreeze()
     return {

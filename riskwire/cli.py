@@ -913,7 +913,10 @@ def bench_engine(
     if as_json:
         print(json.dumps(result))
         return
-    quarters = lambda xs: " / ".join(f"{x:.1f}" for x in xs)  # noqa: E731
+
+    def quarters(figures: list[float]) -> str:
+        return " / ".join(f"{x:.1f}" for x in figures)
+
     console.print(
         f"risk engine, {result['documents']:,} documents over {result['days']} days, aggregates "
         f"drained every {result['drain_every']:,}, µs a "

@@ -410,21 +410,18 @@ class TickerWindow:
         settled = (self.high_water - EPOCH) // length  # windows up to it have a settled history
         buckets = self.buckets[length]
         get = buckets.get
-        at, sums = self._sweeps.get(length) or (todo[0], None)
-        if sums is None or todo[0] < at or todo[0] - at >= span:
-            at, sums = todo[0], _BaselineSums()
-            lo = at - span
-            if len(buckets) < span:
-                cells = [c for k, c in buckets.items() if lo <= k < at]
-            else:
-                cells = [c for c in (get(k) for k in range(lo, at)) if c is not None]
-            for cell in cells:
-                sums.add(cell)
+        at, sums = self._sweeps.get(length) or (0, None)
         out = {}
         for index in todo:
-            if index - at >= span:  # nothing in common: summed afresh
+            if sums is None or index < at or index - at >= span:  # nothing to carry: afresh
                 at, sums = index, _BaselineSums()
-                sums.add_buckets(get, index - span, index)
+                lo = index - span
+                if len(buckets) < span:  # fewer buckets than the history has windows
+                    for k, cell in buckets.items():
+                        if lo <= k < index:
+                            sums.add(cell)
+                else:
+                    sums.add_buckets(get, lo, index)
             else:
                 sums.add_buckets(get, at, index)  # entering the history
                 sums.add_buckets(get, at - span, index - span, -1)  # leaving it
@@ -432,7 +429,7 @@ class TickerWindow:
             out[index] = base = sums.baseline(span)
             if index <= settled:
                 self.baselines[(length, index)] = base
-        if at <= settled:
+        if sums is not None and at <= settled:  # (todo is not empty: sums is set)
             self._sweeps[length] = (at, sums)
         else:
             self._sweeps.pop(length, None)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from riskwire.records import AlertState, Severity, group_key, group_kind
-from streams.pipeline.risk import Event, RiskEngine, Rule
+from streams.pipeline.risk import EPOCH, Event, RiskEngine, Rule, _BaselineSums
 from streams.pipeline.rules import RulesError, parse_rules, rules_as_data
 from tests.factories import make_score
 
@@ -314,8 +314,6 @@ def test_baselines_carried_from_window_to_window_equal_the_sums_afresh() -> None
     """In event-time order a window's baseline sums carry over to the next window asked for; asked
     for at any moment (the newest window, one ahead of the newest event, an older one), after late
     events and bucket pruning, each is exactly what summing its history afresh gives."""
-    from streams.pipeline.risk import EPOCH, _BaselineSums
-
     rng = random.Random(11)
     engine = RiskEngine(
         [Rule("s", "sentiment_z", window=HOUR)], lateness=timedelta(hours=6),
