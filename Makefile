@@ -8,11 +8,13 @@ STAMP := $(VENV)/.riskwire-installed
 
 .PHONY: demo test test-fast lint bench clean services models heads ensembles
 
-# Debian packages some integration tests run (a real Alertmanager; Chromium for the live page);
-# installed when missing and this is a Debian machine we may install on, else those tests skip
+# Debian packages some integration tests run (a real Alertmanager; a real Prometheus for the
+# stream-health dashboard; Chromium for the live page); installed when missing and this is a Debian
+# machine we may install on, else those tests skip
 services:
 	@missing=""; \
 	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \

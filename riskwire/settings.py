@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         "a fetch to its end, so every hop between stages waited about half of it",
     )
     consumer_group: str = Field("riskwire", pattern=r"^[A-Za-z0-9._\-]+$")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="serve a worker's Prometheus metrics at /metrics on this port; unset = not served",
+    )  # fmt: skip
+    metrics_address: str = Field("0.0.0.0", description="the address the metrics are served on")
 
     dedupe_cache_size: int = Field(
         100_000,

@@ -30,6 +30,16 @@ def run_worker(settings: Settings) -> None:
         context.close()
         raise RiskwireError(f"cannot load the models: {type(exc).__name__}: {exc}") from exc
     apply_model_threads(settings)
+    if settings.metrics_port is not None:
+        from streams.metrics import METRICS
+
+        try:
+            METRICS.serve(settings.metrics_port, settings.metrics_address)
+        except OSError as exc:
+            context.close()
+            raise RiskwireError(
+                f"cannot serve metrics on {settings.metrics_address}:{settings.metrics_port}: {exc}"
+            ) from exc
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()

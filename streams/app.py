@@ -9,6 +9,7 @@ import faust
 from models.ensemble import Ensemble
 from riskwire.settings import Settings
 from streams.context import WorkerContext
+from streams.metrics import METRICS, consumer_lag
 from streams.transport import RiskwireApp
 
 FLOWS = ("streams.normalising", "streams.scoring", "streams.risk", "streams.deadletters")
@@ -44,4 +45,9 @@ def create_app(
 
     for flow in FLOWS:
         importlib.import_module(flow).register(app, context)
+    METRICS.probes.add(
+        "riskwire_consumer_lag", "gauge", "Messages of a partition this worker is assigned that "
+        "its group has not committed: the high watermark minus the committed offset",
+        ["topic", "partition"], lambda: consumer_lag(app),
+    )  # fmt: skip
     return app, context

@@ -23,6 +23,7 @@ from storage.delivery import Targets
 from storage.engine import make_engine, session_factory
 from storage.repository import register_model_versions
 from storage.stories import SharedStoryIndex
+from streams.metrics import METRICS
 from streams.pipeline import Deduplicator, entities, score_documents
 from streams.pipeline.rules import build_risk_engine
 from streams.pipeline.stories import StoryAssignment, StoryIndex
@@ -181,6 +182,7 @@ async def _batches(
                 )
                 await app.consumer.seek(tp, owed)
         if current:
+            METRICS.took(current)
             yield current
 
 
@@ -224,6 +226,7 @@ def decode_pairs(
 
 async def send_dead(topic: faust.TopicT, letters: Sequence[DeadLetter]) -> None:
     """Produce dead letters keyed by the original message's key."""
+    METRICS.dead(letters)
     for letter in letters:
         await topic.send(key=letter.key.encode() if letter.key else None, value=letter.to_json())
 
@@ -284,7 +287,9 @@ class WorkerContext:
     async def score(self, docs: Sequence[Document]) -> list[Score]:
         """Fused scores of a batch, in its order, from the scoring process (or scored in a
         thread, without one), waited for in a thread: the event loop goes on."""
-        return await asyncio.to_thread(score_documents, await self.ensemble(), docs)
+        ensemble = await self.ensemble()
+        with METRICS.timed(METRICS.score_seconds):
+            return await asyncio.to_thread(score_documents, ensemble, docs)
 
     def _build_ensemble(self) -> Judges:
         from models.factory import make_ensemble
@@ -297,6 +302,16 @@ class WorkerContext:
             ensemble = self._remote = RemoteScorer(self.settings, batches, threads)
         else:
             ensemble = make_ensemble(self.settings, self._ensemble_factory)
+        METRICS.probes.add(
+            "riskwire_model_info", "gauge", "The ensemble (or router) version this worker scores "
+            "with: 1", ["version"], lambda: [((ensemble.version,), 1.0)],
+        )  # fmt: skip
+        remote = self._remote
+        if remote is not None:
+            METRICS.probes.add(
+                "riskwire_scoring_process_restarts", "counter", "Times the scoring process was "
+                "started again after it died", [], lambda: [((), float(remote.restarts))],
+            )  # fmt: skip
         entries = ensemble.registry_entries()
         now = datetime.now(UTC)
         self._transact(entries, lambda session, items: register_model_versions(session, items, now))
@@ -350,18 +365,29 @@ class WorkerContext:
 
     def _transact(self, items: Sequence[T], write: Callable[[Session, Sequence[T]], None]) -> None:
         attempt = 0
-        while True:
-            try:
-                with self.sessions.begin() as session:
-                    write(session, items)
-                return
-            except DBAPIError as exc:
-                if not _transient(exc):
-                    raise
-                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-                attempt += 1
-                log.warning("database unavailable (%s); retry %d in %ss", exc.orig, attempt, delay)
-                time.sleep(delay)
+        started = time.perf_counter()
+        try:
+            while True:
+                try:
+                    with self.sessions.begin() as session:
+                        write(session, items)
+                    return
+                except DBAPIError as exc:
+                    if not _transient(exc):
+                        raise
+                    delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                    if not attempt:
+                        METRICS.db_waiting.inc()  # until this transaction is done
+                    attempt += 1
+                    METRICS.db_retries.inc()
+                    log.warning(
+                        "database unavailable (%s); retry %d in %ss", exc.orig, attempt, delay
+                    )
+                    time.sleep(delay)
+        finally:
+            if attempt:
+                METRICS.db_waiting.dec()
+            METRICS.db_seconds.observe(time.perf_counter() - started)
 
     def close(self) -> None:
         if self._remote is not None:

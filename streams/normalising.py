@@ -20,6 +20,7 @@ from riskwire.exceptions import InvalidRecord
 from riskwire.records import DOCUMENT_BATCH, DeadLetter, Document, RawRecord, join_batch
 from riskwire.settings import Settings
 from streams.context import WorkerContext, event_batches, send_dead
+from streams.metrics import METRICS
 from streams.pipeline import normalise
 from streams.pipeline.stories import in_story
 from streams.watermarks import RawProgress
@@ -94,6 +95,10 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
                 for event, doc in zip(events, results, strict=True)
                 if isinstance(doc, Document) and ctx.dedupe.is_new(doc.id)
             ]
+            valid = sum(isinstance(r, Document) for r in results)
+            METRICS.documents.labels(STAGE, "new").inc(len(fresh))
+            METRICS.documents.labels(STAGE, "duplicate").inc(valid - len(fresh))
+            METRICS.documents.labels(STAGE, "dead").inc(len(results) - valid)
             # near-duplicates: one story, in the index every worker shares
             stories = await ctx.assign_stories([doc for _, doc in fresh])
             by_partition: dict[int, list[bytes]] = {}

@@ -33,7 +33,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,6 +52,7 @@ from streams.context import (
     send_dead,
     storage_refused,
 )
+from streams.metrics import METRICS
 from streams.pipeline import RiskEngine, RiskUpdate
 from streams.pipeline.risk import Event
 from streams.watermarks import is_marker
@@ -133,10 +134,13 @@ class Held:
 class RiskStage:
     """The reorder buffer, the engine and the writes of one risk agent (see the module doc)."""
 
-    def __init__(self, ctx: WorkerContext, engine: RiskEngine, topic: str) -> None:
+    def __init__(
+        self, ctx: WorkerContext, engine: RiskEngine, topic: str, name: str = STAGE
+    ) -> None:
         self.ctx = ctx
         self.engine = engine
         self.topic = topic
+        self.name = name  # the agent's, in logs and metrics
         self.grace = timedelta(seconds=ctx.settings.reorder_grace_s)
         self.held: dict[int, list[Held]] = {}
         self.acks: dict[int, deque[list[Any]]] = {}  # per partition: [event, held] in order
@@ -303,6 +307,8 @@ class RiskStage:
         for held in released:
             held.ack[1] -= 1
         self.released += len(released)
+        METRICS.scores_released.labels(self.name).inc(len(released))
+        METRICS.newest_event.labels(self.name).set(released[-1].sort[0].timestamp())
         if time.monotonic() - self.reported >= 10:
             self.reported = time.monotonic()
             log.info(
@@ -363,6 +369,7 @@ class RiskStage:
 
     async def _send_alert(self, alert: Alert) -> None:
         log.info("alert %s %s %s: %s", alert.state, alert.severity, alert.ticker, alert.explanation)
+        METRICS.alerts.labels(alert.rule, alert.severity, alert.state).inc()
         if self.alerts is not None:
             await self.alerts.send(key=alert.ticker.encode(), value=alert.to_json())
 
@@ -381,21 +388,44 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
     alerts_topic = app.topic(ctx.topics.alerts)
     dead = app.topic(ctx.topics.deadletter)
     stages = {
-        ctx.topics.scored: RiskStage(ctx, ctx.risk, ctx.topics.scored),
-        ctx.topics.groups: RiskStage(ctx, ctx.group_risk, ctx.topics.groups),
+        ctx.topics.scored: RiskStage(ctx, ctx.risk, ctx.topics.scored, "risk"),
+        ctx.topics.groups: RiskStage(ctx, ctx.group_risk, ctx.topics.groups, "group-risk"),
     }
     for stage in stages.values():
         stage.alerts, stage.dead = alerts_topic, dead
 
-    def agent_for(stage: RiskStage, name: str) -> None:
+    def agent_for(stage: RiskStage) -> None:
         async def risk_agent(stream: faust.StreamT[bytes]) -> None:
             async for events in event_batches(stream, ctx.settings, stage.positions):
                 await stage.take(events)
 
-        app.agent(app.topic(stage.topic), name=name)(risk_agent)
+        app.agent(app.topic(stage.topic), name=stage.name)(risk_agent)
 
-    agent_for(stages[ctx.topics.scored], "risk")
-    agent_for(stages[ctx.topics.groups], "group-risk")
+    for stage in stages.values():
+        agent_for(stage)
+
+    def each(read: Callable[[RiskStage], float]) -> list[tuple[tuple[str], float]]:
+        return [((s.name,), float(read(s))) for s in stages.values()]
+
+    probe = METRICS.probes.add
+    probe(
+        "riskwire_risk_held_scores",
+        "gauge",
+        "Scores a risk stage holds until the watermarks let them through in event-time order",
+        ["stage"],
+        lambda: each(lambda s: sum(len(h) for h in s.held.values())),
+    )
+    probe(
+        "riskwire_risk_late_documents",
+        "counter",
+        "Documents later than the allowed lateness: "
+        "counted and reported, not added to their windows",
+        ["stage"],
+        lambda: each(lambda s: s.engine.late),
+    )
+    probe("riskwire_risk_out_of_order_documents", "counter", "Documents older than their group's "
+          "newest when they came (within the allowed lateness: their windows are updated)",
+          ["stage"], lambda: each(lambda s: s.engine.out_of_order))  # fmt: skip
 
     @app.timer(interval=max(ctx.settings.reorder_idle_s / 2, 0.1))
     async def release_idle() -> None:

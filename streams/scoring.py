@@ -30,6 +30,7 @@ from streams.context import (
     send_dead,
     storage_refused,
 )
+from streams.metrics import METRICS
 from streams.normalising import documents_per_message
 from streams.pipeline import fan_out
 from streams.risk import group_mentions
@@ -82,6 +83,16 @@ async def send_scores(topic: faust.TopicT, by_partition: dict[int, list[Score]])
             await topic.send(value=encode_scores(chunk), partition=partition)
 
 
+def _count_stored(stored: Sequence[Document], taken: int) -> None:
+    METRICS.documents.labels(STAGE, "stored").inc(len(stored))
+    METRICS.documents.labels(STAGE, "dead").inc(taken - len(stored))
+    if stored:
+        now = datetime.now(UTC)
+        for doc in stored:
+            METRICS.document_age.observe((now - doc.fetched_at).total_seconds())
+        METRICS.newest_event.labels(STAGE).set(max(d.published_at for d in stored).timestamp())
+
+
 def register(app: faust.App, ctx: WorkerContext) -> None:
     docs_topic = app.topic(ctx.topics.docs)
     scored = app.topic(ctx.topics.scored)
@@ -115,6 +126,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
         failed += [storage_refused(e, d.to_json(), d.id, now) for (d, _), e in refused]
         refused_ids = {d.id for (d, _), _ in refused}
         await send_dead(dead, failed)
+        _count_stored([d for d, _ in pairs if d.id not in refused_ids], len(docs))
         mentions: dict[int, list[Score]] = {}  # per partition of ``scored``, in order
         by_group: dict[int, list[Score]] = {}  # per partition of ``groups``
         for doc, score in pairs:

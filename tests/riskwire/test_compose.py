@@ -1,6 +1,7 @@
 """docker-compose.yml cannot run here (no Docker engine), so its configuration is checked: the
 services the stack needs, dependencies that exist and can be waited for, files that exist, every
-RISKWIRE_* variable a real setting, and the Alertmanager configuration valid by amtool."""
+RISKWIRE_* variable a real setting, the Alertmanager configuration valid by amtool and the Prometheus
+one by promtool."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ CONDITIONS = {"service_started", "service_healthy", "service_completed_successfu
 
 def test_the_stack_has_every_part() -> None:
     assert {
-        "kafka", "postgres", "migrate", "worker", "api", "grafana", "alertmanager"
+        "kafka", "postgres", "migrate", "worker", "api", "grafana", "alertmanager", "prometheus"
     } <= set(SERVICES)  # fmt: skip
 
 
@@ -64,7 +65,7 @@ def test_grafana_data_sources_are_provisioned_once_each() -> None:
     uids = []
     for path in sorted((ROOT / "grafana/provisioning/datasources").glob("*.yaml")):
         uids += [d["uid"] for d in yaml.safe_load(path.read_text())["datasources"]]
-    assert {"riskwire-postgres", "riskwire-alertmanager"} <= set(uids)
+    assert {"riskwire-postgres", "riskwire-alertmanager", "riskwire-prometheus"} <= set(uids)
     assert len(uids) == len(set(uids))
 
 
@@ -74,4 +75,20 @@ def test_the_alertmanager_configuration_is_valid() -> None:
         pytest.skip("amtool comes with prometheus-alertmanager (`make test` installs it)")
     config = ROOT / "grafana/alertmanager/alertmanager.yml"
     result = subprocess.run([amtool, "check-config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_scrapes_the_workers_metrics_port_and_its_configuration_is_valid() -> None:
+    port = SERVICES["worker"]["environment"]["RISKWIRE_METRICS_PORT"]
+    config_file = ROOT / "grafana/prometheus/prometheus.yml"
+    config = yaml.safe_load(config_file.read_text())
+    (job,) = config["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == ["worker"] and str(discovery["port"]) == port
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool comes with prometheus (`make test` installs it)")
+    result = subprocess.run(
+        [promtool, "check", "config", str(config_file)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,5 +1,7 @@
-"""The dashboards in grafana/ are code: their datasource is the provisioned one, and every SQL query
-in them (panels, variables, annotations) runs against the real PostgreSQL schema and finds data."""
+"""The dashboards in grafana/ are code: their datasources are provisioned ones, and every SQL query
+in them (panels, variables, annotations) runs against the real PostgreSQL schema and finds data.
+(The stream-health dashboard reads the workers' Prometheus metrics instead: its queries run against
+a real Prometheus scraping a real worker in ``tests/streams/test_metrics.py``.)"""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from tests.replay_helpers import DAY0, lexicon_ensemble, run_live, world
 
 GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+SQL_DASHBOARDS = [p for p in DASHBOARDS if '"rawSql"' in p.read_text()]
 
 
 def queries(node: Any, where: str = "") -> list[tuple[str, str]]:
@@ -63,8 +66,11 @@ def render(sql: str, variables: dict[str, str]) -> str:
 
 def test_dashboards_use_the_provisioned_datasource_and_unique_panel_ids() -> None:
     assert DASHBOARDS, "no dashboards in grafana/dashboards"
-    provisioned = yaml.safe_load((GRAFANA / "provisioning/datasources/postgres.yaml").read_text())
-    uids = {d["uid"] for d in provisioned["datasources"]}
+    uids = {
+        d["uid"]
+        for f in (GRAFANA / "provisioning/datasources").glob("*.yaml")
+        for d in yaml.safe_load(f.read_text())["datasources"]
+    }
     for path in DASHBOARDS:
         dashboard = json.loads(path.read_text())
         ids = [p["id"] for p in dashboard["panels"]]
@@ -72,11 +78,11 @@ def test_dashboards_use_the_provisioned_datasource_and_unique_panel_ids() -> Non
         text_ = path.read_text()
         used = set(re.findall(r'"uid": "([^"]+)"', text_)) - {dashboard["uid"]}
         assert used <= uids, (path.name, used - uids)
-        assert queries(dashboard), path.name
+        assert queries(dashboard) or '"expr"' in text_, path.name
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SQL_DASHBOARDS, ids=lambda p: p.name)
 def test_every_dashboard_query_runs_on_the_real_schema_and_finds_data(
     path: Path, postgres_url: str, tmp_path: Path
 ) -> None:

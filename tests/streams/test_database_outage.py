@@ -12,13 +12,14 @@ import pytest
 from sqlalchemy import func, select
 
 from ingest import JsonlSource, RawProducer
-from riskwire.broker import EmbeddedBroker
+from riskwire.broker import EmbeddedBroker, free_port
 from riskwire.settings import load_settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
 from storage.tables import DeadLetterRow, DocumentRow, RiskAggregateRow, TickerSentimentRow
 from tests import pg_cluster
 from tests.kafka_helpers import read_topic, wait_drained
+from tests.metrics_helpers import metric, scrape
 from tests.streams.test_crash import write_corpus
 
 pytestmark = [
@@ -39,7 +40,10 @@ def test_a_database_outage_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_
             kafka_bootstrap=broker.bootstrap, database_url=cluster.url, data_dir=tmp_path,
             topic_prefix=f"outage-{run}", consumer_group=f"riskwire-{run}",
             ensemble_members="finlex:1", score_batch_size=64, score_batch_wait_s=0.2,
+            metrics_port=free_port(), metrics_address="127.0.0.1",
         )  # fmt: skip
+        port = settings.metrics_port
+        assert port is not None
         engine = make_engine(cluster.url)
         sessions = session_factory(engine)
 
@@ -59,6 +63,9 @@ def test_a_database_outage_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_
             engine.dispose()
             time.sleep(12)  # the worker retries meanwhile, with its input unacknowledged
             assert worker.poll() is None, "the worker died with the database"
+            waiting = scrape(port)  # what an operator sees meanwhile
+            assert metric(waiting, "riskwire_db_waiting") >= 1
+            assert metric(waiting, "riskwire_db_retries_total") >= 1
             cluster.start()
             t = settings.topics
             wait_drained(broker.bootstrap, settings.consumer_group,
@@ -68,6 +75,9 @@ def test_a_database_outage_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_
             assert count(DeadLetterRow) == 0
             letters = read_topic(broker.bootstrap, t.deadletter, idle_ms=500)
             assert letters == [], [m.value[:200] for m in letters]
+            after = scrape(port)
+            assert metric(after, "riskwire_db_waiting") == 0
+            assert metric(after, "riskwire_documents_total", stage="score", outcome="stored") >= N
         finally:
             code = stop_worker(worker)
             engine.dispose()

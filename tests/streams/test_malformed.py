@@ -16,13 +16,14 @@ from kafka import KafkaProducer
 from sqlalchemy import func, select
 
 from ingest import RawProducer
-from riskwire.broker import EmbeddedBroker
+from riskwire.broker import EmbeddedBroker, free_port
 from riskwire.records import DeadLetter, Kind, RawRecord
 from riskwire.settings import Settings, load_settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
 from storage.tables import DocumentRow
 from tests.kafka_helpers import read_topic
+from tests.metrics_helpers import metric, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -70,7 +71,8 @@ def settings(broker: EmbeddedBroker, postgres_url: str, tmp_path: Path) -> Setti
     return load_settings(
         kafka_bootstrap=broker.bootstrap, database_url=postgres_url, data_dir=tmp_path,
         topic_prefix=f"bad-{run}", consumer_group=f"riskwire-{run}", ensemble_members="finlex:1",
-        score_batch_wait_s=0.2, reorder_idle_s=1,
+        score_batch_wait_s=0.2, reorder_idle_s=1, metrics_port=free_port(),
+        metrics_address="127.0.0.1",
     )  # fmt: skip
 
 
@@ -127,3 +129,22 @@ def test_every_malformed_record_is_dead_lettered_with_its_reason_and_the_worker_
     (too_big,) = [d for d in letters if "M-huge" in d.payload]
     assert too_big.stage == "ingest" and "the limit is" in too_big.reason
     assert len(too_big.payload) < 70_000 and "truncated" in too_big.payload
+
+    # the worker's metrics say the same (the ingest refusal was the producer's, not the worker's)
+    assert settings.metrics_port is not None
+    samples = scrape(settings.metrics_port)
+    for stage in ("normalise", "score", "risk"):
+        expected = sum(1 for c in CASES if c[3] == stage)
+        assert metric(samples, "riskwire_dead_letters_total", stage=stage) == expected, stage
+    assert metric(samples, "riskwire_dead_letters_total", stage="ingest") == 0
+    normalise_dead = sum(1 for c in CASES if c[3] == "normalise")
+    assert metric(samples, "riskwire_documents_total", stage="normalise", outcome="dead") == (
+        normalise_dead
+    )
+    assert metric(samples, "riskwire_documents_total", stage="normalise", outcome="new") == len(
+        good
+    )
+    assert metric(samples, "riskwire_documents_total", stage="score", outcome="stored") == len(good)
+    assert metric(samples, "riskwire_messages_consumed_total", topic=topics.deadletter) >= len(
+        CASES
+    )

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from ingest import JsonlSource, RawProducer
-from riskwire.broker import EmbeddedBroker
+from riskwire.broker import EmbeddedBroker, free_port
 from riskwire.demo import SAMPLE, expected_outcome
 from riskwire.records import SCORE_BATCH, Alert, DeadLetter, Score, decode_batch
 from riskwire.settings import Settings, load_settings
@@ -38,6 +38,7 @@ from storage.tables import (
 )
 from streams.watermarks import is_marker
 from tests.kafka_helpers import read_topic, wait_drained
+from tests.metrics_helpers import metric, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -174,6 +175,7 @@ class SampleRun:
             kafka_bootstrap=broker.bootstrap, database_url=url, data_dir=tmp_path,
             topic_prefix=f"{prefix}-{run}", consumer_group=f"riskwire-{run}",
             score_batch_size=16, score_batch_wait_s=0.2,
+            metrics_port=free_port(), metrics_address="127.0.0.1",
         )  # fmt: skip
         self.items = list(JsonlSource(SAMPLE).read())
         self.document_ids = expected_outcome(self.items).document_ids
@@ -269,6 +271,12 @@ def test_a_scoring_process_killed_mid_stream_is_replaced_and_nothing_is_lost(
         run.drain()
         assert worker.poll() is None, "the worker went with its scoring process"
         assert scoring_processes(worker.pid) not in ([], [child])  # a new one
+        assert run.settings.metrics_port is not None
+        samples = scrape(run.settings.metrics_port)  # what an operator sees
+        assert metric(samples, "riskwire_scoring_process_restarts_total") >= 1
+        stored = metric(samples, "riskwire_documents_total", stage="score", outcome="stored")
+        assert stored >= len(run.document_ids)  # batches after a restart may be stored again
+        assert metric(samples, "riskwire_documents_total", stage="score", outcome="dead") == 0
     finally:
         assert stop_worker(worker) == 0
     log = log_file.read_text(errors="replace")

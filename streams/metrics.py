@@ -1,0 +1,174 @@
+"""A worker's Prometheus metrics: what it took, stored, scored and dead-lettered, how long the
+models and the database took, how far behind it is, and whether it is waiting for the database.
+
+Served at ``/metrics`` on ``RISKWIRE_METRICS_PORT`` (unset: not served; the counts are kept
+either way). Counts go up once per batch and label, and the document-age histogram takes a
+microsecond or two per document, so the stream pays next to nothing for them; what is read from
+the worker's state (consumer lag, held scores, late documents, the scoring process) is read when
+Prometheus scrapes.
+
+Consumer lag is Kafka's definition: a partition's high watermark (from the latest fetch) minus the
+group's committed offset. On the embedded broker the high watermark is the base offset of the
+newest batch plus one (``../shared/KAFKA_NOTES.md``), so there it can read low; on Apache Kafka it
+is exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+disable_created_metrics()  # no ``_created`` series beside every counter and histogram
+
+# seconds: a batch of 64 documents scores in 0.1-1 s on 2 CPU cores, much less on a GPU
+SCORE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0)
+AGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class WorkerMetrics:
+    """The metrics of one worker process, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "riskwire_messages_consumed", "Kafka messages a stage took, by topic (markers and "
+            "batch messages count once each)", ["topic"], registry=r,
+        )  # fmt: skip
+        self.documents = Counter(
+            "riskwire_documents", "Documents through a stage, by outcome: normalise (new, "
+            "duplicate, dead), score (stored, dead)", ["stage", "outcome"], registry=r,
+        )  # fmt: skip
+        self.dead_letters = Counter(
+            "riskwire_dead_letters", "Records sent to the dead-letter topic, by the stage that "
+            "refused them", ["stage"], registry=r,
+        )  # fmt: skip
+        self.scores_released = Counter(
+            "riskwire_scores_released", "Scores a risk stage (risk: tickers; group-risk: sectors "
+            "and the market) released to its engine in event-time order", ["stage"], registry=r,
+        )  # fmt: skip
+        self.alerts = Counter(
+            "riskwire_alerts", "Alert events the risk stages stored and sent (firing, resolved)",
+            ["rule", "severity", "state"], registry=r,
+        )  # fmt: skip
+        self.score_seconds = Histogram(
+            "riskwire_score_batch_seconds", "Time to score one batch with the ensemble",
+            buckets=SCORE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.document_age = Histogram(
+            "riskwire_document_age_seconds", "From a document's fetch (ingest) to its score being "
+            "stored", buckets=AGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.db_seconds = Histogram(
+            "riskwire_db_transaction_seconds", "Database transactions, from begin to commit (the "
+            "waits of retries included)", buckets=DB_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.db_retries = Counter(
+            "riskwire_db_retries", "Transactions retried because the database was unavailable",
+            registry=r,
+        )  # fmt: skip
+        self.db_waiting = Gauge(
+            "riskwire_db_waiting", "Transactions now waiting for an unavailable database "
+            "(the stream is held back meanwhile, nothing acknowledged)", registry=r,
+        )  # fmt: skip
+        self.newest_event = Gauge(
+            "riskwire_newest_event_timestamp_seconds", "Event time (published_at) of the newest "
+            "document a stage finished, as a Unix time", ["stage"], registry=r,
+        )  # fmt: skip
+        self.probes = _Probes()
+        r.register(self.probes)
+        self._server: Any = None
+
+    def took(self, events: Iterable[Any]) -> None:
+        """Count a batch of Kafka events by topic."""
+        for topic, n in Tally(e.message.topic for e in events).items():
+            self.messages.labels(topic).inc(n)
+
+    def dead(self, letters: Iterable[Any]) -> None:
+        for stage, n in Tally(letter.stage for letter in letters).items():
+            self.dead_letters.labels(stage).inc(n)
+
+    @contextmanager
+    def timed(self, histogram: Histogram) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            histogram.observe(time.perf_counter() - started)
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        """Serve ``/metrics`` on ``port`` (in a thread of this process)."""
+        self._server, _ = start_http_server(port, address, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", address, port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+
+Reading = Iterable[tuple[tuple[str, ...], float]]
+
+
+class _Probes(Collector):
+    """Metrics read from the worker's state at each scrape: each is a function of no arguments
+    returning (label values, value) pairs, registered by the part that owns the state."""
+
+    def __init__(self) -> None:
+        # name -> (kind, help, label names, read)
+        self.probes: dict[str, tuple[str, str, list[str], Callable[[], Reading]]] = {}
+
+    def add(
+        self, name: str, kind: str, help: str, labels: list[str], read: Callable[[], Reading]
+    ) -> None:
+        self.probes[name] = (kind, help, labels, read)
+
+    def collect(self) -> Iterator[Any]:
+        for name, (kind, help, labels, read) in list(self.probes.items()):
+            family: Any
+            if kind == "counter":
+                family = CounterMetricFamily(name, help, labels=labels)
+            else:
+                family = GaugeMetricFamily(name, help, labels=labels)
+            try:
+                # read in the scrape's thread: the worker's state may change meanwhile, so a
+                # reading is a moment's, and a failed one is left out rather than fail the scrape
+                for values, value in list(read()):
+                    family.add_metric(list(values), value)
+            except Exception as exc:
+                log.debug("metric %s not read: %s", name, exc)
+                continue
+            yield family
+
+
+def consumer_lag(app: Any) -> Reading:
+    """Per assigned partition: its high watermark minus the group's committed offset (or minus
+    the start, where nothing is committed yet)."""
+    consumer = app.consumer
+    committed = getattr(consumer, "_committed_offset", {}) or {}
+    for tp in list(consumer.assignment()):
+        end = consumer.highwater(tp)
+        if end is None:
+            continue
+        done = committed.get(tp) or 0
+        yield (tp.topic, str(tp.partition)), float(max(0, end - done))
+
+
+METRICS = WorkerMetrics()

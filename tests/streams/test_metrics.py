@@ -1,0 +1,150 @@
+"""A worker's metrics: counts by label, values read at scrape time, and the /metrics endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.structs import TopicPartition
+
+from ingest import JsonlSource, RawProducer
+from riskwire.broker import EmbeddedBroker, free_port
+from riskwire.demo import SAMPLE, expected_outcome
+from riskwire.records import DeadLetter
+from riskwire.settings import load_settings
+from riskwire.worker import spawn_worker, stop_worker
+from storage import upgrade
+from streams.metrics import WorkerMetrics, consumer_lag
+from tests.metrics_helpers import metric, prometheus, query, scrape
+
+
+def event(topic: str) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(topic=topic))
+
+
+@pytest.fixture
+def served() -> Any:
+    metrics = WorkerMetrics()
+    port = free_port()
+    metrics.serve(port, "127.0.0.1")
+    yield metrics, port
+    metrics.stop()
+
+
+def test_batches_and_dead_letters_are_counted_by_topic_and_stage(served: Any) -> None:
+    metrics, port = served
+    metrics.took([event("rw.docs"), event("rw.raw.news"), event("rw.docs")])
+    metrics.took([event("rw.docs")])
+    now = datetime.now(UTC)
+    letters = [DeadLetter.of(stage, "bad", b"x", occurred_at=now)
+               for stage in ("normalise", "normalise", "score")]  # fmt: skip
+    metrics.dead(letters)
+    samples = scrape(port)
+    assert metric(samples, "riskwire_messages_consumed_total", topic="rw.docs") == 3
+    assert metric(samples, "riskwire_messages_consumed_total", topic="rw.raw.news") == 1
+    assert metric(samples, "riskwire_dead_letters_total", stage="normalise") == 2
+    assert metric(samples, "riskwire_dead_letters_total", stage="score") == 1
+
+
+def test_probes_are_read_at_each_scrape_and_a_failing_one_is_left_out(served: Any) -> None:
+    metrics, port = served
+    held = {"rw.scored": 5}
+
+    def broken() -> Any:
+        raise RuntimeError("state changed under the scrape")
+
+    metrics.probes.add("riskwire_held", "gauge", "held", ["topic"],
+                       lambda: [((t,), float(n)) for t, n in held.items()])  # fmt: skip
+    metrics.probes.add("riskwire_late", "counter", "late", [], lambda: [((), 2.0)])
+    metrics.probes.add("riskwire_broken", "gauge", "broken", [], broken)
+    assert metric(scrape(port), "riskwire_held", topic="rw.scored") == 5
+    held["rw.scored"] = 7
+    samples = scrape(port)
+    assert metric(samples, "riskwire_held", topic="rw.scored") == 7
+    assert metric(samples, "riskwire_late_total") == 2
+    assert not any(name.startswith("riskwire_broken") for name, _ in samples)
+
+
+def test_histograms_time_what_they_wrap(served: Any) -> None:
+    metrics, port = served
+    with metrics.timed(metrics.score_seconds):
+        pass
+    with pytest.raises(ValueError), metrics.timed(metrics.score_seconds):
+        raise ValueError("a failed batch is timed too")
+    samples = scrape(port)
+    assert metric(samples, "riskwire_score_batch_seconds_count") == 2
+    assert 0 < metric(samples, "riskwire_score_batch_seconds_bucket", le="+Inf") == 2
+
+
+class FakeConsumer:
+    def __init__(self, ends: dict[Any, int | None], committed: dict[Any, int | None]):
+        self.ends, self._committed_offset = ends, committed
+
+    def assignment(self) -> set[Any]:
+        return set(self.ends)
+
+    def highwater(self, tp: Any) -> int | None:
+        return self.ends[tp]
+
+
+def test_consumer_lag_is_the_high_watermark_minus_the_committed_offset() -> None:
+    a, b, c, d = (TopicPartition("rw.docs", p) for p in range(4))
+    # c: nothing committed (Faust keeps None, also for offset 0); d: not fetched yet
+    app = SimpleNamespace(consumer=FakeConsumer({a: 120, b: 50, c: 9, d: None}, {a: 100, b: 50}))
+    lags = dict(consumer_lag(app))
+    assert lags == {("rw.docs", "0"): 20.0, ("rw.docs", "1"): 0.0, ("rw.docs", "2"): 9.0}
+
+
+STREAM_DASHBOARD = Path(__file__).resolve().parents[2] / "grafana/dashboards/stream.json"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_stream_dashboard_queries_find_data_in_a_real_prometheus_scraping_a_real_worker(
+    broker: EmbeddedBroker, postgres_url: str, tmp_path: Path
+) -> None:
+    """The demo sample through a worker on PostgreSQL, scraped by Prometheus: every query of the
+    stream-health dashboard is valid PromQL and finds data, and the figures are the worker's."""
+    upgrade(postgres_url)
+    run = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        kafka_bootstrap=broker.bootstrap, database_url=postgres_url, data_dir=tmp_path,
+        topic_prefix=f"metrics-{run}", consumer_group=f"riskwire-{run}",
+        ensemble_members="finlex:1", score_batch_wait_s=0.2, reorder_idle_s=1,
+        metrics_port=free_port(), metrics_address="127.0.0.1",
+    )  # fmt: skip
+    items = list(JsonlSource(SAMPLE).read())
+    expected = expected_outcome(items)
+    with prometheus([f"127.0.0.1:{settings.metrics_port}"], tmp_path / "prometheus") as url:
+        worker = spawn_worker(settings, tmp_path / "worker.log")
+        try:
+            with RawProducer(broker.bootstrap, settings.topics) as producer:
+                producer.publish(items)
+            stored = 'sum(riskwire_documents_total{stage="score", outcome="stored"})'
+            alerts = "sum(riskwire_alerts_total)"
+            deadline = time.monotonic() + 120
+            while True:
+                found = [query(url, stored), query(url, alerts)]
+                if all(found) and float(found[0][0]["value"][1]) >= len(expected.document_ids):
+                    break
+                assert time.monotonic() < deadline and worker.poll() is None, found
+                time.sleep(1)
+            time.sleep(3)  # a few more scrapes: every rate has two samples in its window
+            dashboard = json.loads(STREAM_DASHBOARD.read_text())
+            for panel in dashboard["panels"]:
+                for target in panel["targets"]:
+                    expr = target["expr"].replace("$__rate_interval", "1m")
+                    assert query(url, expr), (panel["title"], expr)
+            assert float(query(url, stored)[0]["value"][1]) == len(expected.document_ids)
+            # the worker's own: lines the file source could not read were the producer's
+            unreadable = sum(isinstance(item, DeadLetter) for item in items)
+            dead = query(url, "sum(riskwire_dead_letters_total)")
+            assert float(dead[0]["value"][1]) == expected.dead_letters - unreadable > 0
+        finally:
+            assert stop_worker(worker) == 0
