@@ -85,10 +85,26 @@ def test_prometheus_scrapes_the_workers_metrics_port_and_its_configuration_is_va
     (job,) = config["scrape_configs"]
     (discovery,) = job["dns_sd_configs"]
     assert discovery["names"] == ["worker"] and str(discovery["port"]) == port
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["prometheus"]["volumes"]}
+    assert all(rules in mounted for rules in config["rule_files"])
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool comes with prometheus (`make test` installs it)")
     result = subprocess.run(
-        [promtool, "check", "config", str(config_file)], capture_output=True, text=True
+        [promtool, "check", "config", "--syntax-only", str(config_file)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_alerts_on_the_workers_fire_when_they_should_and_not_before() -> None:
+    """``promtool test rules``: series as workers expose them, and the alerts that must fire."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool comes with prometheus (`make test` installs it)")
+    tests = ROOT / "tests/fixtures/prometheus/rules_test.yml"
+    result = subprocess.run(
+        [promtool, "test", "rules", tests.name], capture_output=True, text=True, cwd=tests.parent
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
