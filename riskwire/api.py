@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -44,6 +45,7 @@ from riskwire.replay import (
     describe_job,
     request_cancel,
 )
+from riskwire.service_metrics import ServiceMetrics
 from riskwire.settings import Settings
 from storage import make_engine, session_factory
 from storage.tables import ReplayRunRow
@@ -97,6 +99,7 @@ def create_api(
     sessions = session_factory(engine)
     runner = ReplayRunner(settings, sessions, ensemble_factory)
     executor = ThreadPoolExecutor(1, "replay-job")
+    metrics = ServiceMetrics(sessions)
 
     submitted: dict[str, Future[str]] = {}
 
@@ -104,7 +107,7 @@ def create_api(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         dispatcher = None
         if settings.deliver_in_api:
-            dispatcher = Dispatcher(settings, sessions)
+            dispatcher = Dispatcher(settings, sessions, metrics=metrics)
             thread, stop = start_in_thread(dispatcher)
         yield
         if dispatcher is not None:
@@ -148,6 +151,12 @@ def create_api(
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", tags=["meta"], response_class=PlainTextResponse)
+    def prometheus_metrics() -> Response:
+        """Prometheus metrics: deliveries, feeds and replay jobs (``riskwire/service_metrics.py``).
+        Unauthenticated, like ``/healthz``: counts and feed names only, no alert or document."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         "/replays", status_code=status.HTTP_202_ACCEPTED, response_model=Job, dependencies=auth,

@@ -1149,11 +1149,17 @@ def keys_revoke(key_id: str) -> None:
 @app.command()
 def deliver() -> None:
     """Run the delivery dispatcher (webhooks, Grafana, Alertmanager) until Ctrl-C; use it when the
-    API runs with RISKWIRE_DELIVER_IN_API=false, or to add dispatchers on PostgreSQL."""
+    API runs with RISKWIRE_DELIVER_IN_API=false, or to add dispatchers on PostgreSQL. Serves its
+    Prometheus metrics on RISKWIRE_METRICS_PORT, if set."""
     from riskwire.delivery.dispatcher import Dispatcher
+    from riskwire.service_metrics import ServiceMetrics
 
     settings = _settings()
-    dispatcher = Dispatcher(settings, _sessions(settings))
+    sessions = _sessions(settings)
+    metrics = ServiceMetrics(sessions)
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_port, settings.metrics_address)
+    dispatcher = Dispatcher(settings, sessions, metrics=metrics)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console.print(f"delivering to: {', '.join(sorted(dispatcher.senders))}")

@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     consumer_group: str = Field("riskwire", pattern=r"^[A-Za-z0-9._\-]+$")
     metrics_port: int | None = Field(
         None, ge=1, le=65535,
-        description="serve a worker's Prometheus metrics at /metrics on this port; unset = not served",
+        description="serve Prometheus metrics at /metrics on this port (a worker, `riskwire "
+        "deliver`); unset = not served",
     )  # fmt: skip
     metrics_address: str = Field("0.0.0.0", description="the address the metrics are served on")
 

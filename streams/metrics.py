@@ -39,6 +39,8 @@ disable_created_metrics()  # no ``_created`` series beside every counter and his
 # seconds: a batch of 64 documents scores in 0.1-1 s on 2 CPU cores, much less on a GPU
 SCORE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0)
+KNOWN_DOCUMENTS = (("normalise", "new"), ("normalise", "duplicate"), ("normalise", "dead"),
+                   ("score", "stored"), ("score", "dead"))  # fmt: skip
 AGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
@@ -92,6 +94,11 @@ class WorkerMetrics:
             "riskwire_newest_event_timestamp_seconds", "Event time (published_at) of the newest "
             "document a stage finished, as a Unix time", ["stage"], registry=r,
         )  # fmt: skip
+        # the series known from the start, at zero: a rate (and an alert on it) needs the zero
+        for stage, outcome in KNOWN_DOCUMENTS:
+            self.documents.labels(stage, outcome)
+        for stage in ("normalise", "score", "risk", "late", "persist"):
+            self.dead_letters.labels(stage)
         self.probes = _Probes()
         r.register(self.probes)
         self._server: Any = None

@@ -30,6 +30,7 @@ from riskwire.delivery.senders import (
     SendError,
     WebhookSender,
 )
+from riskwire.service_metrics import ServiceMetrics
 from riskwire.settings import Settings
 from storage import delivery as store
 from storage.tables import AlertEventRow, AlertRow
@@ -65,8 +66,10 @@ class Dispatcher:
         batch: int = 200,
         workers: int | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
         self.sessions = sessions
         self.senders = dict(senders) if senders is not None else senders_for(settings)
         self.batch = batch
@@ -94,9 +97,12 @@ class Dispatcher:
             )
             for item, (_, error) in results:
                 if error is None:
+                    self.metrics.attempts.labels(item.target, "delivered").inc()
                     continue
                 retry = self._retry_in(item, error)
                 status = store.mark_failed(session, item.delivery_id, now, str(error), retry)
+                outcome = {store.DEAD: "dead", store.PENDING: "retry"}.get(status, status)
+                self.metrics.attempts.labels(item.target, outcome).inc()
                 log.log(
                     logging.WARNING if status == store.DEAD else logging.INFO,
                     "delivery %s to %s failed (attempt %d): %s%s",
@@ -121,7 +127,8 @@ class Dispatcher:
         if sender is None:
             return None, SendError(f"no {item.target} destination is configured", permanent=True)
         try:
-            return sender.send(item), None
+            with self.metrics.send_seconds.labels(item.target).time():
+                return sender.send(item), None
         except SendError as exc:
             return None, exc
         except Exception as exc:  # a bug costs one attempt, never the dispatcher

@@ -95,6 +95,12 @@ def test_a_receiver_failing_twice_gets_one_correctly_signed_delivery(
         dispatcher.close()
         (row,) = deliveries(sessions)
         assert (row.status, row.attempts, row.last_error) == ("delivered", 3, None)
+        attempts = dispatcher.metrics.registry.get_sample_value
+        name = "riskwire_delivery_attempts_total"
+        assert attempts(name, {"target": "webhook", "outcome": "retry"}) == 2
+        assert attempts(name, {"target": "webhook", "outcome": "delivered"}) == 1
+        sent = attempts("riskwire_delivery_send_seconds_count", {"target": "webhook"})
+        assert sent == 3
         assert len(receiver.requests) == 3
         assert len({r.body for r in receiver.requests}) == 1  # the same event each time
         (good,) = receiver.accepted()
@@ -121,6 +127,10 @@ def test_a_delivery_is_dead_after_its_last_attempt_with_the_reason_kept(
         dispatcher.close()
         (row,) = deliveries(sessions)
         assert row.attempts == settings.delivery_max_attempts == len(receiver.requests)
+        attempts = dispatcher.metrics.registry.get_sample_value
+        name = "riskwire_delivery_attempts_total"
+        assert attempts(name, {"target": "webhook", "outcome": "dead"}) == 1
+        assert attempts(name, {"target": "webhook", "outcome": "retry"}) == row.attempts - 1
         assert row.last_error is not None and row.last_error.startswith("HTTP 500")
     finally:
         receiver.close()

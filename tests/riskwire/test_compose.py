@@ -82,9 +82,11 @@ def test_prometheus_scrapes_the_workers_metrics_port_and_its_configuration_is_va
     port = SERVICES["worker"]["environment"]["RISKWIRE_METRICS_PORT"]
     config_file = ROOT / "grafana/prometheus/prometheus.yml"
     config = yaml.safe_load(config_file.read_text())
-    (job,) = config["scrape_configs"]
-    (discovery,) = job["dns_sd_configs"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    (discovery,) = jobs["riskwire-worker"]["dns_sd_configs"]
     assert discovery["names"] == ["worker"] and str(discovery["port"]) == port
+    (api,) = jobs["riskwire-api"]["static_configs"]
+    assert api["targets"] == ["api:8000"] and "--port 8000" in SERVICES["api"]["command"]
     mounted = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["prometheus"]["volumes"]}
     assert all(rules in mounted for rules in config["rule_files"])
     promtool = shutil.which("promtool")
@@ -97,8 +99,8 @@ def test_prometheus_scrapes_the_workers_metrics_port_and_its_configuration_is_va
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_alerts_on_the_workers_fire_when_they_should_and_not_before() -> None:
-    """``promtool test rules``: series as workers expose them, and the alerts that must fire."""
+def test_the_alerts_on_riskwire_itself_fire_when_they_should_and_not_before() -> None:
+    """``promtool test rules``: series as riskwire exposes them, and the alerts that must fire."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool comes with prometheus (`make test` installs it)")

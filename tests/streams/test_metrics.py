@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -14,12 +17,13 @@ import pytest
 from aiokafka.structs import TopicPartition
 
 from ingest import JsonlSource, RawProducer
+from ingest.feeds import Health, store_health
 from riskwire.broker import EmbeddedBroker, free_port
 from riskwire.demo import SAMPLE, expected_outcome
 from riskwire.records import DeadLetter
 from riskwire.settings import load_settings
 from riskwire.worker import spawn_worker, stop_worker
-from storage import upgrade
+from storage import make_engine, session_factory, upgrade
 from streams.metrics import WorkerMetrics, consumer_lag
 from tests.metrics_helpers import metric, prometheus, query, scrape
 
@@ -106,11 +110,12 @@ STREAM_DASHBOARD = Path(__file__).resolve().parents[2] / "grafana/dashboards/str
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_the_stream_dashboard_queries_find_data_in_a_real_prometheus_scraping_a_real_worker(
+def test_the_stream_dashboard_queries_find_data_in_a_real_prometheus_scraping_riskwire(
     broker: EmbeddedBroker, postgres_url: str, tmp_path: Path
 ) -> None:
-    """The demo sample through a worker on PostgreSQL, scraped by Prometheus: every query of the
-    stream-health dashboard is valid PromQL and finds data, and the figures are the worker's."""
+    """The demo sample through a worker on PostgreSQL, its alerts queued for an Alertmanager that
+    is down, and the API (with its dispatcher) beside it, both scraped by Prometheus: every query
+    of the stream-health dashboard is valid PromQL and finds data, and the figures are riskwire's."""
     upgrade(postgres_url)
     run = uuid.uuid4().hex[:8]
     settings = load_settings(
@@ -118,22 +123,38 @@ def test_the_stream_dashboard_queries_find_data_in_a_real_prometheus_scraping_a_
         topic_prefix=f"metrics-{run}", consumer_group=f"riskwire-{run}",
         ensemble_members="finlex:1", score_batch_wait_s=0.2, reorder_idle_s=1,
         metrics_port=free_port(), metrics_address="127.0.0.1",
+        alertmanager_url=f"http://127.0.0.1:{free_port()}", delivery_max_attempts=2,
+        delivery_backoff_s=0.1, delivery_backoff_cap_s=0.2, delivery_poll_s=0.1,
     )  # fmt: skip
+    with session_factory(make_engine(postgres_url)).begin() as session:  # a polled feed's health
+        now = datetime.now(UTC)
+        wire = Health("wire", "news", "https://x/rss", 60, 600, started_at=now,
+                      last_item_at=now, consecutive_errors=1)  # fmt: skip
+        store_health(session, [wire.row(now)])
     items = list(JsonlSource(SAMPLE).read())
     expected = expected_outcome(items)
-    with prometheus([f"127.0.0.1:{settings.metrics_port}"], tmp_path / "prometheus") as url:
+    api_port = free_port()
+    targets = [f"127.0.0.1:{settings.metrics_port}", f"127.0.0.1:{api_port}"]
+    with prometheus(targets, tmp_path / "prometheus") as url:
         worker = spawn_worker(settings, tmp_path / "worker.log")
+        with open(tmp_path / "api.log", "wb") as log:
+            api = subprocess.Popen(
+                [sys.executable, "-m", "riskwire", "api", "--port", str(api_port)],
+                env={**os.environ, **settings.as_env()}, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         try:
             with RawProducer(broker.bootstrap, settings.topics) as producer:
                 producer.publish(items)
             stored = 'sum(riskwire_documents_total{stage="score", outcome="stored"})'
-            alerts = "sum(riskwire_alerts_total)"
+            given_up = 'sum(riskwire_delivery_attempts_total{outcome="dead"})'
             deadline = time.monotonic() + 120
             while True:
-                found = [query(url, stored), query(url, alerts)]
+                found = [query(url, stored), query(url, given_up)]
                 if all(found) and float(found[0][0]["value"][1]) >= len(expected.document_ids):
-                    break
-                assert time.monotonic() < deadline and worker.poll() is None, found
+                    if float(found[1][0]["value"][1]) > 0:
+                        break
+                assert time.monotonic() < deadline, found
+                assert worker.poll() is None and api.poll() is None
                 time.sleep(1)
             time.sleep(3)  # a few more scrapes: every rate has two samples in its window
             dashboard = json.loads(STREAM_DASHBOARD.read_text())
@@ -146,5 +167,15 @@ def test_the_stream_dashboard_queries_find_data_in_a_real_prometheus_scraping_a_
             unreadable = sum(isinstance(item, DeadLetter) for item in items)
             dead = query(url, "sum(riskwire_dead_letters_total)")
             assert float(dead[0]["value"][1]) == expected.dead_letters - unreadable > 0
+            feed = query(url, 'riskwire_feed_status{source="wire", status="ok"}')
+            assert [float(f["value"][1]) for f in feed] == [1.0]
+            alerts = float(query(url, "sum(riskwire_alerts_total)")[0]["value"][1])
+            queued = 'sum(riskwire_delivery_attempts_total{target="alertmanager"})'
+            assert 0 < float(query(url, queued)[0]["value"][1]) <= 2 * alerts  # two tries each
         finally:
+            api.terminate()
+            api.wait(15)
             assert stop_worker(worker) == 0
+    for log_file in ("api.log", "worker.log"):
+        text = (tmp_path / log_file).read_text(errors="replace")
+        assert "Traceback" not in text, text[-3000:]
