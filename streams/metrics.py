@@ -20,6 +20,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import (
@@ -71,7 +72,8 @@ class WorkerMetrics:
             ["rule", "severity", "state"], registry=r,
         )  # fmt: skip
         self.score_seconds = Histogram(
-            "riskwire_score_batch_seconds", "Time to score one batch with the ensemble",
+            "riskwire_score_batch_seconds", "From handing a batch to the ensemble to its scores "
+            "(a wait behind the batches the scoring process is busy with included)",
             buckets=SCORE_BUCKETS, registry=r,
         )  # fmt: skip
         self.document_age = Histogram(
@@ -99,6 +101,7 @@ class WorkerMetrics:
             self.documents.labels(stage, outcome)
         for stage in ("normalise", "score", "risk", "late", "persist"):
             self.dead_letters.labels(stage)
+        self._newest: dict[str, float] = {}
         self.probes = _Probes()
         r.register(self.probes)
         self._server: Any = None
@@ -107,6 +110,14 @@ class WorkerMetrics:
         """Count a batch of Kafka events by topic."""
         for topic, n in Tally(e.message.topic for e in events).items():
             self.messages.labels(topic).inc(n)
+
+    def finished(self, stage: str, event_time: datetime) -> None:
+        """``stage`` finished a document of this event time: the newest such, kept (batches from
+        other partitions, or a late document, may be older)."""
+        t = event_time.timestamp()
+        if t > self._newest.get(stage, float("-inf")):
+            self._newest[stage] = t
+            self.newest_event.labels(stage).set(t)
 
     def dead(self, letters: Iterable[Any]) -> None:
         for stage, n in Tally(letter.stage for letter in letters).items():

@@ -308,7 +308,7 @@ class RiskStage:
             held.ack[1] -= 1
         self.released += len(released)
         METRICS.scores_released.labels(self.name).inc(len(released))
-        METRICS.newest_event.labels(self.name).set(released[-1].sort[0].timestamp())
+        METRICS.finished(self.name, released[-1].sort[0])
         if time.monotonic() - self.reported >= 10:
             self.reported = time.monotonic()
             log.info(

@@ -90,7 +90,7 @@ def _count_stored(stored: Sequence[Document], taken: int) -> None:
         now = datetime.now(UTC)
         for doc in stored:
             METRICS.document_age.observe((now - doc.fetched_at).total_seconds())
-        METRICS.newest_event.labels(STAGE).set(max(d.published_at for d in stored).timestamp())
+        METRICS.finished(STAGE, max(d.published_at for d in stored))
 
 
 def register(app: faust.App, ctx: WorkerContext) -> None:

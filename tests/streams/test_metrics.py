@@ -75,6 +75,18 @@ def test_probes_are_read_at_each_scrape_and_a_failing_one_is_left_out(served: An
     assert not any(name.startswith("riskwire_broken") for name, _ in samples)
 
 
+def test_the_newest_event_time_only_moves_forward(served: Any) -> None:
+    metrics, port = served
+    day = datetime(2026, 11, 2, tzinfo=UTC)
+    for hour in (3, 5, 4):  # a batch from a partition behind the others comes last
+        metrics.finished("risk", day.replace(hour=hour))
+    metrics.finished("score", day)
+    samples = scrape(port)
+    newest = "riskwire_newest_event_timestamp_seconds"
+    assert metric(samples, newest, stage="risk") == day.replace(hour=5).timestamp()
+    assert metric(samples, newest, stage="score") == day.timestamp()
+
+
 def test_histograms_time_what_they_wrap(served: Any) -> None:
     metrics, port = served
     with metrics.timed(metrics.score_seconds):
