@@ -193,3 +193,19 @@ def test_member_agreement_compares_each_vote_with_the_live_score_of_its_own_ense
         ("m1", 1.0, 1),  # test-2's positive; the replay's neutral vote is not counted
         ("minilm", 0.0, 1),  # voted positive in test-1, which fused negative
     ]
+
+
+def test_the_prometheus_dashboard_asks_for_tables_where_it_shows_tables() -> None:
+    """PromQL panels: a table panel's queries are instant ones in table format (merged on their
+    labels), a graph's are range queries; their queries run in ``tests/streams/test_metrics.py``."""
+    dashboard = json.loads((GRAFANA / "dashboards/stream.json").read_text())
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "riskwire-prometheus", panel["title"]
+        table = panel["type"] == "table"
+        for target in panel["targets"]:
+            assert target["expr"] and target["datasource"] == panel["datasource"]
+            assert (target["format"], target["instant"], target["range"]) == (
+                ("table", True, False) if table else ("time_series", False, True)
+            ), panel["title"]
+        if table and len(panel["targets"]) > 1:
+            assert panel["transformations"] == [{"id": "merge", "options": {}}], panel["title"]
