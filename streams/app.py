@@ -45,6 +45,11 @@ def create_app(
 
     for flow in FLOWS:
         importlib.import_module(flow).register(app, context)
+
+    @app.timer(interval=1.0)
+    async def heartbeat() -> None:  # /healthz and a metric: the event loop turns
+        METRICS.beat()
+
     METRICS.probes.add(
         "riskwire_consumer_lag", "gauge", "Messages of a partition this worker is assigned that "
         "its group has not committed: the high watermark minus the committed offset",

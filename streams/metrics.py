@@ -2,10 +2,11 @@
 models and the database took, how far behind it is, and whether it is waiting for the database.
 
 Served at ``/metrics`` on ``RISKWIRE_METRICS_PORT`` (unset: not served; the counts are kept
-either way). Counts go up once per batch and label, and the document-age histogram takes a
-microsecond or two per document, so the stream pays next to nothing for them; what is read from
-the worker's state (consumer lag, held scores, late documents, the scoring process) is read when
-Prometheus scrapes.
+either way), with ``/healthz`` beside it: 503 once the worker's event loop has not turned for
+30 s (the server is a thread of its own, so it answers even then). Counts go up once per batch and
+label, and the document-age histogram takes a microsecond or two per document, so the stream pays
+next to nothing for them; what is read from the worker's state (consumer lag, held scores, late
+documents, the scoring process) is read when Prometheus scrapes.
 
 Consumer lag is Kafka's definition: a partition's high watermark (from the latest fetch) minus the
 group's committed offset. On the embedded broker the high watermark is the base offset of the
@@ -16,12 +17,14 @@ is exact.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,9 +32,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ disable_created_metrics()  # no ``_created`` series beside every counter and his
 # seconds: a batch of 64 documents scores in 0.1-1 s on 2 CPU cores, much less on a GPU
 SCORE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0)
+STALLED_AFTER_S = 30.0  # a worker whose event loop has not turned for this long is unhealthy
 KNOWN_DOCUMENTS = (("normalise", "new"), ("normalise", "duplicate"), ("normalise", "dead"),
                    ("score", "stored"), ("score", "dead"))  # fmt: skip
 AGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -101,6 +106,11 @@ class WorkerMetrics:
             self.documents.labels(stage, outcome)
         for stage in ("normalise", "score", "risk", "late", "persist"):
             self.dead_letters.labels(stage)
+        self.loop_heartbeat = Gauge(
+            "riskwire_event_loop_heartbeat_timestamp_seconds", "When the worker's event loop last "
+            "turned (every second while it runs), as a Unix time", registry=r,
+        )  # fmt: skip
+        self.heartbeat: float | None = None
         self._newest: dict[str, float] = {}
         self.probes = _Probes()
         r.register(self.probes)
@@ -131,15 +141,48 @@ class WorkerMetrics:
         finally:
             histogram.observe(time.perf_counter() - started)
 
+    def beat(self) -> None:
+        """The event loop is turning (a timer of the worker's app calls this every second)."""
+        self.heartbeat = time.time()
+        self.loop_heartbeat.set(self.heartbeat)
+
+    def health(self, now: float | None = None) -> tuple[bool, str]:
+        """Whether the worker's event loop has turned lately: a loop blocked by a stuck call stops
+        every stage, while this (another thread) still answers."""
+        if self.heartbeat is None:
+            return True, "starting"
+        behind = (time.time() if now is None else now) - self.heartbeat
+        if behind > STALLED_AFTER_S:
+            return False, f"event loop stalled: last turned {behind:.0f} s ago"
+        return True, "ok"
+
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
-        """Serve ``/metrics`` on ``port`` (in a thread of this process)."""
-        self._server, _ = start_http_server(port, address, registry=self.registry)
-        log.info("metrics on http://%s:%d/metrics", address, port)
+        """Serve ``/metrics`` and ``/healthz`` on ``port`` (in a thread of this process)."""
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") != "/healthz":
+                return metrics(environ, start_response)  # type: ignore[no-any-return]
+            ok, reason = self.health()
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "text/plain; charset=utf-8")])  # fmt: skip
+            return [reason.encode() + b"\n"]
+
+        self._server = make_server(address, port, app, ThreadingWSGIServer,
+                                   handler_class=_Quiet)  # fmt: skip
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        log.info("metrics on http://%s:%d/metrics (and /healthz)", address, port)
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # every scrape would be logged
+        pass
 
 
 Reading = Iterable[tuple[tuple[str, ...], float]]

@@ -87,6 +87,8 @@ def test_prometheus_scrapes_the_workers_metrics_port_and_its_configuration_is_va
     assert discovery["names"] == ["worker"] and str(discovery["port"]) == port
     (api,) = jobs["riskwire-api"]["static_configs"]
     assert api["targets"] == ["api:8000"] and "--port 8000" in SERVICES["api"]["command"]
+    check = " ".join(SERVICES["worker"]["healthcheck"]["test"])  # the worker's /healthz
+    assert f"127.0.0.1:{port}/healthz" in check
     mounted = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["prometheus"]["volumes"]}
     assert all(rules in mounted for rules in config["rule_files"])
     promtool = shutil.which("promtool")

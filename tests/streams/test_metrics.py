@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka.structs import TopicPartition
 
@@ -85,6 +86,22 @@ def test_the_newest_event_time_only_moves_forward(served: Any) -> None:
     newest = "riskwire_newest_event_timestamp_seconds"
     assert metric(samples, newest, stage="risk") == day.replace(hour=5).timestamp()
     assert metric(samples, newest, stage="score") == day.timestamp()
+
+
+def test_healthz_says_when_the_event_loop_has_stalled(served: Any) -> None:
+    metrics, port = served
+    health = f"http://127.0.0.1:{port}/healthz"
+    assert httpx.get(health).text == "starting\n"  # no timer has run yet: not held against it
+    metrics.beat()
+    answer = httpx.get(health)
+    assert (answer.status_code, answer.text) == (200, "ok\n")
+    assert metric(scrape(port), "riskwire_event_loop_heartbeat_timestamp_seconds") == (
+        metrics.heartbeat
+    )
+    metrics.heartbeat -= 45  # the loop last turned 45 s ago
+    answer = httpx.get(health)
+    assert answer.status_code == 503 and "event loop stalled: last turned 45 s ago" in answer.text
+    assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200  # metrics still answer
 
 
 def test_histograms_time_what_they_wrap(served: Any) -> None:
@@ -175,6 +192,8 @@ def test_the_stream_dashboard_queries_find_data_in_a_real_prometheus_scraping_ri
                     expr = target["expr"].replace("$__rate_interval", "1m")
                     assert query(url, expr), (panel["title"], expr)
             assert float(query(url, stored)[0]["value"][1]) == len(expected.document_ids)
+            health = httpx.get(f"http://127.0.0.1:{settings.metrics_port}/healthz")
+            assert (health.status_code, health.text) == (200, "ok\n")
             # the worker's own: lines the file source could not read were the producer's
             unreadable = sum(isinstance(item, DeadLetter) for item in items)
             dead = query(url, "sum(riskwire_dead_letters_total)")
