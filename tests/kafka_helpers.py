@@ -7,10 +7,15 @@ reading the topic, never by asking for them.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
+
+from riskwire.settings import Settings, load_settings
 
 
 def read_topic(bootstrap: str, topic: str, idle_ms: int = 1500) -> list:
@@ -61,3 +66,15 @@ def wait_drained(bootstrap: str, group: str, topics: Sequence[str], timeout: flo
                 time.sleep(0.5)
     finally:
         admin.close()
+
+
+def stream_settings(
+    prefix: str, bootstrap: str, database_url: str, data_dir: Path, **overrides: Any
+) -> Settings:
+    """Settings for a worker of this test's own: its topics and consumer group (``prefix`` and a
+    random suffix) on the shared broker, its database, its data folder."""
+    run = uuid.uuid4().hex[:8]
+    return load_settings(
+        kafka_bootstrap=bootstrap, database_url=database_url, data_dir=data_dir,
+        topic_prefix=f"{prefix}-{run}", consumer_group=f"riskwire-{run}", **overrides,
+    )  # fmt: skip

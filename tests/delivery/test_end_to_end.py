@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,13 +26,14 @@ from riskwire.api import create_api
 from riskwire.broker import EmbeddedBroker
 from riskwire.delivery.model import verify
 from riskwire.demo import SAMPLE
-from riskwire.settings import Settings, load_settings
+from riskwire.settings import Settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import delivery as store
 from storage import make_engine, session_factory, upgrade
 from storage.tables import AlertEventRow, AlertRow
 from tests.delivery.conftest import deliveries
 from tests.delivery.servers import Alertmanager, Receiver, serve
+from tests.kafka_helpers import stream_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DOWN_FOR = 60.0  # seconds
@@ -57,10 +57,8 @@ def settings_e2e(
     postgres_url: str, broker: EmbeddedBroker, alertmanager: Alertmanager, tmp_path: Path
 ) -> Settings:
     upgrade(postgres_url)
-    run = uuid.uuid4().hex[:8]
-    return load_settings(
-        kafka_bootstrap=broker.bootstrap, database_url=postgres_url, data_dir=tmp_path,
-        topic_prefix=f"e2e-{run}", consumer_group=f"riskwire-{run}", score_batch_wait_s=0.2,
+    return stream_settings(
+        "e2e", broker.bootstrap, postgres_url, tmp_path, score_batch_wait_s=0.2,
         alertmanager_url=alertmanager.url, webhook_allow_private=True, delivery_backoff_s=0.5,
         delivery_backoff_cap_s=5.0, delivery_max_attempts=100, delivery_poll_s=0.2,
     )  # fmt: skip

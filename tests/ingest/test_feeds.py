@@ -372,19 +372,14 @@ def test_a_live_feed_flows_through_the_same_pipeline_as_files(
 ) -> None:
     """RSS items polled from a feed go through the broker and a worker into the database, linked
     to their companies, exactly like records from a file."""
-    import uuid
-
     from ingest import RawProducer
-    from riskwire.settings import load_settings
     from riskwire.worker import spawn_worker, stop_worker
     from storage.tables import DocumentRow, DocumentTickerRow
-    from tests.kafka_helpers import wait_drained
+    from tests.kafka_helpers import stream_settings, wait_drained
 
     upgrade(sqlite_url)
-    run = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        kafka_bootstrap=broker.bootstrap, database_url=sqlite_url, data_dir=tmp_path,
-        topic_prefix=f"feed-{run}", consumer_group=f"riskwire-{run}", score_batch_wait_s=0.2,
+    settings = stream_settings(
+        "feed", broker.bootstrap, sqlite_url, tmp_path, score_batch_wait_s=0.2,
     )  # fmt: skip
     feeds = load_feeds(write_config(tmp_path, server.url))[:1]  # the markets RSS feed
     worker = spawn_worker(settings, tmp_path / "worker.log")

@@ -15,7 +15,6 @@ import json
 import random
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ from sqlalchemy import func, select
 from ingest import JsonlSource, RawProducer
 from riskwire.broker import EmbeddedBroker
 from riskwire.records import Alert
-from riskwire.settings import Settings, load_settings
+from riskwire.settings import Settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
 from storage.engine import fresh_database
@@ -41,7 +40,7 @@ from storage.tables import (
     ScoreRow,
     TickerSentimentRow,
 )
-from tests.kafka_helpers import read_topic, wait_drained
+from tests.kafka_helpers import read_topic, stream_settings, wait_drained
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -121,12 +120,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def settings_for(broker: EmbeddedBroker, url: str, data_dir: Path) -> Settings:
-    run = uuid.uuid4().hex[:8]
     rules = data_dir / "rules.yaml"
     rules.write_text(RULES)
-    return load_settings(
-        kafka_bootstrap=broker.bootstrap, database_url=url, data_dir=data_dir,
-        topic_prefix=f"crash-{run}", consumer_group=f"riskwire-{run}",
+    return stream_settings(
+        "crash", broker.bootstrap, url, data_dir,
         ensemble_members="finlex:1", rules_file=rules, baseline_days=2,
         score_batch_size=256, score_batch_wait_s=0.3, reorder_idle_s=3,
     )  # fmt: skip

@@ -5,7 +5,6 @@ back everything is stored, once."""
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,11 @@ from sqlalchemy import func, select
 
 from ingest import JsonlSource, RawProducer
 from riskwire.broker import EmbeddedBroker, free_port
-from riskwire.settings import load_settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
 from storage.tables import DeadLetterRow, DocumentRow, RiskAggregateRow, TickerSentimentRow
 from tests import pg_cluster
-from tests.kafka_helpers import read_topic, wait_drained
+from tests.kafka_helpers import read_topic, stream_settings, wait_drained
 from tests.metrics_helpers import metric, scrape
 from tests.streams.test_crash import write_corpus
 
@@ -35,10 +33,8 @@ def test_a_database_outage_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_
     write_corpus(corpus, N)
     with pg_cluster.private_postgres() as cluster:
         upgrade(cluster.url)
-        run = uuid.uuid4().hex[:8]
-        settings = load_settings(
-            kafka_bootstrap=broker.bootstrap, database_url=cluster.url, data_dir=tmp_path,
-            topic_prefix=f"outage-{run}", consumer_group=f"riskwire-{run}",
+        settings = stream_settings(
+            "outage", broker.bootstrap, cluster.url, tmp_path,
             ensemble_members="finlex:1", score_batch_size=64, score_batch_wait_s=0.2,
             metrics_port=free_port(), metrics_address="127.0.0.1",
         )  # fmt: skip

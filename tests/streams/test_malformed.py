@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,11 +17,11 @@ from sqlalchemy import func, select
 from ingest import RawProducer
 from riskwire.broker import EmbeddedBroker, free_port
 from riskwire.records import DeadLetter, Kind, RawRecord
-from riskwire.settings import Settings, load_settings
+from riskwire.settings import Settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
 from storage.tables import DocumentRow
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import read_topic, stream_settings
 from tests.metrics_helpers import metric, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -67,10 +66,8 @@ CASES = [
 @pytest.fixture
 def settings(broker: EmbeddedBroker, postgres_url: str, tmp_path: Path) -> Settings:
     upgrade(postgres_url)
-    run = uuid.uuid4().hex[:8]
-    return load_settings(
-        kafka_bootstrap=broker.bootstrap, database_url=postgres_url, data_dir=tmp_path,
-        topic_prefix=f"bad-{run}", consumer_group=f"riskwire-{run}", ensemble_members="finlex:1",
+    return stream_settings(
+        "bad", broker.bootstrap, postgres_url, tmp_path, ensemble_members="finlex:1",
         score_batch_wait_s=0.2, reorder_idle_s=1, metrics_port=free_port(),
         metrics_address="127.0.0.1",
     )  # fmt: skip

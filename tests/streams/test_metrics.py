@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,10 +21,10 @@ from ingest.feeds import Health, store_health
 from riskwire.broker import EmbeddedBroker, free_port
 from riskwire.demo import SAMPLE, expected_outcome
 from riskwire.records import DeadLetter
-from riskwire.settings import load_settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
 from streams.metrics import WorkerMetrics, consumer_lag
+from tests.kafka_helpers import stream_settings
 from tests.metrics_helpers import metric, prometheus, query, scrape
 
 
@@ -146,10 +145,8 @@ def test_the_stream_dashboard_queries_find_data_in_a_real_prometheus_scraping_ri
     is down, and the API (with its dispatcher) beside it, both scraped by Prometheus: every query
     of the stream-health dashboard is valid PromQL and finds data, and the figures are riskwire's."""
     upgrade(postgres_url)
-    run = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        kafka_bootstrap=broker.bootstrap, database_url=postgres_url, data_dir=tmp_path,
-        topic_prefix=f"metrics-{run}", consumer_group=f"riskwire-{run}",
+    settings = stream_settings(
+        "metrics", broker.bootstrap, postgres_url, tmp_path,
         ensemble_members="finlex:1", score_batch_wait_s=0.2, reorder_idle_s=1,
         metrics_port=free_port(), metrics_address="127.0.0.1",
         alertmanager_url=f"http://127.0.0.1:{free_port()}", delivery_max_attempts=2,

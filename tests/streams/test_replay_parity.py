@@ -9,7 +9,6 @@ difference; that case is not a parity case.
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,12 +22,11 @@ from riskwire.broker import EmbeddedBroker
 from riskwire.demo import SAMPLE
 from riskwire.records import DeadLetter, Kind, RawRecord
 from riskwire.replay import ReplayRunner, ReplaySpec, create_job
-from riskwire.settings import load_settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
 from storage.tables import ReplayRunRow, ScoreRow
 from streams.pipeline import normalise
-from tests.kafka_helpers import wait_drained
+from tests.kafka_helpers import stream_settings, wait_drained
 from tests.replay_helpers import alerts_of, scores_of, sentiment_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,10 +49,8 @@ def test_replaying_a_live_period_gives_identical_scores_and_alerts(
     broker: EmbeddedBroker, postgres_url: str, tmp_path: Path
 ) -> None:
     upgrade(postgres_url)
-    run = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        kafka_bootstrap=broker.bootstrap, database_url=postgres_url, data_dir=tmp_path,
-        topic_prefix=f"parity-{run}", consumer_group=f"riskwire-{run}", topic_partitions=1,
+    settings = stream_settings(
+        "parity", broker.bootstrap, postgres_url, tmp_path, topic_partitions=1,
         score_batch_wait_s=0.2,
     )  # fmt: skip
     items = news_in_event_time_order()

@@ -5,7 +5,6 @@ second knows nothing the first learnt, except through the database)."""
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,11 +13,11 @@ from sqlalchemy import select
 
 from ingest import JsonlSource, RawProducer
 from riskwire.broker import EmbeddedBroker
-from riskwire.settings import Settings, load_settings
+from riskwire.settings import Settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
 from storage.tables import DocumentRow, TickerSentimentRow
-from tests.kafka_helpers import wait_drained
+from tests.kafka_helpers import stream_settings, wait_drained
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,10 +64,8 @@ def test_copies_read_by_another_worker_join_the_story_and_count_once(
     broker: EmbeddedBroker, postgres_url: str, tmp_path: Path
 ) -> None:
     upgrade(postgres_url)
-    run = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        kafka_bootstrap=broker.bootstrap, database_url=postgres_url, data_dir=tmp_path,
-        topic_prefix=f"stories-{run}", consumer_group=f"riskwire-{run}",
+    settings = stream_settings(
+        "stories", broker.bootstrap, postgres_url, tmp_path,
         ensemble_members="finlex:1", score_batch_wait_s=0.2, reorder_idle_s=1,
     )  # fmt: skip
     # the story first, then copies (the order in which copies from different partitions are read

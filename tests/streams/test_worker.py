@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from ingest import JsonlSource, RawProducer
 from riskwire.broker import EmbeddedBroker, free_port
 from riskwire.demo import SAMPLE, expected_outcome
 from riskwire.records import SCORE_BATCH, Alert, DeadLetter, Score, decode_batch
-from riskwire.settings import Settings, load_settings
+from riskwire.settings import Settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, repository, session_factory, upgrade
 from storage.tables import (
@@ -37,7 +36,7 @@ from storage.tables import (
     VoteRow,
 )
 from streams.watermarks import is_marker
-from tests.kafka_helpers import read_topic, wait_drained
+from tests.kafka_helpers import read_topic, stream_settings, wait_drained
 from tests.metrics_helpers import metric, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -56,10 +55,8 @@ BAD_REASONS = {
 def pipeline_settings(database_url: str, broker: EmbeddedBroker, tmp_path: Path) -> Settings:
     url = database_url
     upgrade(url)
-    run = uuid.uuid4().hex[:8]
-    return load_settings(
-        kafka_bootstrap=broker.bootstrap, database_url=url, data_dir=tmp_path,
-        topic_prefix=f"test-{run}", consumer_group=f"riskwire-{run}",
+    return stream_settings(
+        "test", broker.bootstrap, url, tmp_path,
         score_batch_wait_s=0.2, dedupe_cache_size=0,  # let duplicates reach the database
     )  # fmt: skip
 
@@ -169,12 +166,9 @@ class SampleRun:
 
     def __init__(self, broker: EmbeddedBroker, url: str, tmp_path: Path, prefix: str) -> None:
         upgrade(url)
-        run = uuid.uuid4().hex[:8]
         self.broker = broker
-        self.settings = load_settings(
-            kafka_bootstrap=broker.bootstrap, database_url=url, data_dir=tmp_path,
-            topic_prefix=f"{prefix}-{run}", consumer_group=f"riskwire-{run}",
-            score_batch_size=16, score_batch_wait_s=0.2,
+        self.settings = stream_settings(
+            prefix, broker.bootstrap, url, tmp_path, score_batch_size=16, score_batch_wait_s=0.2,
             metrics_port=free_port(), metrics_address="127.0.0.1",
         )  # fmt: skip
         self.items = list(JsonlSource(SAMPLE).read())
