@@ -124,14 +124,28 @@ class DatabaseState(Collector):
             "riskwire_feed_consecutive_errors", "A polled feed's failed polls in a row",
             labels=["source"],
         )  # fmt: skip
+        # the poller writes a feed's health at each poll: a last poll far behind the feed's
+        # interval means the poller (`riskwire ingest run`) stopped, and its statuses went stale
+        poll_age = GaugeMetricFamily(
+            "riskwire_feed_last_poll_age_seconds", "Time since a polled feed was last polled",
+            labels=["source"],
+        )  # fmt: skip
+        interval = GaugeMetricFamily(
+            "riskwire_feed_expected_interval_seconds", "How often a polled feed is meant to be "
+            "polled", labels=["source"],
+        )  # fmt: skip
         for feed in session.scalars(select(FeedHealthRow)):
             for name in FEED_STATES:
                 state.add_metric([feed.source, feed.kind, name], float(feed.status == name))
             if feed.last_item_at is not None:
                 age = (now - _utc(feed.last_item_at)).total_seconds()
                 item_age.add_metric([feed.source], max(0.0, age))
+            if feed.last_poll_at is not None:
+                age = (now - _utc(feed.last_poll_at)).total_seconds()
+                poll_age.add_metric([feed.source], max(0.0, age))
             errors.add_metric([feed.source], feed.consecutive_errors)
-        yield from (state, item_age, errors)
+            interval.add_metric([feed.source], feed.expected_interval_s)
+        yield from (state, item_age, errors, poll_age, interval)
 
         jobs = GaugeMetricFamily(
             "riskwire_replay_jobs", "Replay and backfill jobs by status", labels=["status"]

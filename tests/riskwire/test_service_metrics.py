@@ -42,7 +42,8 @@ def test_the_outbox_feeds_and_jobs_are_read_from_the_database(
         for row in rows:
             row.created_at = late if row.target == store.ALERTMANAGER else row.created_at
         wire = Health("wire", "news", "https://x/rss", 60, 600, started_at=now,
-                      last_item_at=now - timedelta(seconds=30))  # fmt: skip
+                      last_item_at=now - timedelta(seconds=30),
+                      last_poll_at=now - timedelta(seconds=20))  # fmt: skip
         down = Health("down", "social", "https://y/api", 60, 600, started_at=now,
                       consecutive_errors=5, last_error="HTTP 503")  # fmt: skip
         store_health(session, [wire.row(now), down.row(now)])
@@ -69,6 +70,9 @@ def test_the_outbox_feeds_and_jobs_are_read_from_the_database(
     age = value("riskwire_feed_last_item_age_seconds", {"source": "wire"})
     assert age is not None and 25 < age < 120
     assert value("riskwire_feed_last_item_age_seconds", {"source": "down"}) is None  # never had one
+    poll_age = value("riskwire_feed_last_poll_age_seconds", {"source": "wire"})
+    assert poll_age is not None and 15 < poll_age < 110
+    assert value("riskwire_feed_expected_interval_seconds", {"source": "wire"}) == 60
     assert value("riskwire_replay_jobs", {"status": "pending"}) == 1
     assert value("riskwire_replay_jobs", {"status": "failed"}) == 0
 
