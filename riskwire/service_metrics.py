@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -24,6 +24,7 @@ from riskwire.replay import CANCELLED, CANCELLING, DONE, FAILED, RUNNING
 from riskwire.replay import PENDING as JOB_PENDING
 from storage.delivery import ALERTMANAGER, DEAD, GRAFANA, PENDING, WEBHOOK
 from storage.tables import DeliveryRow, FeedHealthRow, ReplayRunRow
+from streams.metrics import serve, stop
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,12 @@ class ServiceMetrics:
         self._server: Any = None
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
-        self._server, _ = start_http_server(port, address, registry=self.registry)
-        log.info("metrics on http://%s:%d/metrics", address, port)
+        """Serve ``/metrics`` (and ``/healthz``) on ``port``, as a worker does."""
+        self._server = serve(self.registry, port, address)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        stop(self._server)
+        self._server = None
 
 
 class DatabaseState(Collector):

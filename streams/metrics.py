@@ -44,10 +44,12 @@ disable_created_metrics()  # no ``_created`` series beside every counter and his
 # seconds: a batch of 64 documents scores in 0.1-1 s on 2 CPU cores, much less on a GPU
 SCORE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0)
+AGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 STALLED_AFTER_S = 30.0  # a worker whose event loop has not turned for this long is unhealthy
+# the series known from the start, exported at zero: a rate (and an alert on it) needs the zero
 KNOWN_DOCUMENTS = (("normalise", "new"), ("normalise", "duplicate"), ("normalise", "dead"),
                    ("score", "stored"), ("score", "dead"))  # fmt: skip
-AGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+KNOWN_DEAD_LETTER_STAGES = ("normalise", "score", "risk", "late", "persist")
 
 
 class WorkerMetrics:
@@ -101,10 +103,9 @@ class WorkerMetrics:
             "riskwire_newest_event_timestamp_seconds", "Event time (published_at) of the newest "
             "document a stage finished, as a Unix time", ["stage"], registry=r,
         )  # fmt: skip
-        # the series known from the start, at zero: a rate (and an alert on it) needs the zero
         for stage, outcome in KNOWN_DOCUMENTS:
             self.documents.labels(stage, outcome)
-        for stage in ("normalise", "score", "risk", "late", "persist"):
+        for stage in KNOWN_DEAD_LETTER_STAGES:
             self.dead_letters.labels(stage)
         self.loop_heartbeat = Gauge(
             "riskwire_event_loop_heartbeat_timestamp_seconds", "When the worker's event loop last "
@@ -158,26 +159,39 @@ class WorkerMetrics:
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` and ``/healthz`` on ``port`` (in a thread of this process)."""
-        metrics = make_wsgi_app(self.registry)
-
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            if environ.get("PATH_INFO") != "/healthz":
-                return metrics(environ, start_response)  # type: ignore[no-any-return]
-            ok, reason = self.health()
-            start_response("200 OK" if ok else "503 Service Unavailable",
-                           [("Content-Type", "text/plain; charset=utf-8")])  # fmt: skip
-            return [reason.encode() + b"\n"]
-
-        self._server = make_server(address, port, app, ThreadingWSGIServer,
-                                   handler_class=_Quiet)  # fmt: skip
-        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
-        log.info("metrics on http://%s:%d/metrics (and /healthz)", address, port)
+        self._server = serve(self.registry, port, address, self.health)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        stop(self._server)
+        self._server = None
+
+
+def serve(
+    registry: CollectorRegistry, port: int, address: str = "0.0.0.0",
+    health: Callable[[], tuple[bool, str]] = lambda: (True, "ok"),
+) -> Any:  # fmt: skip
+    """Serve ``registry`` at ``/metrics`` and ``health()`` at ``/healthz`` (200 or 503 with its
+    reason) on ``port``, from a thread of this process; returns the server, for ``stop``."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        ok, reason = health()
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "text/plain; charset=utf-8")])  # fmt: skip
+        return [reason.encode() + b"\n"]
+
+    server = make_server(address, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics (and /healthz)", address, port)
+    return server
+
+
+def stop(server: Any) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 class _Quiet(WSGIRequestHandler):

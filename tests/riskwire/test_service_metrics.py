@@ -6,12 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from ingest.feeds import Health, store_health
 from riskwire.api import create_api
+from riskwire.broker import free_port
 from riskwire.replay import ReplaySpec, create_job
 from riskwire.service_metrics import ServiceMetrics
 from riskwire.settings import load_settings
@@ -99,3 +101,18 @@ def test_an_unreadable_database_leaves_its_metrics_out_and_the_scrape_answers(
     names = {family.name for family in metrics.registry.collect()}
     assert "riskwire_delivery_attempts" in names
     assert not names & {"riskwire_deliveries_pending", "riskwire_feed_status"}
+
+
+def test_a_dispatcher_alone_serves_its_metrics_and_health(tmp_path: Path) -> None:
+    """`riskwire deliver` on RISKWIRE_METRICS_PORT: the same server as a worker's."""
+    sessions = session_factory(make_engine(f"sqlite:///{tmp_path / 'riskwire.db'}"))
+    metrics = ServiceMetrics(sessions)
+    port = free_port()
+    metrics.serve(port, "127.0.0.1")
+    try:
+        metrics.attempts.labels("grafana", "retry").inc(2)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'riskwire_delivery_attempts_total{outcome="retry",target="grafana"} 2.0' in text
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    finally:
+        metrics.stop()
