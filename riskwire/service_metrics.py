@@ -57,7 +57,7 @@ class ServiceMetrics:
             self.registry.register(DatabaseState(sessions))
         self._server: Any = None
 
-    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+    def serve(self, port: int, address: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` (and ``/healthz``) on ``port``, as a worker does."""
         self._server = serve(self.registry, port, address)
 

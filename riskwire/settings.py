@@ -79,7 +79,9 @@ class Settings(BaseSettings):
         description="serve Prometheus metrics at /metrics on this port (a worker, `riskwire "
         "deliver`); unset = not served",
     )  # fmt: skip
-    metrics_address: str = Field("0.0.0.0", description="the address the metrics are served on")
+    metrics_address: str = Field(
+        "127.0.0.1", description="the address the metrics are served on (0.0.0.0: every interface)"
+    )
 
     dedupe_cache_size: int = Field(
         100_000,

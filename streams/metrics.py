@@ -157,7 +157,7 @@ class WorkerMetrics:
             return False, f"event loop stalled: last turned {behind:.0f} s ago"
         return True, "ok"
 
-    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+    def serve(self, port: int, address: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` and ``/healthz`` on ``port`` (in a thread of this process)."""
         self._server = serve(self.registry, port, address, self.health)
 
@@ -167,7 +167,7 @@ class WorkerMetrics:
 
 
 def serve(
-    registry: CollectorRegistry, port: int, address: str = "0.0.0.0",
+    registry: CollectorRegistry, port: int, address: str = "127.0.0.1",
     health: Callable[[], tuple[bool, str]] = lambda: (True, "ok"),
 ) -> Any:  # fmt: skip
     """Serve ``registry`` at ``/metrics`` and ``health()`` at ``/healthz`` (200 or 503 with its
