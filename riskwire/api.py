@@ -17,14 +17,15 @@ alerts and run replays (local use only).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -144,9 +145,23 @@ def create_api(
 
     require = make_auth(settings, sessions)
     auth = [Depends(require("replays"))]
-    app.include_router(delivery_router(settings, sessions, require))
+    app.include_router(delivery_router(settings, sessions, require, metrics=metrics))
     pushes, close_pushes = push_router(settings, require)
     app.include_router(pushes)
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started, code = time.perf_counter(), 500  # an exception is the server error it becomes
+        try:
+            response = await call_next(request)
+            code = response.status_code
+            return response
+        finally:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            metrics.requests.labels(request.method, route, str(code)).inc()
+            metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Prometheus metrics of the API process and the delivery dispatcher (a worker's are in
-``streams/metrics.py``): the dispatcher's attempts and send times, and, read from the database at
-each scrape, the outbox (pending and dead deliveries, the oldest pending one's age), the polled
-feeds' health and the replay jobs by status.
+``streams/metrics.py``): requests by route and status, open event streams, the dispatcher's
+attempts and send times, and, read from the database at each scrape, the outbox (pending and dead
+deliveries, the oldest pending one's age), the polled feeds' health and the replay jobs by status.
 
 ``riskwire api`` serves them at ``GET /metrics``; ``riskwire deliver`` on ``RISKWIRE_METRICS_PORT``.
 Several API replicas read the same database: aggregate its figures with ``max``, not ``sum``.
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -48,6 +48,23 @@ class ServiceMetrics:
         self.send_seconds = Histogram(
             "riskwire_delivery_send_seconds", "Time to send one delivery, by destination",
             ["target"], buckets=SEND_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.requests = Counter(
+            "riskwire_http_requests", "API requests by method, route (its template, or "
+            "'unmatched') and status code", ["method", "route", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            "riskwire_http_request_seconds", "API requests, from arrival to the response's start "
+            "(an event stream's first bytes), by route", ["route"], buckets=SEND_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.sse_clients = Gauge(
+            "riskwire_sse_clients", "Server-sent event streams open now (alerts and "
+            "subscriptions)", registry=self.registry,
+        )  # fmt: skip
+        self.sse_events = Counter(
+            "riskwire_sse_events_sent", "Alert events sent on server-sent event streams",
+            registry=self.registry,
         )  # fmt: skip
         for target in TARGETS:  # every series from the start: a rate needs its zero
             self.send_seconds.labels(target)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ingest.feeds import health_worst_first
 from riskwire.delivery import keys
 from riskwire.delivery.model import AlertFilter, DeliveryError, check_webhook_url, sector_map
+from riskwire.service_metrics import ServiceMetrics
 from riskwire.settings import Settings
 from storage import delivery as store
 from storage.repository import evidence_documents
@@ -284,8 +285,10 @@ def delivery_router(
     require: Require,
     poll_s: float = 0.5,
     heartbeat_s: float = 15.0,
+    metrics: ServiceMetrics | None = None,
 ) -> APIRouter:
     router = APIRouter()
+    counted = metrics if metrics is not None else ServiceMetrics()
     sector_of = sector_map(settings)
 
     def owner(principal: Principal) -> str:
@@ -447,6 +450,16 @@ def delivery_router(
     async def event_stream(
         request: Request, after: int, wanted: AlertFilter, limit: int | None
     ) -> AsyncIterator[str]:
+        counted.sse_clients.inc()
+        try:
+            async for chunk in _event_stream(request, after, wanted, limit):
+                yield chunk
+        finally:  # the client went, or the stream ended
+            counted.sse_clients.dec()
+
+    async def _event_stream(
+        request: Request, after: int, wanted: AlertFilter, limit: int | None
+    ) -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         sent, last, quiet = 0, after, 0.0
         while not await request.is_disconnected():
@@ -456,6 +469,7 @@ def delivery_router(
                 if row.suppressed is None and wanted.matches({"ticker": row.ticker, "rule": row.rule,
                                    "severity": row.severity}, sector_of):  # fmt: skip
                     yield sse_event(row)
+                    counted.sse_events.inc()
                     sent += 1
                     if limit is not None and sent >= limit:
                         return

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from riskwire.api import create_api
@@ -338,3 +339,41 @@ def test_the_openapi_document_describes_the_alert_api(client: TestClient) -> Non
                  "/subscriptions/{sid}/deliveries", "/alerts", "/alerts/stream", "/alerts/live",
                  "/tickers/{ticker}/scores", "/keys", "/deliveries"):  # fmt: skip
         assert path in paths, path
+
+
+def test_requests_and_event_streams_are_counted_by_route_in_the_metrics(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    reader = key(sessions, "alerts:read")
+    store_alerts(sessions, [make_alert(ticker="ACME"), make_alert(ticker="BETA")])
+    assert client.get("/alerts", headers=reader).status_code == 200
+    assert client.get("/alerts").status_code == 401
+    assert client.get("/alerts/no-such-alert", headers=reader).status_code == 404
+    assert client.get("/no/such/route").status_code == 404
+    assert len(read_sse(client, "/alerts/stream?since=0&limit=2", reader)) == 2
+    text = client.get("/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def requests(route: str, code: int) -> float:
+        labels = (("method", "GET"), ("route", route), ("status", str(code)))
+        return samples.get(("riskwire_http_requests_total", labels), 0.0)
+
+    assert requests("/alerts", 200) == 1 and requests("/alerts", 401) == 1
+    assert requests("/alerts/{alert_id}", 404) == 1  # the route's template, not the id
+    assert requests("unmatched", 404) == 1
+    assert requests("/alerts/stream", 200) == 1
+    assert samples[("riskwire_sse_events_sent_total", ())] == 2
+    assert samples[("riskwire_sse_clients", ())] == 0  # the stream has ended
+    with client.stream("GET", "/alerts/stream?since=0&limit=3", headers=reader) as answer:
+        lines = answer.iter_lines()
+        assert next(lines).startswith("retry:")  # open: it waits for its third event
+        assert "riskwire_sse_clients 1.0" in client.get("/metrics").text
+        store_alerts(sessions, [make_alert(ticker="GAMA")])
+        assert sum(line.startswith("data: ") for line in lines) == 3
+    assert "riskwire_sse_clients 0.0" in client.get("/metrics").text
+    timed = samples[("riskwire_http_request_seconds_count", (("route", "/alerts"),))]
+    assert timed == 2
