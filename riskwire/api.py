@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.push import push_router
 from models.ensemble import Ensemble
@@ -93,6 +94,35 @@ class Job(BaseModel):
     finished_at: datetime | None
 
 
+class RequestMetrics:
+    """Count each request by method, route template and status, and time it to the response's
+    start (``riskwire_http_requests_total``, ``riskwire_http_request_seconds``)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, code = time.perf_counter(), 500  # an exception is the server error it becomes
+
+        def route() -> str:  # the router puts the matched route in the scope
+            return str(getattr(scope.get("route"), "path", "unmatched"))
+
+        async def counted(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+                self.metrics.request_seconds.labels(route()).observe(time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            self.metrics.requests.labels(scope["method"], route(), str(code)).inc()
+
+
 def create_api(
     settings: Settings, ensemble_factory: Callable[[], Ensemble] | None = None
 ) -> FastAPI:
@@ -131,6 +161,10 @@ def create_api(
         lifespan=lifespan,
     )
     app.state.executor = executor
+    # a plain ASGI middleware: Starlette's BaseHTTPMiddleware wraps every response, and some of
+    # its versions hid a client's disconnect from streaming endpoints (an event stream would run
+    # on for a client long gone; tests/delivery/test_api.py checks that it ends)
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
     def job_row(job_id: str) -> ReplayRunRow:
         with sessions() as session:
@@ -148,20 +182,6 @@ def create_api(
     app.include_router(delivery_router(settings, sessions, require, metrics=metrics))
     pushes, close_pushes = push_router(settings, require)
     app.include_router(pushes)
-
-    @app.middleware("http")
-    async def count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started, code = time.perf_counter(), 500  # an exception is the server error it becomes
-        try:
-            response = await call_next(request)
-            code = response.status_code
-            return response
-        finally:
-            route = getattr(request.scope.get("route"), "path", "unmatched")
-            metrics.requests.labels(request.method, route, str(code)).inc()
-            metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

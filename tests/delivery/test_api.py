@@ -4,11 +4,13 @@ stream with Last-Event-ID, delivery state and paginated history."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +21,7 @@ from riskwire.records import Alert, AlertState, Vote
 from riskwire.settings import Settings
 from storage import delivery as store
 from storage import repository
+from tests.delivery.servers import serve
 from tests.factories import T0, TWO_VERSIONS, make_alert, make_document, make_score
 
 ADMIN = "admin-token"
@@ -377,3 +380,27 @@ def test_requests_and_event_streams_are_counted_by_route_in_the_metrics(
     assert "riskwire_sse_clients 0.0" in client.get("/metrics").text
     timed = samples[("riskwire_http_request_seconds_count", (("route", "/alerts"),))]
     assert timed == 2
+
+
+def test_a_client_that_leaves_an_event_stream_closes_it_on_the_server(
+    api_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """Over a real server: the stream notices its client has gone (no middleware may hide the
+    disconnect from it), and the open-stream gauge comes back down."""
+    reader = key(sessions, "alerts:read")
+
+    def open_streams(url: str) -> float:
+        text = httpx.get(f"{url}/metrics").text
+        (value,) = [line.split()[1] for line in text.splitlines()
+                    if line.startswith("riskwire_sse_clients ")]  # fmt: skip
+        return float(value)
+
+    with serve(create_api(api_settings)) as url, httpx.Client(timeout=10) as http:
+        with http.stream("GET", f"{url}/alerts/stream", headers=reader) as answer:
+            lines = answer.iter_lines()  # kept: a dropped iterator closes the connection
+            assert next(lines).startswith("retry:")
+            assert open_streams(url) == 1
+        deadline = time.monotonic() + 10
+        while open_streams(url) != 0:  # the server polls for new events every 0.5 s
+            assert time.monotonic() < deadline, "the server kept a stream its client had left"
+            time.sleep(0.1)
