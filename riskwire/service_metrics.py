@@ -124,7 +124,7 @@ class DatabaseState(Collector):
         for target in sorted(set(TARGETS) | {t for t, _ in found}):  # zeros too: none is news
             count, first = found.get((target, PENDING), (0, None))
             pending.add_metric([target], count)
-            age = 0.0 if first is None else max(0.0, (now - _utc(first)).total_seconds())
+            age = 0.0 if first is None else max(0.0, (now - first).total_seconds())
             oldest.add_metric([target], age)
             dead.add_metric([target], found.get((target, DEAD), (0, None))[0])
         yield from (pending, oldest, dead)
@@ -155,10 +155,10 @@ class DatabaseState(Collector):
             for name in FEED_STATES:
                 state.add_metric([feed.source, feed.kind, name], float(feed.status == name))
             if feed.last_item_at is not None:
-                age = (now - _utc(feed.last_item_at)).total_seconds()
+                age = (now - feed.last_item_at).total_seconds()
                 item_age.add_metric([feed.source], max(0.0, age))
             if feed.last_poll_at is not None:
-                age = (now - _utc(feed.last_poll_at)).total_seconds()
+                age = (now - feed.last_poll_at).total_seconds()
                 poll_age.add_metric([feed.source], max(0.0, age))
             errors.add_metric([feed.source], feed.consecutive_errors)
             interval.add_metric([feed.source], feed.expected_interval_s)
@@ -172,8 +172,3 @@ class DatabaseState(Collector):
         for status in sorted(set(JOB_STATES) | set(counts)):
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs
-
-
-def _utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes (stored as UTC)."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

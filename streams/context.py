@@ -288,7 +288,7 @@ class WorkerContext:
         """Fused scores of a batch, in its order, from the scoring process (or scored in a
         thread, without one), waited for in a thread: the event loop goes on."""
         ensemble = await self.ensemble()
-        with METRICS.timed(METRICS.score_seconds):
+        with METRICS.score_seconds.time():
             return await asyncio.to_thread(score_documents, ensemble, docs)
 
     def _build_ensemble(self) -> Judges:

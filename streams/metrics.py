@@ -21,7 +21,6 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -134,14 +133,6 @@ class WorkerMetrics:
         for stage, n in Tally(letter.stage for letter in letters).items():
             self.dead_letters.labels(stage).inc(n)
 
-    @contextmanager
-    def timed(self, histogram: Histogram) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            histogram.observe(time.perf_counter() - started)
-
     def beat(self) -> None:
         """The event loop is turning (a timer of the worker's app calls this every second)."""
         self.heartbeat = time.time()
@@ -236,13 +227,14 @@ class _Probes(Collector):
 def consumer_lag(app: Any) -> Reading:
     """Per assigned partition: its high watermark minus the group's committed offset (or minus
     the start, where nothing is committed yet)."""
+    from streams.watermarks import committed_offset
+
     consumer = app.consumer
-    committed = getattr(consumer, "_committed_offset", {}) or {}
     for tp in list(consumer.assignment()):
         end = consumer.highwater(tp)
         if end is None:
             continue
-        done = committed.get(tp) or 0
+        done = committed_offset(consumer, tp) or 0
         yield (tp.topic, str(tp.partition)), float(max(0, end - done))
 
 

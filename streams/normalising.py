@@ -89,16 +89,18 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             results = [normalise_event(e.key, e.value, e.message.topic, now) for e in events]
             times = [r.published_at if isinstance(r, Document) else None for r in results]
             touched = progress.note(events, times)
-            await send_dead(dead, [r for r in results if isinstance(r, DeadLetter)])
+            refused = [r for r in results if isinstance(r, DeadLetter)]
+            await send_dead(dead, refused)
             fresh = [
                 (event, doc)
                 for event, doc in zip(events, results, strict=True)
                 if isinstance(doc, Document) and ctx.dedupe.is_new(doc.id)
             ]
-            valid = sum(isinstance(r, Document) for r in results)
             METRICS.documents.labels(STAGE, "new").inc(len(fresh))
-            METRICS.documents.labels(STAGE, "duplicate").inc(valid - len(fresh))
-            METRICS.documents.labels(STAGE, "dead").inc(len(results) - valid)
+            METRICS.documents.labels(STAGE, "duplicate").inc(
+                len(results) - len(refused) - len(fresh)
+            )
+            METRICS.documents.labels(STAGE, "dead").inc(len(refused))
             # near-duplicates: one story, in the index every worker shares
             stories = await ctx.assign_stories([doc for _, doc in fresh])
             by_partition: dict[int, list[bytes]] = {}

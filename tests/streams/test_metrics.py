@@ -105,9 +105,9 @@ def test_healthz_says_when_the_event_loop_has_stalled(served: Any) -> None:
 
 def test_histograms_time_what_they_wrap(served: Any) -> None:
     metrics, port = served
-    with metrics.timed(metrics.score_seconds):
+    with metrics.score_seconds.time():
         pass
-    with pytest.raises(ValueError), metrics.timed(metrics.score_seconds):
+    with pytest.raises(ValueError), metrics.score_seconds.time():
         raise ValueError("a failed batch is timed too")
     samples = scrape(port)
     assert metric(samples, "riskwire_score_batch_seconds_count") == 2
