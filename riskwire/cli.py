@@ -46,8 +46,13 @@ rules_app = typer.Typer(help="Warning rules: check a rules file, load it into th
 silence_app = typer.Typer(
     help="Silences: mute notifications of matching alerts until they expire.", no_args_is_help=True
 )
+deadletters_app = typer.Typer(
+    help="Dead letters: what the stream refused and why; send them back once the cause is fixed.",
+    no_args_is_help=True,
+)
 app.add_typer(rules_app, name="rules")
 app.add_typer(silence_app, name="silence")
+app.add_typer(deadletters_app, name="deadletters")
 # options the bench commands share
 BenchDatabase = Annotated[
     str | None, typer.Option(help="an empty database; default: SQLite in a temp dir")
@@ -1320,3 +1325,197 @@ def silence_expire(silence_id: str) -> None:
         if not delivery.expire_silence(session, silence_id, datetime.now(UTC)):
             raise RiskwireError(f"no active silence {silence_id}")
     console.print(f"silence {silence_id} expired")
+
+
+def _since(value: str | None) -> datetime | None:
+    """``--since``: an ISO-8601 time, or a duration back from now (``90m``, ``2h``, ``3d``)."""
+    if value is None:
+        return None
+    if value.strip()[-1:].lower() in ("m", "h", "d"):
+        try:
+            return datetime.now(UTC) - _duration(value)
+        except RiskwireError:
+            pass
+    return _when(value, "--since")
+
+
+StageOption = Annotated[
+    list[str] | None, typer.Option("--stage", help="the stage that refused it (repeatable)")
+]
+StatusOption = Annotated[
+    list[str] | None,
+    typer.Option("--status", help="dead, redriven or failed-again (repeatable)"),
+]
+ReasonOption = Annotated[str | None, typer.Option(help="the reason contains this (any case)")]
+SinceOption = Annotated[
+    str | None, typer.Option(help="last seen since: ISO-8601, or back from now (90m, 2h, 3d)")
+]
+
+
+def _selection(
+    ids: list[str] | None, stage: list[str] | None, status: list[str] | None,
+    reason: str | None, since: str | None,
+) -> Any:  # fmt: skip
+    from storage.deadletters import Selection
+
+    try:
+        return Selection(
+            ids=tuple(i.lower() for i in ids or ()), stages=tuple(stage or ()),
+            statuses=tuple(status or ()), reason=reason, since=_since(since),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise RiskwireError(str(exc)) from None
+
+
+def _letter_json(row: Any, payload: bool = False) -> dict[str, Any]:
+    from storage.deadletters import status_of
+
+    out = {
+        "id": row.id, "stage": row.stage, "status": status_of(row), "reason": row.reason,
+        "topic": row.topic, "key": row.key, "occurred_at": row.occurred_at.isoformat(),
+        "last_seen_at": row.last_seen_at.isoformat(), "redrives": row.redrives,
+        "redriven_at": row.redriven_at.isoformat() if row.redriven_at else None,
+        "payload_exact": row.payload_exact, "payload_chars": len(row.payload),
+    }  # fmt: skip
+    if payload:
+        out["payload"] = row.payload
+    return out
+
+
+@deadletters_app.command("list")
+def deadletters_list(
+    stage: StageOption = None,
+    status: StatusOption = None,
+    reason: ReasonOption = None,
+    since: SinceOption = None,
+    limit: Annotated[int, typer.Option(help="at most this many, the latest seen first")] = 50,
+    as_json: JsonOutput = False,
+) -> None:
+    """Dead letters, the latest seen first: when, stage, status, reason."""
+    from rich.table import Table
+
+    from storage import deadletters
+
+    selection = _selection(None, stage, status, reason, since)
+    with _sessions(_settings())() as session:
+        rows = deadletters.find(session, selection, limit)
+        total = deadletters.count(session, selection)
+    if as_json:
+        print(json.dumps({"total": total, "letters": [_letter_json(r) for r in rows]}))
+        return
+    table = Table("id", "last seen", "stage", "status", "topic", "reason")
+    for r in rows:
+        table.add_row(r.id, r.last_seen_at.isoformat(timespec="seconds"), r.stage,
+                      deadletters.status_of(r), r.topic or "-", r.reason[:100])  # fmt: skip
+    console.print(table)
+    console.print(f"{len(rows)} of {total} shown")
+
+
+@deadletters_app.command("summary")
+def deadletters_summary(
+    stage: StageOption = None,
+    status: StatusOption = None,
+    since: SinceOption = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Dead letters counted by stage and cause (the reason with its numbers and values folded),
+    with how many are dead, redriven and failed again."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from storage import deadletters
+
+    selection = _selection(None, stage, status, None, since)
+    with _sessions(_settings())() as session:
+        tallies = deadletters.summarise(session, selection)
+    if as_json:
+        rows = [
+            {**asdict(t), "last_seen_at": t.last_seen_at.isoformat() if t.last_seen_at else None}
+            for t in tallies
+        ]
+        print(json.dumps({"causes": rows, "total": sum(t.letters for t in tallies)}))
+        return
+    table = Table("stage", "cause", "letters", "dead", "redriven", "failed again", "last seen")
+    for t in tallies:
+        seen = t.last_seen_at.isoformat(timespec="seconds") if t.last_seen_at else "-"
+        table.add_row(t.stage, t.reason, str(t.letters), str(t.dead), str(t.redriven),
+                      str(t.failed_again), seen)  # fmt: skip
+    console.print(table)
+
+
+@deadletters_app.command("show")
+def deadletters_show(
+    letter_id: Annotated[str, typer.Argument(help="an id, or its first 8 or more hex digits")],
+    as_json: JsonOutput = False,
+) -> None:
+    """One dead letter whole: where and why it was refused, and its payload."""
+    from storage import deadletters
+
+    selection = _selection([letter_id], None, None, None, None)
+    with _sessions(_settings())() as session:
+        rows = deadletters.find(session, selection, 2)
+    if not rows:
+        raise RiskwireError(f"no dead letter {letter_id}")
+    if len(rows) > 1:
+        raise RiskwireError(f"{letter_id} names more than one dead letter: give more digits")
+    data = _letter_json(rows[0], payload=True)
+    if as_json:
+        print(json.dumps(data))
+        return
+    payload = data.pop("payload")
+    for name, value in data.items():
+        console.print(f"[bold]{name}[/bold]: {value}", highlight=False)
+    try:
+        payload = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+    except ValueError:
+        pass
+    console.print("[bold]payload[/bold]:")
+    console.print(payload, highlight=False, markup=False)
+
+
+@deadletters_app.command("redrive")
+def deadletters_redrive(
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="ids (or 8+ digit prefixes); or select by options")
+    ] = None,
+    stage: StageOption = None,
+    status: StatusOption = None,
+    reason: ReasonOption = None,
+    since: SinceOption = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="every letter, when nothing else selects")
+    ] = False,
+    again: Annotated[
+        bool, typer.Option(help="letters redriven already and not seen failing since, too")
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option(help="at most this many, the oldest seen first")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="say where each would go; send nothing")] = False,
+    as_json: JsonOutput = False,
+) -> None:
+    """Send dead letters back into the stream once their cause is fixed: a raw record to its raw
+    topic, a document to docs, a score to its group's topic, other bytes to the topic they came
+    from. Late documents, payloads that are not the original bytes, and records that never reached
+    a topic are refused, with the reason. Safe to repeat: the stream's writes are idempotent; a
+    letter refused again shows as failed-again (`deadletters list`)."""
+    from riskwire.deadletters import redrive
+
+    selection = _selection(ids, stage, status, reason, since)
+    if not selection.narrowed and not all_:
+        raise RiskwireError(
+            "say which letters: ids, --stage, --status, --reason, --since, or --all"
+        )
+    settings = _settings()
+    sessions = _sessions(settings)
+    report = redrive(sessions, settings, selection, again=again, limit=limit, dry_run=dry_run)
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    verb = "would send" if dry_run else "sent"
+    console.print(f"{report.selected} selected; {verb} {report.sent_total}")
+    for topic, n in sorted(report.sent.items()):
+        console.print(f"  {n} to {topic}", highlight=False)
+    for why, n in sorted(report.refused.items(), key=lambda kv: -kv[1]):
+        console.print(f"  {n} refused: {why}", highlight=False)

@@ -271,6 +271,9 @@ class DeadLetter(Record):
     key: str | None = None
     payload: str
     occurred_at: UtcDateTime
+    # the payload is the original bytes, whole and valid UTF-8, so it can be sent again as it came
+    # (``riskwire deadletters redrive``); false where it was cut or its invalid bytes escaped
+    payload_exact: bool = True
 
     @property
     def id(self) -> str:
@@ -287,13 +290,16 @@ class DeadLetter(Record):
         topic: str | None = None,
         key: bytes | str | None = None,
     ) -> DeadLetter:
+        text, exact = _original(payload)
+        kept = _clip(text)
         return cls(
             stage=stage,
             reason=reason[:2000],
             topic=topic,
             key=_text(key),
-            payload=_clip(_text(payload) or ""),
+            payload=kept,
             occurred_at=occurred_at,
+            payload_exact=exact and kept is text,
         )
 
 
@@ -304,6 +310,16 @@ def _clip(text: str) -> str:
     if len(text) <= MAX_DEAD_PAYLOAD:
         return text
     return text[:MAX_DEAD_PAYLOAD] + f"... [truncated: {len(text)} characters in all]"
+
+
+def _original(payload: bytes | str | None) -> tuple[str, bool]:
+    """The payload as text, and whether that text encodes back to the very bytes."""
+    if payload is None or isinstance(payload, str):
+        return payload or "", True
+    try:
+        return payload.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return payload.decode("utf-8", errors="backslashreplace"), False
 
 
 def _text(value: bytes | str | None) -> str | None:

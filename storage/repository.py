@@ -12,7 +12,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import psycopg
-from sqlalchemy import JSON, Connection, Insert, String, Table, func, literal, select, text
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Insert,
+    String,
+    Table,
+    case,
+    func,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -582,14 +593,39 @@ def load_group_states(
 
 
 def insert_dead_letters(session: Session, letters: Sequence[DeadLetter]) -> None:
-    rows = [
-        {
-            "id": d.id, "stage": d.stage, "reason": d.reason, "topic": d.topic, "key": d.key,
-            "payload": d.payload, "occurred_at": d.occurred_at,
-        }
-        for d in letters
-    ]  # fmt: skip
-    _insert_ignore(session, DeadLetterRow, _dedupe(rows, "id"))
+    """Store dead letters, one row per letter id (its stage, topic, key and payload). A letter
+    seen again (redelivered, or failing again after a redrive) moves the row's ``last_seen_at``
+    forward and takes its reason, when it is newer; an older copy changes nothing, so storing
+    the same letters twice, in any order, leaves the same rows."""
+    rows: dict[str, dict[str, Any]] = {}
+    for d in letters:
+        row = rows.get(d.id)
+        if row is None:
+            rows[d.id] = {
+                "id": d.id, "stage": d.stage, "reason": d.reason, "topic": d.topic, "key": d.key,
+                "payload": d.payload, "occurred_at": d.occurred_at,
+                "last_seen_at": d.occurred_at, "payload_exact": d.payload_exact, "redrives": 0,
+            }  # fmt: skip
+            continue
+        row["occurred_at"] = min(row["occurred_at"], d.occurred_at)
+        if d.occurred_at > row["last_seen_at"]:
+            row["last_seen_at"], row["reason"] = d.occurred_at, d.reason
+    if not rows:
+        return
+    stmt = _insert(session, DeadLetterRow)
+    excluded = stmt.excluded  # type: ignore[attr-defined]
+    newer = excluded.last_seen_at > DeadLetterRow.last_seen_at
+    stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+        index_elements=["id"],
+        set_={
+            "last_seen_at": case((newer, excluded.last_seen_at), else_=DeadLetterRow.last_seen_at),
+            "reason": case((newer, excluded.reason), else_=DeadLetterRow.reason),
+        },
+    )
+    values = list(rows.values())
+    connection = session.connection()
+    for start in range(0, len(values), CHUNK):
+        connection.execute(stmt, values[start : start + CHUNK])
 
 
 def register_model_versions(

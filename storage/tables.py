@@ -159,7 +159,12 @@ class DeadLetterRow(Base):
     topic: Mapped[str | None] = mapped_column(String(249))
     key: Mapped[str | None] = mapped_column(Text)
     payload: Mapped[str] = mapped_column(Text)
-    occurred_at: Mapped[datetime]
+    occurred_at: Mapped[datetime]  # first seen
+    # seen again (redelivered, or failing again after a redrive): the latest time and its reason
+    last_seen_at: Mapped[datetime] = mapped_column(index=True)
+    payload_exact: Mapped[bool] = mapped_column(default=True)  # the original bytes, whole
+    redriven_at: Mapped[datetime | None]  # sent back to its topic (``riskwire deadletters``)
+    redrives: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ModelVersionRow(Base):

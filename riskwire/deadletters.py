@@ -1,0 +1,115 @@
+"""Send dead letters back into the stream (``riskwire deadletters redrive``), after the cause is
+fixed: a bug in a stage, a feed's format, a database that refused a row. Where each goes is
+``streams.pipeline.redrive.route``; the letters sent are marked (``storage.deadletters``), and a
+letter refused again shows as ``failed-again`` once the worker stores it anew.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from riskwire.records import DeadLetter
+from riskwire.settings import Settings
+from storage.deadletters import DEAD, FAILED_AGAIN, Selection, find, mark_redriven
+from storage.tables import DeadLetterRow
+from streams.pipeline.redrive import Refusal, route
+
+log = logging.getLogger(__name__)
+BATCH = 500  # letters read, sent and marked at a time
+
+
+@dataclass
+class RedriveReport:
+    selected: int = 0
+    sent: dict[str, int] = field(default_factory=dict)  # per topic
+    refused: dict[str, int] = field(default_factory=dict)  # per reason
+    dry_run: bool = False
+
+    @property
+    def sent_total(self) -> int:
+        return sum(self.sent.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"selected": self.selected, "sent": self.sent, "sent_total": self.sent_total,
+                "refused": self.refused, "dry_run": self.dry_run}  # fmt: skip
+
+
+def letter_of(row: DeadLetterRow) -> DeadLetter:
+    return DeadLetter(
+        stage=row.stage, reason=row.reason, topic=row.topic, key=row.key, payload=row.payload,
+        occurred_at=row.occurred_at, payload_exact=row.payload_exact,
+    )  # fmt: skip
+
+
+def redrive(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    selection: Selection,
+    *,
+    again: bool = False,
+    limit: int | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> RedriveReport:
+    """Send the selected letters back, the oldest seen first, at most ``limit`` of them. Letters
+    already sent back and not seen failing since are left out unless ``again``. Each batch is
+    produced (acknowledged by every replica), then marked; a crash between the two sends it again
+    on the next run, which the stream's idempotent writes absorb."""
+    if not again and not selection.statuses:
+        selection = replace(selection, statuses=(DEAD, FAILED_AGAIN))
+    report = RedriveReport(dry_run=dry_run)
+    topics = settings.topics
+    producer = None if dry_run else _producer(settings)
+    after: tuple[datetime, str] | None = None
+    try:
+        while limit is None or report.selected < limit:
+            size = BATCH if limit is None else min(BATCH, limit - report.selected)
+            with sessions() as session:
+                rows = find(session, selection, size, oldest_first=True, after=after)
+            if not rows:
+                break
+            after = (rows[-1].last_seen_at, rows[-1].id)
+            report.selected += len(rows)
+            at = datetime.now(UTC)  # before sending: see ``mark_redriven``
+            sent: list[str] = []
+            for row in rows:
+                where = route(letter_of(row), topics)
+                if isinstance(where, Refusal):
+                    report.refused[where.reason] = report.refused.get(where.reason, 0) + 1
+                    continue
+                if producer is not None:
+                    producer.send(where.topic, key=where.key, value=where.value)
+                sent.append(row.id)
+                report.sent[where.topic] = report.sent.get(where.topic, 0) + 1
+            if producer is not None and sent:
+                producer.flush()
+                with sessions.begin() as session:
+                    mark_redriven(session, sent, at)
+            if progress is not None:
+                progress(report.selected)
+    finally:
+        if producer is not None:
+            producer.close()
+    if report.sent_total and not dry_run:
+        log.info("redrove %d dead letters: %s", report.sent_total, report.sent)
+    return report
+
+
+def _producer(settings: Settings) -> Any:
+    from kafka import KafkaProducer
+
+    from riskwire.broker import ensure_topics
+
+    if settings.kafka_bootstrap is None:
+        raise ValueError("redrive needs a broker: set RISKWIRE_KAFKA_BOOTSTRAP")
+    ensure_topics(settings.kafka_bootstrap, settings.topics.all(), settings.topic_partitions)
+    return KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","), acks="all", linger_ms=5,
+        max_request_size=1_048_576,
+    )  # fmt: skip
