@@ -103,6 +103,74 @@ def db_upgrade(revision: str = "head") -> None:
     console.print(f"database at {revision}: {settings.resolved_database_url}")
 
 
+@db_app.command("prune")
+def db_prune(
+    keep: Annotated[str, typer.Option(help="keep this much event time: 90d, 2160h")],
+    keep_alerts: Annotated[
+        str | None,
+        typer.Option(help="also delete resolved alerts and their sent notifications older "
+                     "than this (default: alerts are kept)"),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="count what would go; delete nothing")] = False,
+    as_json: JsonOutput = False,
+) -> None:  # fmt: skip
+    """Delete documents (with their tickers, votes and scores), rolling sentiment, aggregates and
+    dead letters older than --keep, in small transactions; safe to stop and run again. Never
+    less than the live risk engine rebuilds groups from (its baseline and twice its horizon)."""
+    from storage.retention import prune
+    from streams.pipeline.rules import build_risk_engine
+
+    settings = _settings()
+    sessions = _sessions(settings)
+    engine = build_risk_engine(settings, sessions=sessions)
+    floor = engine.baseline + 2 * engine.horizon
+    now = datetime.now(UTC)
+    cutoffs: list[datetime | None] = []
+    for option, value in (("--keep", keep), ("--keep-alerts", keep_alerts)):
+        if value is None:
+            cutoffs.append(None)
+            continue
+        try:
+            kept = _duration(value)
+        except RiskwireError:
+            raise RiskwireError(f"{option} {value!r} is not a duration such as 90d") from None
+        if kept < floor:
+            raise RiskwireError(
+                f"{option} {value} is less than the live risk engine reaches back "
+                f"({floor.total_seconds() / 86400:.1f} days: a {engine.baseline.days}-day "
+                "baseline and twice its horizon; a worker taking a group over rebuilds it "
+                "from rolling rows that old)"
+            )
+        cutoffs.append(now - kept)
+    cutoff, alerts_cutoff = cutoffs
+    assert cutoff is not None
+
+    verb = "to delete" if dry_run else "deleted"
+    status = console.status("pruning")
+    if not as_json:
+        status.start()
+
+    def say(table: str, n: int) -> None:
+        status.update(f"{table}: {n:,} rows {verb} so far")
+
+    try:
+        report = prune(sessions, cutoff, alerts_cutoff, dry_run=dry_run, progress=say)
+    finally:
+        status.stop()
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    from rich.table import Table
+
+    table = Table("table", "rows to delete" if dry_run else "rows deleted")
+    for name, n in report.rows.items():
+        table.add_row(name, f"{n:,}")
+    console.print(table)
+    console.print(f"before {cutoff.isoformat(timespec='seconds')} in event time"
+                  + (f"; alerts before {alerts_cutoff.isoformat(timespec='seconds')}"
+                     if alerts_cutoff else "; alerts kept"))  # fmt: skip
+
+
 @app.command()
 def worker() -> None:
     """Run a stream worker against RISKWIRE_KAFKA_BOOTSTRAP until stopped."""
