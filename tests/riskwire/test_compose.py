@@ -24,7 +24,8 @@ CONDITIONS = {"service_started", "service_healthy", "service_completed_successfu
 
 def test_the_stack_has_every_part() -> None:
     assert {
-        "kafka", "postgres", "migrate", "worker", "api", "grafana", "alertmanager", "prometheus"
+        "kafka", "postgres", "migrate", "worker", "api", "grafana", "alertmanager", "prometheus",
+        "retention",
     } <= set(SERVICES)  # fmt: skip
 
 
@@ -112,3 +113,15 @@ def test_the_alerts_on_riskwire_itself_fire_when_they_should_and_not_before() ->
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_the_retention_service_prunes_daily_keeping_more_than_the_risk_engine_needs() -> None:
+    from riskwire.cli import _duration
+    from riskwire.settings import load_settings
+    from streams.pipeline.rules import build_risk_engine
+
+    command = " ".join(SERVICES["retention"]["command"])
+    (keep,) = re.findall(r"riskwire db prune --keep \$\{RETENTION_KEEP:-(\w+)\}", command)
+    engine = build_risk_engine(load_settings())
+    assert _duration(keep) >= engine.baseline + 2 * engine.horizon
+    assert "sleep 86400" in command
