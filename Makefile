@@ -103,6 +103,7 @@ bench: $(STAMP)
 	$(BIN)/riskwire bench engine
 	$(BIN)/riskwire bench delivery
 	$(BIN)/riskwire bench ingest
+	$(BIN)/riskwire bench prune
 
 clean:
 	rm -rf $(VENV) riskwire-data .pytest_cache

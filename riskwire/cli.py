@@ -967,6 +967,30 @@ def bench_replay(
         )
 
 
+@bench_app.command("prune")
+def bench_prune(
+    documents: Annotated[int, typer.Option(help="stored documents, over ten days")] = 50_000,
+    database_url: BenchDatabase = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Retention: rows/s that `riskwire db prune` deletes (half of a replayed period)."""
+    from bench.retention import run
+
+    _settings()
+    say = (lambda _: None) if as_json else console.print
+    result = run(documents, database_url, say)
+    if as_json:
+        print(json.dumps(result))
+        return
+    rows = ", ".join(f"{t} {n:,}" for t, n in result["rows_deleted"].items() if n)
+    console.print(
+        f"pruned {result['rows_deleted_total']:,} rows in {result['prune_seconds']:.1f}s "
+        f"({result['rows_per_s']:,.0f} rows/s, {result['documents_per_s']:,.0f} documents/s with "
+        f"everything hanging off them; {result['database']}): {rows}; the dry run took "
+        f"{result['dry_run_seconds']:.1f}s"
+    )
+
+
 @bench_app.command("engine")
 def bench_engine(
     documents: Annotated[

@@ -104,6 +104,15 @@ def test_bench_engine_prints_one_json_object(tmp_path: Path) -> None:
     assert figures["live_most_events_held"] > 10 * figures["baseline_most_events_held"]
 
 
+def test_bench_prune_prints_one_json_object(tmp_path: Path) -> None:
+    figures = bench_json(tmp_path, "prune", "--documents", "1000")
+    rows = figures["rows_deleted"]
+    assert 400 < rows["documents"] < 600  # the first half of the period
+    assert rows["scores"] == 2 * rows["documents"]  # the live scores and the replay's
+    assert rows["ticker_sentiment"] >= rows["documents"] and rows["risk_aggregates"] > 0
+    assert figures["rows_deleted_total"] == sum(rows.values()) and figures["rows_per_s"] > 0
+
+
 def test_resume_refuses_a_job_that_seems_to_be_running_unless_forced(
     env: dict[str, str], tmp_path: Path
 ) -> None:
