@@ -7,7 +7,8 @@ It serves
   them. A job only reads documents from the database (an archive is a server path: backfills stay
   on the CLI);
 - alerts (``riskwire.delivery.api``): subscriptions, server-sent events, delivery state, history;
-  and the outbox dispatcher runs in this process unless ``RISKWIRE_DELIVER_IN_API=false``.
+  and the outbox dispatcher runs in this process unless ``RISKWIRE_DELIVER_IN_API=false``;
+- dead letters (``riskwire.deadletters_api``, admin scope): list, summary, one whole, redrive.
 
 Authentication: API keys (``riskwire keys create``) with scopes, sent as ``Authorization: Bearer``;
 ``RISKWIRE_API_TOKEN`` is an admin token. With no token set, requests without a key may read
@@ -34,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.push import push_router
 from models.ensemble import Ensemble
+from riskwire.deadletters_api import deadletters_router
 from riskwire.delivery.api import delivery_router, make_auth
 from riskwire.delivery.dispatcher import Dispatcher, start_in_thread
 from riskwire.exceptions import RiskwireError
@@ -180,6 +182,7 @@ def create_api(
     require = make_auth(settings, sessions)
     auth = [Depends(require("replays"))]
     app.include_router(delivery_router(settings, sessions, require, metrics=metrics))
+    app.include_router(deadletters_router(settings, sessions, require))
     pushes, close_pushes = push_router(settings, require)
     app.include_router(pushes)
 

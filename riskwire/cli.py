@@ -1459,21 +1459,6 @@ def _selection(
         raise RiskwireError(str(exc)) from None
 
 
-def _letter_json(row: Any, payload: bool = False) -> dict[str, Any]:
-    from storage.deadletters import status_of
-
-    out = {
-        "id": row.id, "stage": row.stage, "status": status_of(row), "reason": row.reason,
-        "topic": row.topic, "key": row.key, "occurred_at": row.occurred_at.isoformat(),
-        "last_seen_at": row.last_seen_at.isoformat(), "redrives": row.redrives,
-        "redriven_at": row.redriven_at.isoformat() if row.redriven_at else None,
-        "payload_exact": row.payload_exact, "payload_chars": len(row.payload),
-    }  # fmt: skip
-    if payload:
-        out["payload"] = row.payload
-    return out
-
-
 @deadletters_app.command("list")
 def deadletters_list(
     stage: StageOption = None,
@@ -1486,6 +1471,7 @@ def deadletters_list(
     """Dead letters, the latest seen first: when, stage, status, reason."""
     from rich.table import Table
 
+    from riskwire.deadletters import describe
     from storage import deadletters
 
     selection = _selection(None, stage, status, reason, since)
@@ -1493,7 +1479,7 @@ def deadletters_list(
         rows = deadletters.find(session, selection, limit)
         total = deadletters.count(session, selection)
     if as_json:
-        print(json.dumps({"total": total, "letters": [_letter_json(r) for r in rows]}))
+        print(json.dumps({"total": total, "letters": [describe(r) for r in rows]}))
         return
     table = Table("id", "last seen", "stage", "status", "topic", "reason")
     for r in rows:
@@ -1512,21 +1498,16 @@ def deadletters_summary(
 ) -> None:
     """Dead letters counted by stage and cause (the reason with its numbers and values folded),
     with how many are dead, redriven and failed again."""
-    from dataclasses import asdict
-
     from rich.table import Table
 
+    from riskwire.deadletters import describe_tallies
     from storage import deadletters
 
     selection = _selection(None, stage, status, None, since)
     with _sessions(_settings())() as session:
         tallies = deadletters.summarise(session, selection)
     if as_json:
-        rows = [
-            {**asdict(t), "last_seen_at": t.last_seen_at.isoformat() if t.last_seen_at else None}
-            for t in tallies
-        ]
-        print(json.dumps({"causes": rows, "total": sum(t.letters for t in tallies)}))
+        print(json.dumps(describe_tallies(tallies)))
         return
     table = Table("stage", "cause", "letters", "dead", "redriven", "failed again", "last seen")
     for t in tallies:
@@ -1542,6 +1523,7 @@ def deadletters_show(
     as_json: JsonOutput = False,
 ) -> None:
     """One dead letter whole: where and why it was refused, and its payload."""
+    from riskwire.deadletters import describe
     from storage import deadletters
 
     selection = _selection([letter_id], None, None, None, None)
@@ -1551,7 +1533,7 @@ def deadletters_show(
         raise RiskwireError(f"no dead letter {letter_id}")
     if len(rows) > 1:
         raise RiskwireError(f"{letter_id} names more than one dead letter: give more digits")
-    data = _letter_json(rows[0], payload=True)
+    data = describe(rows[0], payload=True)
     if as_json:
         print(json.dumps(data))
         return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from riskwire.records import DeadLetter
 from riskwire.settings import Settings
-from storage.deadletters import DEAD, FAILED_AGAIN, Selection, find, mark_redriven
+from storage.deadletters import (
+    DEAD,
+    FAILED_AGAIN,
+    Selection,
+    Tally,
+    find,
+    mark_redriven,
+    status_of,
+)
 from storage.tables import DeadLetterRow
 from streams.pipeline.redrive import Refusal, route
 
@@ -38,6 +46,28 @@ class RedriveReport:
     def as_dict(self) -> dict[str, Any]:
         return {"selected": self.selected, "sent": self.sent, "sent_total": self.sent_total,
                 "refused": self.refused, "dry_run": self.dry_run}  # fmt: skip
+
+
+def describe(row: DeadLetterRow, payload: bool = False) -> dict[str, Any]:
+    """A stored letter as JSON-ready data (the CLI's ``--json`` and the API), payload if asked."""
+    out = {
+        "id": row.id, "stage": row.stage, "status": status_of(row), "reason": row.reason,
+        "topic": row.topic, "key": row.key, "occurred_at": row.occurred_at.isoformat(),
+        "last_seen_at": row.last_seen_at.isoformat(), "redrives": row.redrives,
+        "redriven_at": row.redriven_at.isoformat() if row.redriven_at else None,
+        "payload_exact": row.payload_exact, "payload_chars": len(row.payload),
+    }  # fmt: skip
+    if payload:
+        out["payload"] = row.payload
+    return out
+
+
+def describe_tallies(tallies: list[Tally]) -> dict[str, Any]:
+    causes = [
+        {**asdict(t), "last_seen_at": t.last_seen_at.isoformat() if t.last_seen_at else None}
+        for t in tallies
+    ]
+    return {"causes": causes, "total": sum(t.letters for t in tallies)}
 
 
 def letter_of(row: DeadLetterRow) -> DeadLetter:
