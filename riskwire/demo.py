@@ -179,7 +179,10 @@ def print_report(
             row.ticker, str(row.documents), f"{row.mean_score:+.3f}", str(row.alerts), style=style
         )
     console.print(table)
-    console.print(f"{progress.documents} documents stored, {progress.dead_letters} dead letters")
+    console.print(
+        f"{progress.documents} documents stored, {progress.dead_letters} dead letters"
+        + (" (`riskwire deadletters summary` says why)" if progress.dead_letters else "")
+    )
     for alert in alerts:
         console.print(
             f"[bold]{alert.severity.upper()}[/bold] {alert.rule} {alert.ticker} "

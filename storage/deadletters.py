@@ -118,7 +118,9 @@ def fold_reason(reason: str) -> str:
     the same cause count together: ``record is 1,048,700 bytes`` -> ``record is N bytes``."""
     folded = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason.splitlines()[0] if reason else "")
     folded = re.sub(r"\b[0-9a-f]{16,}\b", "ID", folded)
-    folded = re.sub(r"\d[\d,._:+-]*", "N", folded)
+    folded = re.sub(r"\d{4}-\d\d-\d\d[T ][\d:.]+(Z|[+-]\d\d:?\d\d)?", "TIME", folded)
+    # numbers on their own (ISO-8601 and utf-8 stay)
+    folded = re.sub(r"(?<![A-Za-z0-9]-)(?<![A-Za-z0-9])\d[\d,._:+-]*", "N", folded)
     return folded[:160]
 
 

@@ -127,6 +127,12 @@ def test_reasons_fold_their_particulars_so_one_cause_counts_once() -> None:
         "storage refused: duplicate key ID"
     )
     assert fold_reason("not valid JSON\nTraceback ...") == "not valid JSON"
+    assert fold_reason(
+        "published_at 2999-01-01T00:00:00+00:00 is after fetch time 2026-12-06 23:53:10.5Z"
+    ) == ("published_at TIME is after fetch time TIME")
+    assert fold_reason("published_at 'x' is not ISO-8601 or epoch seconds") == (
+        "published_at '…' is not ISO-8601 or epoch seconds"
+    )
 
 
 # --- against the real broker, a worker and PostgreSQL ------------------------------------------
