@@ -93,6 +93,10 @@ def redrive(
     on the next run, which the stream's idempotent writes absorb."""
     if not again and not selection.statuses:
         selection = replace(selection, statuses=(DEAD, FAILED_AGAIN))
+    # letters as they were seen when this began: one refused again meanwhile is seen later, and
+    # would come round again (and again, while the cause lasts) in the pages still to read
+    began = datetime.now(UTC)
+    selection = replace(selection, until=min(selection.until or began, began))
     report = RedriveReport(dry_run=dry_run)
     topics = settings.topics
     producer = None if dry_run else _producer(settings)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from riskwire.broker import EmbeddedBroker
 from riskwire.records import MARKET, MAX_DEAD_PAYLOAD, DeadLetter, Kind, RawRecord
-from riskwire.settings import Topics
+from riskwire.settings import Topics, load_settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
 from storage.deadletters import Selection, count, find, fold_reason
@@ -133,6 +133,38 @@ def test_reasons_fold_their_particulars_so_one_cause_counts_once() -> None:
     assert fold_reason("published_at 'x' is not ISO-8601 or epoch seconds") == (
         "published_at '…' is not ISO-8601 or epoch seconds"
     )
+
+
+def test_a_redrive_reads_letters_as_they_were_seen_when_it_began(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A letter refused again while a redrive runs is seen later than the letters still to read:
+    it must not come round again in the same run (while its cause lasts, it would for ever)."""
+    import riskwire.deadletters
+
+    upgrade(sqlite_url)
+    sessions = session_factory(make_engine(sqlite_url))
+    first, second = (
+        letter("normalise", raw(), TOPICS.raw_news, f"k{n}").model_copy(
+            update={"occurred_at": NOW + timedelta(minutes=n)}
+        )
+        for n in range(2)
+    )
+    with sessions.begin() as session:
+        insert_dead_letters(session, [first, second])
+
+    def refused_again(done: int) -> None:  # the worker refuses the first letter again, now
+        if done == 1:
+            with sessions.begin() as session:
+                again = first.model_copy(update={"occurred_at": datetime.now(UTC)})
+                insert_dead_letters(session, [again])
+
+    monkeypatch.setattr(riskwire.deadletters, "BATCH", 1)
+    settings = load_settings(database_url=sqlite_url, data_dir=tmp_path, topic_prefix="desk")
+    report = riskwire.deadletters.redrive(
+        sessions, settings, Selection(), dry_run=True, progress=refused_again
+    )
+    assert (report.selected, report.sent) == (2, {TOPICS.raw_news: 2})
 
 
 # --- against the real broker, a worker and PostgreSQL ------------------------------------------
