@@ -1583,13 +1583,26 @@ def deadletters_redrive(
         )
     settings = _settings()
     sessions = _sessions(settings)
-    report = redrive(sessions, settings, selection, again=again, limit=limit, dry_run=dry_run)
+    spinner = console.status("redriving")
+    if not as_json:
+        spinner.start()
+    try:
+        report = redrive(
+            sessions, settings, selection, again=again, limit=limit, dry_run=dry_run,
+            progress=lambda n: spinner.update(f"{n:,} letters read"),
+        )  # fmt: skip
+    finally:
+        spinner.stop()
     if as_json:
         print(json.dumps(report.as_dict()))
-        return
-    verb = "would send" if dry_run else "sent"
-    console.print(f"{report.selected} selected; {verb} {report.sent_total}")
-    for topic, n in sorted(report.sent.items()):
-        console.print(f"  {n} to {topic}", highlight=False)
-    for why, n in sorted(report.refused.items(), key=lambda kv: -kv[1]):
-        console.print(f"  {n} refused: {why}", highlight=False)
+    else:
+        verb = "would send" if dry_run else "sent"
+        console.print(f"{report.selected} selected; {verb} {report.sent_total}")
+        for topic, n in sorted(report.sent.items()):
+            console.print(f"  {n} to {topic}", highlight=False)
+        for why, n in sorted(report.refused.items(), key=lambda kv: -kv[1]):
+            console.print(f"  {n} refused: {why}", highlight=False)
+        for why, n in sorted(report.failed.items(), key=lambda kv: -kv[1]):
+            console.print(f"  {n} not sent (left as they were): {why}", highlight=False)
+    if report.failed:
+        raise SystemExit(1)

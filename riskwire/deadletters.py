@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from riskwire.exceptions import RiskwireError
 from riskwire.records import DeadLetter
 from riskwire.settings import Settings
 from storage.deadletters import (
@@ -37,6 +38,7 @@ class RedriveReport:
     selected: int = 0
     sent: dict[str, int] = field(default_factory=dict)  # per topic
     refused: dict[str, int] = field(default_factory=dict)  # per reason
+    failed: dict[str, int] = field(default_factory=dict)  # not sent (the broker's error): left dead
     dry_run: bool = False
 
     @property
@@ -45,7 +47,7 @@ class RedriveReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"selected": self.selected, "sent": self.sent, "sent_total": self.sent_total,
-                "refused": self.refused, "dry_run": self.dry_run}  # fmt: skip
+                "refused": self.refused, "failed": self.failed, "dry_run": self.dry_run}  # fmt: skip
 
 
 def describe(row: DeadLetterRow, payload: bool = False) -> dict[str, Any]:
@@ -111,18 +113,28 @@ def redrive(
             after = (rows[-1].last_seen_at, rows[-1].id)
             report.selected += len(rows)
             at = datetime.now(UTC)  # before sending: see ``mark_redriven``
-            sent: list[str] = []
+            going: list[tuple[str, str, Any]] = []  # (letter id, topic, the send's future)
             for row in rows:
                 where = route(letter_of(row), topics)
                 if isinstance(where, Refusal):
                     report.refused[where.reason] = report.refused.get(where.reason, 0) + 1
                     continue
+                sending = None
                 if producer is not None:
-                    producer.send(where.topic, key=where.key, value=where.value)
-                sent.append(row.id)
-                report.sent[where.topic] = report.sent.get(where.topic, 0) + 1
-            if producer is not None and sent:
+                    sending = producer.send(where.topic, key=where.key, value=where.value)
+                going.append((row.id, where.topic, sending))
+            if producer is not None and going:
                 producer.flush()
+            sent = []
+            for letter_id, topic, sending in going:
+                if sending is not None and sending.failed():
+                    name, text = type(sending.exception).__name__, str(sending.exception)
+                    why = text if text.startswith(name) else f"{name}: {text}"  # kafka's have it
+                    report.failed[why] = report.failed.get(why, 0) + 1
+                    continue
+                sent.append(letter_id)
+                report.sent[topic] = report.sent.get(topic, 0) + 1
+            if producer is not None and sent:
                 with sessions.begin() as session:
                     mark_redriven(session, sent, at)
             if progress is not None:
@@ -141,7 +153,7 @@ def _producer(settings: Settings) -> Any:
     from riskwire.broker import ensure_topics
 
     if settings.kafka_bootstrap is None:
-        raise ValueError("redrive needs a broker: set RISKWIRE_KAFKA_BOOTSTRAP")
+        raise RiskwireError("redrive needs a broker: set RISKWIRE_KAFKA_BOOTSTRAP")
     ensure_topics(settings.kafka_bootstrap, settings.topics.all(), settings.topic_partitions)
     return KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap.split(","), acks="all", linger_ms=5,

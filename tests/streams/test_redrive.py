@@ -167,6 +167,45 @@ def test_a_redrive_reads_letters_as_they_were_seen_when_it_began(
     assert (report.selected, report.sent) == (2, {TOPICS.raw_news: 2})
 
 
+def test_a_letter_the_broker_did_not_take_is_reported_and_left_dead(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only sends the broker acknowledged mark a letter redriven (a unit test of the bookkeeping:
+    the producer answers one send with an error; the real broker is in the test below)."""
+    from kafka.errors import KafkaTimeoutError
+    from kafka.producer.future import FutureProduceResult, FutureRecordMetadata
+
+    import riskwire.deadletters
+
+    upgrade(sqlite_url)
+    sessions = session_factory(make_engine(sqlite_url))
+    letters = [letter("normalise", raw(), TOPICS.raw_news, f"k{n}") for n in range(2)]
+    with sessions.begin() as session:
+        insert_dead_letters(session, letters)
+
+    class Producer:
+        def send(self, topic: str, key: bytes, value: bytes) -> FutureRecordMetadata:
+            result = FutureProduceResult(None)
+            future = FutureRecordMetadata(result, 0, -1, None, len(key), len(value), -1)
+            if key == b"k0":
+                future.failure(KafkaTimeoutError("no leader for the partition"))
+            else:
+                future.success(None)
+            return future
+
+        def flush(self) -> None: ...
+
+        def close(self) -> None: ...
+
+    monkeypatch.setattr(riskwire.deadletters, "_producer", lambda _settings: Producer())
+    settings = load_settings(database_url=sqlite_url, data_dir=tmp_path, topic_prefix="desk")
+    report = riskwire.deadletters.redrive(sessions, settings, Selection())
+    assert report.sent == {TOPICS.raw_news: 1}
+    assert report.failed == {"KafkaTimeoutError: no leader for the partition": 1}
+    with sessions() as session:
+        assert [r.id for r in find(session, Selection(statuses=("dead",)))] == [letters[0].id]
+
+
 # --- against the real broker, a worker and PostgreSQL ------------------------------------------
 
 
