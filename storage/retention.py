@@ -32,6 +32,8 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from riskwire.records import AlertState
+from storage.delivery import DEAD, DELIVERED, PENDING
 from storage.tables import (
     AlertEventRow,
     AlertRow,
@@ -159,17 +161,15 @@ def _alerts(
 ) -> None:
     with sessions.begin() as session:
         old_events = select(AlertEventRow.id).where(AlertEventRow.created_at < cutoff)
-        done = and_(
-            DeliveryRow.event_id.in_(old_events), DeliveryRow.status.in_(("delivered", "dead"))
-        )
+        done = and_(DeliveryRow.event_id.in_(old_events), DeliveryRow.status.in_((DELIVERED, DEAD)))
         report.add("deliveries", _apply(session, DeliveryRow, done, report.dry_run))
-        pending = DeliveryRow.status.not_in(("delivered", "dead"))
+        pending = DeliveryRow.status == PENDING
         left = exists().where(DeliveryRow.event_id == AlertEventRow.id)
         # a dry run deleted no delivery: an event is counted if none of its deliveries is pending
         still = left.where(pending) if report.dry_run else left
         events = and_(AlertEventRow.created_at < cutoff, ~still)
         report.add("alert_events", _apply(session, AlertEventRow, events, report.dry_run))
-        alerts = and_(AlertRow.window_end < cutoff, AlertRow.state == "resolved")
+        alerts = and_(AlertRow.window_end < cutoff, AlertRow.state == AlertState.RESOLVED.value)
         report.add("alerts", _apply(session, AlertRow, alerts, report.dry_run))
     tell("alerts", report.rows["alerts"])
 
