@@ -6,6 +6,8 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -103,6 +105,16 @@ def db_upgrade(revision: str = "head") -> None:
     console.print(f"database at {revision}: {settings.resolved_database_url}")
 
 
+@contextmanager
+def _spinner(text: str, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """Progress for long commands: a line that updates in place, none with ``--json``."""
+    if quiet:
+        yield lambda _: None
+        return
+    with console.status(text) as status:
+        yield status.update
+
+
 @db_app.command("prune")
 def db_prune(
     keep: Annotated[str, typer.Option(help="keep this much event time: 90d, 2160h")],
@@ -146,17 +158,11 @@ def db_prune(
     assert cutoff is not None
 
     verb = "to delete" if dry_run else "deleted"
-    status = console.status("pruning")
-    if not as_json:
-        status.start()
-
-    def say(table: str, n: int) -> None:
-        status.update(f"{table}: {n:,} rows {verb} so far")
-
-    try:
-        report = prune(sessions, cutoff, alerts_cutoff, dry_run=dry_run, progress=say)
-    finally:
-        status.stop()
+    with _spinner("pruning", quiet=as_json) as say:
+        report = prune(
+            sessions, cutoff, alerts_cutoff, dry_run=dry_run,
+            progress=lambda table, n: say(f"{table}: {n:,} rows {verb} so far"),
+        )  # fmt: skip
     if as_json:
         print(json.dumps(report.as_dict()))
         return
@@ -1583,16 +1589,11 @@ def deadletters_redrive(
         )
     settings = _settings()
     sessions = _sessions(settings)
-    spinner = console.status("redriving")
-    if not as_json:
-        spinner.start()
-    try:
+    with _spinner("redriving", quiet=as_json) as say:
         report = redrive(
             sessions, settings, selection, again=again, limit=limit, dry_run=dry_run,
-            progress=lambda n: spinner.update(f"{n:,} letters read"),
+            progress=lambda n: say(f"{n:,} letters read"),
         )  # fmt: skip
-    finally:
-        spinner.stop()
     if as_json:
         print(json.dumps(report.as_dict()))
     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,9 +66,13 @@ def describe(row: DeadLetterRow, payload: bool = False) -> dict[str, Any]:
 
 def describe_tallies(tallies: list[Tally]) -> dict[str, Any]:
     causes = [
-        {**asdict(t), "last_seen_at": t.last_seen_at.isoformat() if t.last_seen_at else None}
+        {
+            "stage": t.stage, "reason": t.reason, "letters": t.letters, "dead": t.dead,
+            "redriven": t.redriven, "failed_again": t.failed_again,
+            "last_seen_at": t.last_seen_at.isoformat() if t.last_seen_at else None,
+        }
         for t in tallies
-    ]
+    ]  # fmt: skip
     return {"causes": causes, "total": sum(t.letters for t in tallies)}
 
 

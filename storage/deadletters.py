@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -24,9 +24,13 @@ STATUSES = (DEAD, REDRIVEN, FAILED_AGAIN)
 
 
 def status_of(row: DeadLetterRow) -> str:
-    if row.redriven_at is None:
+    return _status(row.last_seen_at, row.redriven_at)
+
+
+def _status(last_seen_at: datetime, redriven_at: datetime | None) -> str:
+    if redriven_at is None:
         return DEAD
-    return FAILED_AGAIN if row.last_seen_at > row.redriven_at else REDRIVEN
+    return FAILED_AGAIN if last_seen_at > redriven_at else REDRIVEN
 
 
 def _status_clause(status: str) -> Any:
@@ -129,10 +133,20 @@ class Tally:
     stage: str
     reason: str  # folded
     letters: int = 0
-    dead: int = 0
-    redriven: int = 0
-    failed_again: int = 0
+    by_status: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
     last_seen_at: datetime | None = None
+
+    @property
+    def dead(self) -> int:
+        return self.by_status[DEAD]
+
+    @property
+    def redriven(self) -> int:
+        return self.by_status[REDRIVEN]
+
+    @property
+    def failed_again(self) -> int:
+        return self.by_status[FAILED_AGAIN]
 
 
 def summarise(session: Session, selection: Selection) -> list[Tally]:
@@ -146,12 +160,7 @@ def summarise(session: Session, selection: Selection) -> list[Tally]:
         if tally is None:
             tally = tallies[(stage, folded)] = Tally(stage, folded)
         tally.letters += 1
-        if redriven is None:
-            tally.dead += 1
-        elif seen > redriven:
-            tally.failed_again += 1
-        else:
-            tally.redriven += 1
+        tally.by_status[_status(seen, redriven)] += 1
         if tally.last_seen_at is None or seen > tally.last_seen_at:
             tally.last_seen_at = seen
     return sorted(tallies.values(), key=lambda t: (-t.letters, t.stage, t.reason))
