@@ -39,6 +39,7 @@ from riskwire.deadletters_api import deadletters_router
 from riskwire.delivery.api import delivery_router, make_auth
 from riskwire.delivery.dispatcher import Dispatcher, start_in_thread
 from riskwire.exceptions import RiskwireError
+from riskwire.labels_api import labels_router
 from riskwire.replay import (
     CANCELLING,
     DONE,
@@ -183,6 +184,7 @@ def create_api(
     auth = [Depends(require("replays"))]
     app.include_router(delivery_router(settings, sessions, require, metrics=metrics))
     app.include_router(deadletters_router(settings, sessions, require))
+    app.include_router(labels_router(sessions, require))
     pushes, close_pushes = push_router(settings, require)
     app.include_router(pushes)
 

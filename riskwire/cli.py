@@ -55,6 +55,12 @@ deadletters_app = typer.Typer(
 app.add_typer(rules_app, name="rules")
 app.add_typer(silence_app, name="silence")
 app.add_typer(deadletters_app, name="deadletters")
+labels_app = typer.Typer(
+    help="Analysts' labels: say what a document's sentiment is; export them as labelled data and "
+    "measure the live models against them.",
+    no_args_is_help=True,
+)
+app.add_typer(labels_app, name="labels")
 # options the bench commands share
 BenchDatabase = Annotated[
     str | None, typer.Option(help="an empty database; default: SQLite in a temp dir")
@@ -175,6 +181,9 @@ def db_prune(
     console.print(f"before {cutoff.isoformat(timespec='seconds')} in event time"
                   + (f"; alerts before {alerts_cutoff.isoformat(timespec='seconds')}"
                      if alerts_cutoff else "; alerts kept"))  # fmt: skip
+    if report.kept.get("labelled_documents"):
+        console.print(f"kept {report.kept['labelled_documents']:,} older documents that analysts "
+                      "labelled (riskwire labels)")  # fmt: skip
 
 
 @app.command()
@@ -1607,3 +1616,156 @@ def deadletters_redrive(
             console.print(f"  {n} not sent (left as they were): {why}", highlight=False)
     if report.failed:
         raise SystemExit(1)
+
+
+LabelledSinceOption = Annotated[
+    str | None,
+    typer.Option("--since", help="labelled since: ISO-8601, or back from now (90m, 2h, 3d)"),
+]
+LabellerOption = Annotated[
+    list[str] | None, typer.Option("--by", help="only this labeller's labels (repeatable)")
+]
+KindOption = Annotated[str | None, typer.Option(help="only documents of this kind (news, social)")]
+
+
+def _label_selection(since: str | None, by: list[str] | None, kind: str | None) -> Any:
+    from storage.labels import LabelSelection
+
+    if kind is not None and kind not in ("news", "social"):
+        raise RiskwireError(f"--kind {kind!r}: news or social")
+    return LabelSelection(since=_since(since), labellers=tuple(by or ()), kind=kind)
+
+
+@labels_app.command("add")
+def labels_add(
+    document_id: Annotated[str, typer.Argument(help="the document's id")],
+    label: Annotated[str, typer.Argument(help="negative, neutral or positive")],
+    by: Annotated[
+        str | None, typer.Option("--by", help="who says so; default: the login name")
+    ] = None,
+    note: Annotated[str | None, typer.Option(help="why, for whoever reads it later")] = None,
+) -> None:
+    """Label a document's sentiment (replacing this labeller's label before)."""
+    import getpass
+
+    from storage import labels
+
+    labeller = by or getpass.getuser()
+    try:
+        with _sessions(_settings()).begin() as session:
+            row = labels.put(session, document_id, labeller, label, datetime.now(UTC), note)
+            console.print(f"{row.document_id}: {row.label} (by {row.labeller})", highlight=False)
+    except labels.LabelError as exc:
+        raise RiskwireError(str(exc)) from None
+
+
+@labels_app.command("remove")
+def labels_remove(
+    document_id: Annotated[str, typer.Argument(help="the document's id")],
+    by: Annotated[
+        str | None, typer.Option("--by", help="whose label; default: the login name")
+    ] = None,
+) -> None:
+    """Take a label back."""
+    import getpass
+
+    from storage import labels
+
+    labeller = by or getpass.getuser()
+    with _sessions(_settings()).begin() as session:
+        if not labels.remove(session, document_id, labeller):
+            raise RiskwireError(f"{labeller} has no label on {document_id}")
+    console.print(f"removed {labeller}'s label of {document_id}", highlight=False)
+
+
+@labels_app.command("list")
+def labels_list(
+    since: LabelledSinceOption = None,
+    by: LabellerOption = None,
+    kind: KindOption = None,
+    limit: Annotated[int, typer.Option(help="at most this many, the latest first")] = 50,
+    as_json: JsonOutput = False,
+) -> None:
+    """Labels, the latest first: document, labeller, label, note."""
+    from rich.table import Table
+
+    from riskwire.labels_api import label_out
+    from storage import labels
+
+    selection = _label_selection(since, by, kind)
+    with _sessions(_settings())() as session:
+        rows = [label_out(r) for r in labels.page(session, selection, None, limit)]
+    if as_json:
+        print(json.dumps({"labels": rows}))
+        return
+    table = Table("labelled at", "document", "labeller", "label", "note")
+    for r in rows:
+        table.add_row(r["labelled_at"][:19], r["document_id"], r["labeller"], r["label"],
+                      (r["note"] or "")[:80])  # fmt: skip
+    console.print(table)
+
+
+@labels_app.command("export")
+def labels_export(
+    out: Annotated[
+        Path | None, typer.Option(help="JSONL file to write; default: standard output")
+    ] = None,
+    since: LabelledSinceOption = None,
+    by: LabellerOption = None,
+    kind: KindOption = None,
+) -> None:
+    """Labelled documents as JSONL (text, label, and where each came from), one line a document,
+    its label the majority's where labellers differ (ties left out): what `models eval --data`
+    and `models train --data` read."""
+    from riskwire.labels import export, open_out
+
+    settings = _settings()
+    with open_out(out) as handle:
+        report = export(_sessions(settings), _label_selection(since, by, kind), handle)
+    where = Console(stderr=True)
+    by_label = ", ".join(f"{n:,} {label}" for label, n in report.by_label.items())
+    where.print(f"{report.rows:,} documents ({by_label}); {report.disputed:,} with labellers "
+                f"in disagreement, resolved by majority; {report.tied:,} tied, left out"
+                + (f"; written to {out}" if out else ""), highlight=False)  # fmt: skip
+
+
+@labels_app.command("summary")
+def labels_summary(
+    since: LabelledSinceOption = None,
+    by: LabellerOption = None,
+    kind: KindOption = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """How the live models agree with the analysts: per model version that scored labelled
+    documents, accuracy, macro- and weighted-F1, calibration error and a confusion matrix."""
+    from rich.table import Table
+
+    from riskwire.labels import agreement
+    from storage import labels
+
+    selection = _label_selection(since, by, kind)
+    with _sessions(_settings())() as session:
+        versions, resolution = agreement(session, selection)
+        per_labeller = labels.counts(session, selection)
+    summary = {
+        "documents": len(resolution.labels), "tied": len(resolution.tied),
+        "disputed": resolution.disputed, "labellers": per_labeller,
+        "models": [v.as_dict() for v in versions],
+    }  # fmt: skip
+    if as_json:
+        print(json.dumps(summary))
+        return
+    console.print(
+        f"{summary['documents']:,} labelled documents by {len(per_labeller)} labellers "
+        f"({resolution.disputed:,} resolved by majority, {len(resolution.tied):,} tied)"
+    )
+    table = Table("live model version", "documents", "accuracy", "macro-F1", "weighted-F1", "ECE")
+    for v in versions:
+        table.add_row(v.model_version, f"{v.n:,}", f"{v.accuracy:.3f}", f"{v.macro_f1:.3f}",
+                      f"{v.weighted_f1:.3f}", f"{v.ece:.3f}")  # fmt: skip
+    console.print(table)
+    for v in versions[:1]:
+        matrix = Table(f"analysts (rows) / {v.model_version} (columns)", *LABELS_)
+        for label, row in zip(LABELS_, v.confusion, strict=True):
+            matrix.add_row(label, *(f"{n:,}" for n in row))
+        console.print(matrix)

@@ -5,7 +5,8 @@ a score per run, a rolling-sentiment row per group), and nothing else removes it
 deletes, before ``cutoff``:
 
 - documents published before it, with their ticker links, votes and scores (every run's), one day
-  of event time per transaction, children first;
+  of event time per transaction, children first; except documents an analyst labelled
+  (``document_labels``), kept whole as evaluation and training data (``report.kept``);
 - rolling-sentiment rows (``ticker_sentiment``, ``group_sentiment``) and aggregates whose window
   ended before it, group by group through the ``(run_id, ticker, …)`` indexes, a few hundred
   groups per transaction;
@@ -39,6 +40,7 @@ from storage.tables import (
     AlertRow,
     DeadLetterRow,
     DeliveryRow,
+    DocumentLabelRow,
     DocumentRow,
     DocumentTickerRow,
     GroupSentimentRow,
@@ -59,6 +61,7 @@ class PruneReport:
     alerts_cutoff: datetime | None
     dry_run: bool
     rows: dict[str, int] = field(default_factory=dict)  # per table: deleted (or, dry, to delete)
+    kept: dict[str, int] = field(default_factory=dict)  # older than the cutoff and kept: why
 
     def add(self, table: str, n: int) -> None:
         self.rows[table] = self.rows.get(table, 0) + max(n, 0)
@@ -67,7 +70,7 @@ class PruneReport:
         return {
             "cutoff": self.cutoff.isoformat(), "dry_run": self.dry_run, "rows": self.rows,
             "alerts_cutoff": self.alerts_cutoff.isoformat() if self.alerts_cutoff else None,
-            "total": sum(self.rows.values()),
+            "total": sum(self.rows.values()), "kept": self.kept,
         }  # fmt: skip
 
 
@@ -95,6 +98,7 @@ def _documents(
     children = (("document_tickers", DocumentTickerRow), ("votes", VoteRow), ("scores", ScoreRow))
     for name, _ in (*children, ("documents", DocumentRow)):
         report.rows.setdefault(name, 0)
+    labelled = exists().where(DocumentLabelRow.document_id == DocumentRow.id)
     end: datetime | None = None
     while True:
         with sessions() as session:  # the oldest left (a gap of months costs one step)
@@ -103,9 +107,11 @@ def _documents(
                 left = and_(left, DocumentRow.published_at >= end)
             start = session.scalar(select(func.min(DocumentRow.published_at)).where(left))
         if start is None:
-            return
+            break
         end = min(start + DAY, cutoff)
-        in_slice = and_(DocumentRow.published_at >= start, DocumentRow.published_at < end)
+        in_slice = and_(
+            DocumentRow.published_at >= start, DocumentRow.published_at < end, ~labelled
+        )
         ids = select(DocumentRow.id).where(in_slice)
         with sessions.begin() as session:
             for name, table in children:
@@ -113,6 +119,11 @@ def _documents(
                 report.add(name, _apply(session, table, which, report.dry_run))
             report.add("documents", _apply(session, DocumentRow, in_slice, report.dry_run))
         tell("documents", report.rows["documents"])
+    with sessions() as session:
+        old = and_(DocumentRow.published_at < cutoff, labelled)
+        report.kept["labelled_documents"] = (
+            session.scalar(select(func.count()).select_from(DocumentRow).where(old)) or 0
+        )
 
 
 def _rolling(

@@ -167,6 +167,21 @@ class DeadLetterRow(Base):
     redrives: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class DocumentLabelRow(Base):
+    """An analyst's judgement of a document's sentiment: one row per document and labeller (a
+    relabel replaces it). Labelled documents are evaluation and training data from the feeds
+    themselves (``riskwire labels``), so retention keeps them."""
+
+    __tablename__ = "document_labels"
+    __table_args__ = (Index("ix_document_labels_labelled_at", "labelled_at", "document_id"),)
+
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id"), primary_key=True)
+    labeller: Mapped[str] = mapped_column(String(200), primary_key=True)
+    label: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    labelled_at: Mapped[datetime]
+
+
 class ModelVersionRow(Base):
     """The model registry: every member and ensemble version that has scored, and what it is."""
 

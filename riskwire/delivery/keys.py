@@ -14,6 +14,7 @@ SCOPES = {
     "subscriptions:write": "create, change and delete the key's own subscriptions",
     "replays": "create, cancel and read replay jobs",
     "ingest": "push items to POST /ingest/{source} (vendors that push)",
+    "labels": "label documents' sentiment and read the labels (analysts' judgements)",
     "admin": "every scope",
 }
 PREFIX = "rw"

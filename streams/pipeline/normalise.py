@@ -174,9 +174,14 @@ def normalise(raw: RawRecord) -> Document:
 
 
 def scoring_text(doc: Document) -> str:
-    if doc.title and doc.title != doc.text:
-        return f"{doc.title}. {doc.text}"
-    return doc.text
+    return model_text(doc.title, doc.text)
+
+
+def model_text(title: str | None, text: str) -> str:
+    """What the models read of a document: its title, then its text (once where they are one)."""
+    if title and title != text:
+        return f"{title}. {text}"
+    return text
 
 
 class Deduplicator:

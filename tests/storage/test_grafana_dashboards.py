@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from ingest.feeds import Health, store_health
 from riskwire.records import DeadLetter
 from riskwire.replay import ReplayRunner, ReplaySpec, create_job
 from riskwire.settings import load_settings
-from storage import make_engine, repository, session_factory, upgrade
+from storage import labels, make_engine, repository, session_factory, upgrade
 from storage.delivery import Targets
+from storage.tables import ScoreRow
 from tests.factories import (
     T0,
     TWO_VERSIONS,
@@ -90,13 +91,15 @@ def test_every_dashboard_query_runs_on_the_real_schema_and_finds_data(
     settings = load_settings(database_url=postgres_url, data_dir=tmp_path)
     sessions = session_factory(make_engine(postgres_url))
     ensemble = lexicon_ensemble()
-    # alerts queued for Grafana and Alertmanager (the deliveries table), and one dead letter
+    # alerts queued for Grafana and Alertmanager (the deliveries table), one dead letter, one label
     run_live(sessions, settings, ensemble, world(), Targets(grafana=True, alertmanager=True))
     with sessions.begin() as session:
         letter = DeadLetter.of("normalise", "not valid JSON", "{", occurred_at=DAY0)
         repository.insert_dead_letters(session, [letter])
         health = Health("wire", "news", "https://x/rss", 60, 600, started_at=DAY0)
         store_health(session, [health.row(DAY0)])
+        scored = session.scalars(select(ScoreRow.document_id).where(ScoreRow.run_id == "live"))
+        labels.put(session, next(iter(scored)), "ana", "negative", DAY0)  # an analyst's label
     job = create_job(
         sessions,
         settings,
@@ -209,3 +212,29 @@ def test_the_prometheus_dashboard_asks_for_tables_where_it_shows_tables() -> Non
             ), panel["title"]
         if table and len(panel["targets"]) > 1:
             assert panel["transformations"] == [{"id": "merge", "options": {}}], panel["title"]
+
+
+def test_the_analysts_panel_counts_agreement_and_the_negatives_each_side_missed(
+    postgres_url: str,
+) -> None:
+    """Three analysts' labels of two documents that one live model version scored: the analysts'
+    negative it called positive, and the neutral it called negative, counted apart."""
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    first, second = make_document(), make_document()
+    with session_factory(engine).begin() as session:
+        repository.upsert_documents(session, [first, second])
+        repository.upsert_scores(session, [
+            make_score(first.id, score=0.6, model_version="test-1"),  # positive
+            make_score(second.id, score=-0.7, model_version="test-1"),  # negative
+        ])  # fmt: skip
+        labels.put(session, first.id, "ana", "negative", T0)
+        labels.put(session, first.id, "bo", "positive", T0)
+        labels.put(session, second.id, "ana", "neutral", T0)
+    title = "Live models against analysts' labels (riskwire labels summary for F1 and calibration)"
+    with engine.connect() as conn:
+        (row,) = conn.execute(text(panel_sql(title, "model-health.json"))).all()
+    engine.dispose()
+    assert tuple(row)[:3] == ("test-1", 2, 3)
+    assert float(row.agreement) == pytest.approx(0.333, abs=1e-3)
+    assert tuple(row)[4:] == (1, 1)

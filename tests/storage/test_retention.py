@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from riskwire.records import DeadLetter
-from storage import repository
+from storage import labels, repository
 from storage.delivery import Targets, record_alert_events
 from storage.retention import prune
 from storage.tables import (
@@ -149,3 +149,22 @@ def test_db_prune_refuses_less_than_the_risk_engine_reaches_back(tmp_path: Path)
     report = json.loads(dry.stdout)
     assert report["dry_run"] and report["total"] == 0 and report["alerts_cutoff"] is None
     assert set(report["rows"]) >= {"documents", "votes", "ticker_sentiment", "dead_letters"}
+
+
+def test_documents_an_analyst_labelled_are_kept_whole(sessions: sessionmaker[Session]) -> None:
+    fill(sessions)
+    with sessions() as session:
+        oldest = session.scalars(select(DocumentRow.id).order_by(DocumentRow.published_at)).first()
+    assert oldest is not None
+    with sessions.begin() as session:
+        labels.put(session, oldest, "ana", "negative", CUTOFF)
+    dry = prune(sessions, CUTOFF, dry_run=True)
+    report = prune(sessions, CUTOFF)
+    assert report.rows["documents"] == dry.rows["documents"] == 1  # of the two before the cutoff
+    assert report.kept == dry.kept == {"labelled_documents": 1}
+    with sessions() as session:
+        assert session.get(DocumentRow, oldest) is not None
+        kept_scores = session.scalars(select(ScoreRow.run_id).where(ScoreRow.document_id == oldest))
+        assert sorted(kept_scores) == ["live", "replay-1"]
+        assert [r.label for r in labels.of_document(session, oldest)] == ["negative"]
+    assert prune(sessions, CUTOFF).rows["documents"] == 0

@@ -1,0 +1,129 @@
+"""Analysts' labels put to use: exported as labelled data (``riskwire models eval`` and ``models
+train`` read it as they read the shared sets), and the live models measured against them.
+
+The labels are the one judgement of the models drawn from the feeds a deployment actually reads:
+the held-out public sets say how a model does on FPB and on the tweets, these say how the fused
+score in production does on this desk's news, model version by model version.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from riskwire.records import LABELS
+from storage import labels as store
+from storage.labels import LabelSelection, Resolution
+from streams.pipeline.normalise import model_text
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    rows: int
+    tied: int  # documents whose labellers are tied: not exported
+    disputed: int  # exported documents whose labellers did not all agree
+    by_label: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "tied": self.tied, "disputed": self.disputed,
+                "by_label": self.by_label}  # fmt: skip
+
+
+def export_rows(
+    session: Session, selection: LabelSelection
+) -> tuple[list[dict[str, Any]], Resolution]:
+    """One row per labelled document with a resolved label, in event-time order: ``text`` (what
+    the models read: title and text), ``label``, and where it came from."""
+    resolution = store.resolved(session, selection)
+    rows = [
+        {
+            "text": model_text(d.title, d.text), "label": resolution.labels[d.id],
+            "document_id": d.id, "kind": d.kind, "lang": d.lang, "source": d.source,
+            "published_at": d.published_at.isoformat(), "labellers": resolution.labellers[d.id],
+        }
+        for d in store.documents(session, sorted(resolution.labels))
+    ]  # fmt: skip
+    return rows, resolution
+
+
+def export(
+    sessions: sessionmaker[Session], selection: LabelSelection, out: IO[str]
+) -> ExportReport:
+    """Write the selected labels as JSONL (``text`` and ``label``, as ``models eval --data``
+    reads): one line per document."""
+    with sessions() as session:
+        rows, resolution = export_rows(session, selection)
+    by_label = dict.fromkeys(LABELS, 0)
+    for row in rows:
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        by_label[row["label"]] += 1
+    return ExportReport(len(rows), len(resolution.tied), resolution.disputed, by_label)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How one model version's live scores compare with the analysts' labels."""
+
+    model_version: str
+    n: int
+    accuracy: float
+    macro_f1: float
+    weighted_f1: float
+    ece: float
+    confusion: list[list[int]]  # [analysts' label][model's label], in LABELS order
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model_version": self.model_version, "n": self.n, "accuracy": self.accuracy,
+                "macro_f1": self.macro_f1, "weighted_f1": self.weighted_f1, "ece": self.ece,
+                "confusion": self.confusion}  # fmt: skip
+
+
+def agreement(session: Session, selection: LabelSelection) -> tuple[list[Agreement], Resolution]:
+    """Per model version that scored labelled documents live (most documents first): accuracy,
+    macro- and weighted-F1, expected calibration error and the confusion matrix of its fused
+    labels against the analysts' resolved labels."""
+    from models.training import confusion, evaluate
+
+    resolution = store.resolved(session, selection)
+    per_version: dict[str, tuple[list[tuple[float, float, float]], list[int]]] = {}
+    for s in store.live_scores(session, sorted(resolution.labels)):
+        probs, truth = per_version.setdefault(s.model_version, ([], []))
+        probs.append((s.p_negative, s.p_neutral, s.p_positive))
+        truth.append(LABELS.index(resolution.labels[s.document_id]))
+    out = []
+    for version, (probs, truth) in per_version.items():
+        p, y = np.asarray(probs, dtype=np.float64), np.asarray(truth, dtype=np.int64)
+        m = evaluate(p, y)
+        out.append(
+            Agreement(
+                version,
+                len(y),
+                m["accuracy"],
+                m["macro_f1"],
+                m["weighted_f1"],
+                m["ece"],
+                confusion(p, y).tolist(),
+            )
+        )
+    out.sort(key=lambda a: (-a.n, a.model_version))
+    return out, resolution
+
+
+@contextmanager
+def open_out(path: Path | None) -> Iterator[IO[str]]:
+    """Where an export goes: a file, or standard output."""
+    import sys
+
+    if path is None:
+        yield sys.stdout
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        yield handle

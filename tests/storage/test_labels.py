@@ -1,0 +1,103 @@
+"""Analysts' labels (``storage.labels``), on SQLite and PostgreSQL: one per document and labeller,
+a relabel replacing it; majority resolution; pages that never shift."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import labels, repository
+from storage.labels import LabelError, LabelSelection, UnknownDocument, resolve
+from storage.tables import DocumentLabelRow
+from tests.factories import make_document
+
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def test_majority_resolves_a_document_and_a_tie_resolves_nothing() -> None:
+    judged = resolve([
+        ("a", "negative"), ("a", "negative"), ("a", "neutral"),  # two against one
+        ("b", "positive"),  # one labeller
+        ("c", "negative"), ("c", "positive"),  # tied
+        ("d", "neutral"), ("d", "neutral"), ("d", "positive"), ("d", "negative"),
+    ])  # fmt: skip
+    assert judged.labels == {"a": "negative", "b": "positive", "d": "neutral"}
+    assert judged.labellers == {"a": 3, "b": 1, "d": 4}
+    assert judged.tied == ["c"]
+    assert judged.disputed == 2  # a and d
+    assert resolve([]).labels == {}
+
+
+def test_a_label_is_one_per_document_and_labeller_and_a_relabel_replaces_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    doc = make_document(kind="social")
+    with sessions.begin() as session:
+        repository.upsert_documents(session, [doc])
+    with sessions.begin() as session:
+        labels.put(session, doc.id, "ana", "negative", T0, note="profit warning")
+        labels.put(session, doc.id, "ana", "negative", T0)  # a retried request
+        labels.put(session, doc.id, "bo", "neutral", T0 + timedelta(minutes=1))
+    with sessions.begin() as session:
+        row = labels.put(session, doc.id, " ana ", "neutral", T0 + timedelta(hours=1))
+        assert (row.labeller, row.label, row.note) == ("ana", "neutral", None)
+    with sessions() as session:
+        rows = labels.of_document(session, doc.id)
+        assert [(r.labeller, r.label, r.labelled_at) for r in rows] == [
+            ("bo", "neutral", T0 + timedelta(minutes=1)), ("ana", "neutral", T0 + timedelta(hours=1))
+        ]  # fmt: skip
+        assert labels.resolved(session).labels == {doc.id: "neutral"}
+        assert labels.resolved(session, LabelSelection(kind="news")).labels == {}
+        assert labels.counts(session) == {"ana": 1, "bo": 1}
+    with sessions.begin() as session:
+        assert labels.remove(session, doc.id, "bo")
+        assert not labels.remove(session, doc.id, "bo")
+    with sessions() as session:
+        assert labels.counts(session) == {"ana": 1}
+
+
+def test_what_cannot_be_a_label_is_refused_with_the_reason(sessions: sessionmaker[Session]) -> None:
+    doc = make_document()
+    with sessions.begin() as session:
+        repository.upsert_documents(session, [doc])
+    with sessions.begin() as session:
+        with pytest.raises(UnknownDocument, match="no document"):
+            labels.put(session, "f" * 32, "ana", "negative", T0)
+        with pytest.raises(LabelError, match="not one of negative, neutral, positive"):
+            labels.put(session, doc.id, "ana", "bearish", T0)
+        with pytest.raises(LabelError, match="labeller"):
+            labels.put(session, doc.id, "  ", "negative", T0)
+        with pytest.raises(LabelError, match="note"):
+            labels.put(session, doc.id, "ana", "negative", T0, note="x" * 2001)
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(DocumentLabelRow)) == 0
+
+
+def test_pages_of_labels_cover_every_label_once_even_at_one_instant(
+    sessions: sessionmaker[Session],
+) -> None:
+    docs = [make_document() for _ in range(4)]
+    with sessions.begin() as session:
+        repository.upsert_documents(session, docs)
+        for n, doc in enumerate(docs):
+            for who in ("ana", "bo", "cy"):  # three labellers at one instant per document
+                labels.put(session, doc.id, who, "positive", T0 + timedelta(minutes=n // 2))
+    seen: list[tuple[str, str]] = []
+    after = None
+    with sessions() as session:
+        while True:
+            page = labels.page(session, LabelSelection(), after, 5)
+            if not page:
+                break
+            seen.extend((r.document_id, r.labeller) for r in page)
+            last = page[-1]
+            after = (last.labelled_at, last.document_id, last.labeller)
+        assert len(seen) == len(set(seen)) == 12
+        assert [d for d, _ in seen[:3]] == [docs[3].id] * 3  # the latest first
+        since = labels.page(session, LabelSelection(since=T0 + timedelta(minutes=1)), None, 50)
+        assert {r.document_id for r in since} == {docs[2].id, docs[3].id}
+        ana = labels.page(session, LabelSelection(labellers=("ana",)), None, 50)
+        assert len(ana) == 4
