@@ -1705,6 +1705,48 @@ def labels_list(
     console.print(table)
 
 
+@labels_app.command("queue")
+def labels_queue(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="published since: ISO-8601, or back from now (90m, 2h, 3d); "
+            "default: the week before the newest live score"
+        ),
+    ] = None,
+    rank: Annotated[
+        str, typer.Option(help="uncertainty (the fused label least sure) or disagreement")
+    ] = "uncertainty",
+    kind: KindOption = None,
+    limit: Annotated[int, typer.Option(help="how many")] = 20,
+    as_json: JsonOutput = False,
+) -> None:
+    """Documents worth labelling next: unlabelled, scored live, where the models were least sure
+    or argued most, one per story."""
+    from rich.table import Table
+
+    from riskwire.labels_api import queued_out
+    from storage import labels
+
+    _label_selection(None, None, kind)  # checks --kind
+    start = _since(since)
+    try:
+        with _sessions(_settings())() as session:
+            items = [queued_out(d, s) for d, s in labels.queue(session, start, limit, rank, kind)]
+    except labels.LabelError as exc:
+        raise RiskwireError(str(exc)) from None
+    if as_json:
+        print(json.dumps({"items": items}))
+        return
+    table = Table("document", "published", "model said", "confidence", "disagreement", "title")
+    for i in items:
+        table.add_row(i["document_id"], i["published_at"][:16], i["label"],
+                      f"{i['confidence']:.2f}", f"{i['disagreement']:.2f}",
+                      (i["title"] or i["text"])[:90])  # fmt: skip
+    console.print(table)
+    console.print("label one: riskwire labels add DOCUMENT_ID negative|neutral|positive")
+
+
 @labels_app.command("export")
 def labels_export(
     out: Annotated[

@@ -152,4 +152,30 @@ def labels_router(sessions: sessionmaker[Session], require: Require) -> APIRoute
         return {"items": [label_out(r) for r in rows],
                 "next_cursor": _cursor(rows[-1]) if more else None}  # fmt: skip
 
+    @router.get("/labels/queue")
+    def label_queue(
+        principal: Principal = labeller,
+        since: Annotated[
+            AwareDatetime | None,
+            Query(description="published since; default: the week before the newest score"),
+        ] = None,
+        rank: Literal["uncertainty", "disagreement"] = "uncertainty",
+        kind: Literal["news", "social"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 20,
+    ) -> dict[str, Any]:
+        """Documents worth labelling next: unlabelled, scored live, where the models were least
+        sure (or argued most), one per story."""
+        with sessions() as session:
+            found = store.queue(session, since, limit, rank, kind)
+            return {"items": [queued_out(doc, score) for doc, score in found]}
+
     return router
+
+
+def queued_out(doc: DocumentRow, score: ScoreRow) -> dict[str, Any]:
+    return {
+        "document_id": doc.id, "kind": doc.kind, "source": doc.source, "title": doc.title,
+        "text": doc.text, "published_at": doc.published_at.isoformat(),
+        "model_version": score.model_version, "label": score.label, "score": score.score,
+        "confidence": score.confidence, "disagreement": score.disagreement,
+    }  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -206,3 +206,58 @@ def page(
         )
     order = (t.labelled_at.desc(), t.document_id.desc(), t.labeller.desc())
     return list(session.scalars(query.order_by(*order).limit(limit)))
+
+
+RANKS = ("uncertainty", "disagreement")
+
+
+QUEUE_PERIOD = timedelta(days=7)
+
+
+def queue(
+    session: Session,
+    since: datetime | None,
+    limit: int,
+    rank: str = "uncertainty",
+    kind: str | None = None,
+) -> list[tuple[DocumentRow, ScoreRow]]:
+    """Documents worth an analyst's time: published since ``since`` (default: the week before
+    the newest live score) and scored live, labelled by no one, where the models were least sure
+    (``uncertainty``: the fused label's probability lowest) or argued most (``disagreement`` among
+    the members), one per story (a story's copies would be labelled alike), each with the live
+    score that ranked it."""
+    if rank not in RANKS:
+        raise LabelError(f"rank {rank!r} is not one of {', '.join(RANKS)}")
+    s, d = ScoreRow, DocumentRow
+    if since is None:
+        newest = session.scalar(select(func.max(s.published_at)).where(s.run_id == "live"))
+        if newest is None:
+            return []
+        since = newest - QUEUE_PERIOD
+    labelled = select(DocumentLabelRow.document_id).where(
+        DocumentLabelRow.document_id == s.document_id
+    )
+    order = (s.confidence.asc(),) if rank == "uncertainty" else (s.disagreement.desc(),)
+    query = (
+        select(d, s)
+        .join(d, d.id == s.document_id)
+        .where(s.run_id == "live", s.published_at >= since, ~labelled.exists())
+        .order_by(*order, s.published_at.desc(), s.document_id, s.model_version)
+    )
+    if kind is not None:
+        query = query.where(d.kind == kind)
+    out: list[tuple[DocumentRow, ScoreRow]] = []
+    seen: set[str] = set()
+    result = session.execute(query.execution_options(yield_per=200))  # read until enough
+    try:
+        for doc, score in result.tuples():
+            story = doc.story_id or doc.id
+            if doc.id in seen or story in seen:
+                continue
+            seen.update((doc.id, story))
+            out.append((doc, score))
+            if len(out) == limit:
+                break
+    finally:
+        result.close()
+    return out

@@ -58,7 +58,10 @@ def test_a_label_replaces_the_callers_own_and_the_document_shows_every_one(
 ) -> None:
     http, keys = client
     url = f"/documents/{DOC.id}/label"
+    queued = http.get("/labels/queue", headers=keys["ana"]).json()["items"]
+    assert [(q["document_id"], q["label"]) for q in queued] == [(DOC.id, "negative")]
     first = http.put(url, json={"label": "neutral"}, headers=keys["ana"])
+    assert http.get("/labels/queue", headers=keys["ana"]).json()["items"] == []
     assert first.status_code == 200 and first.json()["label"] == "neutral"
     again = http.put(url, json={"label": "negative", "note": "a warning"}, headers=keys["ana"])
     assert again.json()["note"] == "a warning"
@@ -93,4 +96,6 @@ def test_a_label_must_name_a_stored_document_and_a_known_sentiment(
     assert long_note.status_code == 422
     assert http.get(f"/documents/{'f' * 32}", headers=keys["reader"]).status_code == 404
     assert http.get("/labels", params={"cursor": "junk"}, headers=keys["ana"]).status_code == 422
+    loud = http.get("/labels/queue", params={"rank": "loudness"}, headers=keys["ana"])
+    assert loud.status_code == 422
     assert http.get("/labels", headers=keys["ana"]).json()["items"] == []

@@ -52,6 +52,9 @@ def test_labels_are_added_exported_as_labelled_data_and_measured_against(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     ids = env["DOC_IDS"].split(",")
+    queued = riskwire("labels", "queue", "--json", env=env)
+    assert queued.returncode == 0, queued.stdout + queued.stderr
+    assert json.loads(queued.stdout)["items"] == []  # every scored document has a label
     added = riskwire(
         "labels", "add", ids[3], "neutral", "--by", "bo", "--note", "guidance", env=env
     )

@@ -9,10 +9,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from riskwire.records import Kind
 from storage import labels, repository
 from storage.labels import LabelError, LabelSelection, UnknownDocument, resolve
 from storage.tables import DocumentLabelRow
-from tests.factories import make_document
+from tests.factories import make_document, make_score
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -101,3 +102,41 @@ def test_pages_of_labels_cover_every_label_once_even_at_one_instant(
         assert {r.document_id for r in since} == {docs[2].id, docs[3].id}
         ana = labels.page(session, LabelSelection(labellers=("ana",)), None, 50)
         assert len(ana) == 4
+
+
+def test_the_queue_offers_unlabelled_documents_the_models_were_least_sure_of_once_per_story(
+    sessions: sessionmaker[Session],
+) -> None:
+    sure, unsure, copy, labelled, old, social = (
+        make_document(published_at=T0 + timedelta(minutes=n)) for n in range(6)
+    )
+    copy = copy.model_copy(update={"story_id": unsure.id})  # a copy of unsure's story
+    unsure = unsure.model_copy(update={"story_id": unsure.id})
+    social = social.model_copy(update={"kind": Kind.SOCIAL})
+    old = old.model_copy(update={"published_at": T0 - timedelta(days=30)})
+    docs = [sure, unsure, copy, labelled, old, social]
+    # (confidence, disagreement) of each live score
+    judged = [(0.9, 0.05), (0.4, 0.2), (0.35, 0.3), (0.3, 0.9), (0.2, 0.9), (0.5, 0.6)]
+    with sessions.begin() as session:
+        repository.upsert_documents(session, docs)
+        repository.upsert_scores(session, [
+            make_score(d.id, ticker=None, published_at=d.published_at, confidence=c,
+                       disagreement=g)
+            for d, (c, g) in zip(docs, judged, strict=True)
+        ] + [make_score(sure.id, ticker=None, published_at=sure.published_at, confidence=0.1,
+                        run_id="replay-1")])  # a replay's doubt is not the live models'  # fmt: skip
+        labels.put(session, labelled.id, "ana", "negative", T0)
+    since = T0 - timedelta(days=1)
+    with sessions() as session:
+        by_doubt = [d.id for d, _ in labels.queue(session, since, 10)]
+        # copy (0.35) stands for its story; unsure (0.4) is that story again; labelled and old out
+        assert by_doubt == [copy.id, social.id, sure.id]
+        by_dispute = [d.id for d, _ in labels.queue(session, since, 10, "disagreement")]
+        assert by_dispute == [social.id, copy.id, sure.id]
+        assert [d.id for d, _ in labels.queue(session, since, 1)] == [copy.id]
+        # by default the week before the newest live score: old is a month before it
+        assert [d.id for d, _ in labels.queue(session, None, 10)] == by_doubt
+        news = labels.queue(session, since, 10, kind="news")
+        assert social.id not in [d.id for d, _ in news]
+        with pytest.raises(LabelError, match="rank"):
+            labels.queue(session, since, 10, "loudness")
