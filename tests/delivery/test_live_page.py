@@ -15,9 +15,9 @@ from riskwire.api import create_api
 from riskwire.records import Alert
 from riskwire.settings import Settings
 from storage import delivery as store
-from storage import repository
+from storage import labels, repository
 from tests.delivery.servers import serve
-from tests.factories import make_alert
+from tests.factories import make_alert, make_document, make_score
 
 pytestmark = pytest.mark.integration
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -88,3 +88,47 @@ def test_the_live_page_shows_matching_alerts_as_they_arrive(
         driver.find_element(By.ID, "apply").click()  # type: ignore[attr-defined]
         eventually(lambda: rows() and all(" BETA " in f" {text} " for text in rows().values()))
         assert before[1].id in rows() and len(rows()) == 2
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_alert_opens_on_its_evidence_and_an_analyst_labels_a_document_there(
+    settings: Settings, sessions: sessionmaker[Session], browser: object
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    doc = make_document(title="Acme recalls its widgets")
+    with sessions.begin() as session:
+        analyst = store.create_api_key(session, "ana", ["alerts:read", "labels"], datetime.now(UTC))
+        reader = store.create_api_key(session, "wall", ["alerts:read"], datetime.now(UTC))
+        repository.upsert_documents(session, [doc])
+        repository.upsert_scores(session, [make_score(doc.id, ticker=None, score=0.4)])
+    alert = make_alert(ticker="ACME", evidence=(doc.id,))
+    store_alerts(sessions, [alert])
+    api = create_api(settings.model_copy(update={"api_token": "x", "deliver_in_api": False}))
+    with serve(api) as url:
+
+        def open_evidence(token: str) -> object:
+            driver.get(f"{url}/alerts/live?access_token={token}")  # type: ignore[attr-defined]
+            row = f'tr.alert[data-alert-id="{alert.id}"]'
+            eventually(lambda: bool(driver.find_elements(By.CSS_SELECTOR, row)))  # type: ignore[attr-defined]
+            driver.find_element(By.CSS_SELECTOR, row).click()  # type: ignore[attr-defined]
+            box = f'.evidence[data-document-id="{doc.id}"]'
+            eventually(lambda: bool(driver.find_elements(By.CSS_SELECTOR, box)))  # type: ignore[attr-defined]
+            return driver.find_element(By.CSS_SELECTOR, box)  # type: ignore[attr-defined]
+
+        box = open_evidence(analyst)
+        assert "Acme recalls its widgets" in box.text and "models: positive" in box.text  # type: ignore[attr-defined]
+        box.find_element(By.CSS_SELECTOR, 'button[data-label="negative"]').click()  # type: ignore[attr-defined]
+        said = box.find_element(By.CLASS_NAME, "labelled")  # type: ignore[attr-defined]
+        eventually(lambda: said.text == "labelled negative")
+        with sessions() as session:
+            (label,) = labels.of_document(session, doc.id)
+        assert label.label == "negative" and analyst.startswith(f"rw_{label.labeller}_")
+
+        box = open_evidence(reader)  # a key that may read but not label
+        box.find_element(By.CSS_SELECTOR, 'button[data-label="neutral"]').click()  # type: ignore[attr-defined]
+        said = box.find_element(By.CLASS_NAME, "labelled")  # type: ignore[attr-defined]
+        eventually(lambda: "needs the labels scope" in said.text)
+        with sessions() as session:
+            assert [r.label for r in labels.of_document(session, doc.id)] == ["negative"]
