@@ -4,8 +4,6 @@ the live page calls when an analyst says a score is wrong."""
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -14,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from riskwire.delivery.api import Principal, Require
+from riskwire.delivery.api import Principal, Require, decode_cursor, encode_cursor
 from storage import labels as store
 from storage.labels import MAX_NOTE, LabelError, LabelSelection, UnknownDocument
 from storage.tables import DocumentLabelRow, DocumentRow, DocumentTickerRow, ScoreRow, VoteRow
@@ -40,17 +38,16 @@ def label_out(row: DocumentLabelRow) -> dict[str, Any]:
 
 
 def _cursor(row: DocumentLabelRow) -> str:
-    raw = json.dumps([row.labelled_at.isoformat(), row.document_id, row.labeller])
-    return base64.urlsafe_b64encode(raw.encode()).decode()
+    return encode_cursor(row.labelled_at, row.document_id, row.labeller)
 
 
-def _uncursor(cursor: str | None) -> tuple[datetime, str, str] | None:
-    if cursor is None:
+def _after(cursor: str | None) -> tuple[datetime, str, str] | None:
+    parts = decode_cursor(cursor, 3)
+    if parts is None:
         return None
     try:
-        when, document_id, labeller = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(when), str(document_id), str(labeller)
-    except Exception:
+        return datetime.fromisoformat(parts[0]), str(parts[1]), str(parts[2])
+    except (TypeError, ValueError):
         raise HTTPException(422, "cursor is not one this API gave out") from None
 
 
@@ -146,7 +143,7 @@ def labels_router(sessions: sessionmaker[Session], require: Require) -> APIRoute
         documents of this kind)."""
         selection = LabelSelection(since, until, tuple(labeller_ or ()), kind)
         with sessions() as session:
-            rows = store.page(session, selection, _uncursor(cursor), limit + 1)
+            rows = store.page(session, selection, _after(cursor), limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return {"items": [label_out(r) for r in rows],

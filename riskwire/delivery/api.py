@@ -122,12 +122,12 @@ class Page(BaseModel):
     next_cursor: str | None
 
 
-def _cursor(*parts: Any) -> str:
+def encode_cursor(*parts: Any) -> str:
     raw = json.dumps([p.isoformat() if isinstance(p, datetime) else p for p in parts])
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
-def _uncursor(cursor: str | None, size: int) -> list[Any] | None:
+def decode_cursor(cursor: str | None, size: int) -> list[Any] | None:
     if cursor is None:
         return None
     try:
@@ -151,7 +151,7 @@ def keyset_page(
     ``cursor`` (keyset pagination: a page never shifts while rows are added), with the cursor of the
     next page when there is one."""
     when, ident = order
-    after = _uncursor(cursor, 2)
+    after = decode_cursor(cursor, 2)
     if after:
         t = datetime.fromisoformat(after[0])
         if newest_first:
@@ -166,7 +166,9 @@ def keyset_page(
     last = rows[-1] if rows else None
     return {
         "items": [render(r) for r in rows],
-        "next_cursor": _cursor(getattr(last, when.key), getattr(last, ident.key)) if more else None,
+        "next_cursor": encode_cursor(getattr(last, when.key), getattr(last, ident.key))
+        if more
+        else None,
     }
 
 
