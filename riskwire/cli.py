@@ -1678,6 +1678,40 @@ def labels_remove(
     console.print(f"removed {labeller}'s label of {document_id}", highlight=False)
 
 
+@labels_app.command("import")
+def labels_import(
+    path: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="labels: JSONL, or CSV with a header"),
+    ],
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="labeller of rows that name none; default: the login name"),
+    ] = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Labels in bulk (from a spreadsheet, another tool): rows with document_id and label, and
+    optionally labeller and note. Safe to import again; rows that cannot be labels are listed with
+    the reason and the rest are stored (exit 1 when any was refused)."""
+    import getpass
+
+    from riskwire.labels import import_labels, read_label_rows
+
+    sessions = _sessions(_settings())
+    report = import_labels(sessions, read_label_rows(path), by or getpass.getuser(),
+                           datetime.now(UTC))  # fmt: skip
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    else:
+        console.print(f"{report.stored:,} labels stored; {len(report.refused):,} refused")
+        for where, why in report.refused[:20]:
+            console.print(f"  {where}: {why}", highlight=False)
+        if len(report.refused) > 20:
+            console.print(f"  … and {len(report.refused) - 20:,} more (--json lists them all)")
+    if report.refused:
+        raise SystemExit(1)
+
+
 @labels_app.command("list")
 def labels_list(
     since: LabelledSinceOption = None,

@@ -9,9 +9,10 @@ score in production does on this desk's news, model version by model version.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from riskwire.records import LABELS
 from storage import labels as store
-from storage.labels import LabelSelection, Resolution
+from storage.labels import LabelError, LabelSelection, Resolution
 from streams.pipeline.normalise import model_text
 
 
@@ -127,3 +128,77 @@ def open_out(path: Path | None) -> Iterator[IO[str]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         yield handle
+
+
+@dataclass
+class ImportReport:
+    stored: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stored": self.stored,
+                "refused": [{"where": w, "reason": r} for w, r in self.refused]}  # fmt: skip
+
+
+def read_label_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
+    """(where, row) from a JSONL or CSV file of labels; a line that is not an object comes as
+    (where, why) instead, so one bad line is reported and the rest still count."""
+    import csv
+
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        for row in reader:
+            yield f"{path.name}:{reader.line_num}", dict(row)
+        return
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path.name}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield where, f"not valid JSON: {exc.msg}"
+            continue
+        yield where, row if isinstance(row, dict) else "not a JSON object"
+
+
+def import_labels(
+    sessions: sessionmaker[Session],
+    rows: Iterable[tuple[str, dict[str, Any] | str]],
+    labeller: str,
+    at: datetime,
+    batch: int = 500,
+) -> ImportReport:
+    """Store labels given in bulk (``document_id``, ``label``, optional ``labeller`` and ``note``;
+    ``labeller`` defaults to the importer), each as ``labels add`` would: idempotent, so a file
+    imported twice stores nothing twice. A row that cannot be a label is refused with its reason
+    and the others are stored."""
+    report = ImportReport()
+    refused: list[tuple[int, str, str]] = []  # (row number, where, why): reported in file order
+    pending: list[tuple[int, str, dict[str, Any]]] = []
+
+    def flush() -> None:
+        with sessions.begin() as session:
+            for n, where, row in pending:
+                note = row.get("note")
+                try:  # put checks everything before it writes: a refusal leaves nothing behind
+                    store.put(session, str(row.get("document_id") or ""),
+                              str(row.get("labeller") or labeller), str(row.get("label")),
+                              at, str(note) if note else None)  # fmt: skip
+                    report.stored += 1
+                except LabelError as exc:
+                    refused.append((n, where, str(exc)))
+        pending.clear()
+
+    for n, (where, row) in enumerate(rows):
+        if isinstance(row, str):
+            refused.append((n, where, row))
+            continue
+        pending.append((n, where, row))
+        if len(pending) >= batch:
+            flush()
+    if pending:
+        flush()
+    report.refused = [(where, why) for _, where, why in sorted(refused)]
+    return report

@@ -97,3 +97,30 @@ def test_labels_are_added_exported_as_labelled_data_and_measured_against(
     assert removed.returncode == 0
     again = riskwire("labels", "remove", ids[3], "--by", "bo", env=env)
     assert again.returncode == 2 and "has no label" in again.stdout
+
+    # in bulk: what can be a label is stored (once, however often imported), the rest is refused
+    bulk = tmp_path / "bulk.jsonl"
+    bulk.write_text(
+        json.dumps({"document_id": ids[1], "label": "positive", "labeller": "dee"}) + "\n"
+        + "{not json\n"
+        + json.dumps({"document_id": "f" * 32, "label": "negative"}) + "\n"
+        + json.dumps({"document_id": ids[2], "label": "bearish"}) + "\n"
+        + json.dumps(["a", "list"]) + "\n"
+    )  # fmt: skip
+    for _ in range(2):
+        imported = riskwire("labels", "import", str(bulk), "--by", "eve", "--json", env=env)
+        assert imported.returncode == 1, imported.stdout + imported.stderr
+        report = json.loads(imported.stdout)
+        assert report["stored"] == 1
+        assert [(r["where"], r["reason"][:14]) for r in report["refused"]] == [
+            ("bulk.jsonl:2", "not valid JSON"), ("bulk.jsonl:3", "no document 'f"),
+            ("bulk.jsonl:4", "label 'bearish"), ("bulk.jsonl:5", "not a JSON obj"),
+        ]  # fmt: skip
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"document_id,label,note\n{ids[2]},positive,from the sheet\n")
+    from_sheet = riskwire("labels", "import", str(sheet), "--by", "eve", env=env)
+    assert from_sheet.returncode == 0 and "1 labels stored; 0 refused" in from_sheet.stdout
+    listed = json.loads(riskwire("labels", "list", "--json", env=env).stdout)["labels"]
+    assert {(r["labeller"], r["label"], r["note"]) for r in listed if r["labeller"] in "dee eve"} == {
+        ("dee", "positive", None), ("eve", "positive", "from the sheet")
+    }  # fmt: skip
