@@ -1810,10 +1810,14 @@ def labels_summary(
     since: LabelledSinceOption = None,
     by: LabellerOption = None,
     kind: KindOption = None,
+    run: Annotated[
+        str, typer.Option(help="whose scores: live, or a replay job's id (a candidate model)")
+    ] = "live",
     as_json: JsonOutput = False,
 ) -> None:
-    """How the live models agree with the analysts: per model version that scored labelled
-    documents, accuracy, macro- and weighted-F1, calibration error and a confusion matrix."""
+    """How the models agree with the analysts: per model version that scored labelled documents
+    live (or in a replay, --run), accuracy, macro- and weighted-F1, calibration error and a
+    confusion matrix."""
     from rich.table import Table
 
     from riskwire.labels import agreement
@@ -1821,10 +1825,10 @@ def labels_summary(
 
     selection = _label_selection(since, by, kind)
     with _sessions(_settings())() as session:
-        versions, resolution = agreement(session, selection)
+        versions, resolution = agreement(session, selection, run)
         per_labeller = labels.counts(session, selection)
     summary = {
-        "documents": len(resolution.labels), "tied": len(resolution.tied),
+        "run": run, "documents": len(resolution.labels), "tied": len(resolution.tied),
         "disputed": resolution.disputed, "labellers": per_labeller,
         "models": [v.as_dict() for v in versions],
     }  # fmt: skip
@@ -1835,7 +1839,8 @@ def labels_summary(
         f"{summary['documents']:,} labelled documents by {len(per_labeller)} labellers "
         f"({resolution.disputed:,} resolved by majority, {len(resolution.tied):,} tied)"
     )
-    table = Table("live model version", "documents", "accuracy", "macro-F1", "weighted-F1", "ECE")
+    table = Table(f"model version ({run})", "documents", "accuracy", "macro-F1", "weighted-F1",
+                  "ECE")  # fmt: skip
     for v in versions:
         table.add_row(v.model_version, f"{v.n:,}", f"{v.accuracy:.3f}", f"{v.macro_f1:.3f}",
                       f"{v.weighted_f1:.3f}", f"{v.ece:.3f}")  # fmt: skip

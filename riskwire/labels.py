@@ -86,15 +86,18 @@ class Agreement:
                 "confusion": self.confusion}  # fmt: skip
 
 
-def agreement(session: Session, selection: LabelSelection) -> tuple[list[Agreement], Resolution]:
-    """Per model version that scored labelled documents live (most documents first): accuracy,
-    macro- and weighted-F1, expected calibration error and the confusion matrix of its fused
-    labels against the analysts' resolved labels."""
+def agreement(
+    session: Session, selection: LabelSelection, run_id: str = "live"
+) -> tuple[list[Agreement], Resolution]:
+    """Per model version that scored labelled documents in the run (the live stream's by default;
+    a replay's to judge a candidate model; most documents first): accuracy, macro- and
+    weighted-F1, expected calibration error and the confusion matrix of its fused labels against
+    the analysts' resolved labels."""
     from models.training import confusion, evaluate
 
     resolution = store.resolved(session, selection)
     per_version: dict[str, tuple[list[tuple[float, float, float]], list[int]]] = {}
-    for s in store.live_scores(session, sorted(resolution.labels)):
+    for s in store.scores_of(session, sorted(resolution.labels), run_id):
         probs, truth = per_version.setdefault(s.model_version, ([], []))
         probs.append((s.p_negative, s.p_neutral, s.p_positive))
         truth.append(LABELS.index(resolution.labels[s.document_id]))

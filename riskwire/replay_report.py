@@ -200,6 +200,28 @@ def _timeline_tickers(session: Session, run: str, scope: Scope, alerts: list[dic
     return chosen
 
 
+def against_analysts(
+    session: Session, run: str, baseline: str | None, scope: Scope
+) -> dict[str, Any] | None:
+    """The run's and the baseline's scores against the analysts' labels of the period's documents
+    (``riskwire labels``), per model version: which model a desk's own judgement prefers. None
+    when no document of the period is labelled."""
+    from riskwire.labels import agreement
+    from storage.labels import LabelSelection
+
+    selection = LabelSelection(published_from=scope.start, published_to=scope.end,
+                               tickers=scope.tickers)  # fmt: skip
+    runs: dict[str, list[dict[str, Any]]] = {}
+    resolution = None
+    for run_id in (run, baseline):
+        if run_id is not None:
+            versions, resolution = agreement(session, selection, run_id)
+            runs[run_id] = [v.as_dict() for v in versions]
+    if resolution is None or not resolution.labels:
+        return None
+    return {"documents": len(resolution.labels), "tied": len(resolution.tied), "runs": runs}
+
+
 def build_report(
     session: Session, run: str, baseline: str | None, scope: Scope, **meta: Any
 ) -> dict[str, Any]:
@@ -228,6 +250,7 @@ def build_report(
             **(counts if baseline else {}),
         },
         "scores": compare_scores(session, run, baseline, scope) if baseline else None,
+        "analysts": against_analysts(session, run, baseline, scope),
         "timeline": {"bucket_minutes": step, "tickers": line},
     }
 
@@ -292,6 +315,18 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         for flip, n in scores["flips"].items():
             summary.add_row(f"flip {flip}", str(n))
         console.print(summary)
+    analysts = report.get("analysts")
+    if analysts:
+        judged = Table(title=f"against analysts' labels ({analysts['documents']} documents)")
+        for column in ("run", "model version", "documents", "accuracy", "macro-F1", "ECE"):
+            judged.add_column(
+                column, justify="left" if column in ("run", "model version") else "right"
+            )
+        for run_id, versions in analysts["runs"].items():
+            for v in versions:
+                judged.add_row(run_id, v["model_version"], str(v["n"]), f"{v['accuracy']:.3f}",
+                               f"{v['macro_f1']:.3f}", f"{v['ece']:.3f}")  # fmt: skip
+        console.print(judged)
     counts = report["alert_counts"]
     console.print(
         "alerts: "

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from riskwire.records import LABELS
-from storage.tables import DocumentLabelRow, DocumentRow, ScoreRow
+from storage.tables import DocumentLabelRow, DocumentRow, DocumentTickerRow, ScoreRow
 
 MAX_LABELLER = 200
 MAX_NOTE = 2000
@@ -95,12 +95,16 @@ def of_document(session: Session, document_id: str) -> list[DocumentLabelRow]:
 @dataclass(frozen=True)
 class LabelSelection:
     """Which labels: every condition given holds (labelled in ``[since, until)``, by these
-    labellers, of documents of this kind)."""
+    labellers, of documents of this kind, published in ``[published_from, published_to)``,
+    naming one of these tickers)."""
 
     since: datetime | None = None
     until: datetime | None = None
     labellers: tuple[str, ...] = ()
     kind: str | None = None
+    published_from: datetime | None = None
+    published_to: datetime | None = None
+    tickers: tuple[str, ...] = ()
 
     def where(self) -> list[ColumnElement[bool]]:
         t = DocumentLabelRow
@@ -111,10 +115,21 @@ class LabelSelection:
             clauses.append(t.labelled_at < self.until)
         if self.labellers:
             clauses.append(t.labeller.in_(self.labellers))
+        d = DocumentRow
+        documents: list[ColumnElement[bool]] = []
         if self.kind is not None:
-            clauses.append(
-                t.document_id.in_(select(DocumentRow.id).where(DocumentRow.kind == self.kind))
+            documents.append(d.kind == self.kind)
+        if self.published_from is not None:
+            documents.append(d.published_at >= self.published_from)
+        if self.published_to is not None:
+            documents.append(d.published_at < self.published_to)
+        if documents:
+            clauses.append(t.document_id.in_(select(d.id).where(*documents)))
+        if self.tickers:
+            mentions = select(DocumentTickerRow.document_id).where(
+                DocumentTickerRow.ticker.in_(self.tickers)
             )
+            clauses.append(t.document_id.in_(mentions))
         return clauses
 
 
@@ -165,14 +180,14 @@ def documents(session: Session, ids: Sequence[str]) -> list[DocumentRow]:
     return out
 
 
-def live_scores(session: Session, ids: Sequence[str]) -> list[ScoreRow]:
-    """The live stream's scores of ``ids``, every model version's."""
+def scores_of(session: Session, ids: Sequence[str], run_id: str = "live") -> list[ScoreRow]:
+    """A run's scores of ``ids`` (the live stream's by default), every model version's."""
     out: list[ScoreRow] = []
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         out.extend(
             session.scalars(
-                select(ScoreRow).where(ScoreRow.run_id == "live", ScoreRow.document_id.in_(chunk))
+                select(ScoreRow).where(ScoreRow.run_id == run_id, ScoreRow.document_id.in_(chunk))
             )
         )
     return out

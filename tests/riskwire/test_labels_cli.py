@@ -86,6 +86,10 @@ def test_labels_are_added_exported_as_labelled_data_and_measured_against(
     # negative F1 2/3 (one positive document called negative), neutral 1, positive 0
     assert v1["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert v1["confusion"] == [[1, 0, 0], [0, 1, 0], [1, 0, 0]]
+    replayed = json.loads(
+        riskwire("labels", "summary", "--run", "replay-9", "--json", env=env).stdout
+    )
+    assert (replayed["run"], replayed["documents"], replayed["models"]) == ("replay-9", 3, [])
     table = riskwire("labels", "summary", env=env)
     assert table.returncode == 0 and "0.667" in table.stdout and "v1" in table.stdout
 

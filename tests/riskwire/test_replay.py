@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,8 +21,9 @@ from riskwire.replay import (
     mark_interrupted,
     request_cancel,
 )
+from riskwire.replay_report import render_report
 from riskwire.settings import Settings, load_settings
-from storage import make_engine, repository, session_factory, upgrade
+from storage import labels, make_engine, repository, session_factory, upgrade
 from storage.tables import (
     AlertRow,
     DeadLetterRow,
@@ -243,6 +245,38 @@ def test_two_model_versions_are_compared_alert_by_alert_and_label_by_label(setup
     }
     assert row.label_flips == sum(flips.values())
     assert row.label_agreement == pytest.approx(live_labels.count("neutral") / 432)
+
+
+def test_the_report_judges_the_run_and_its_baseline_by_the_analysts_labels(setup) -> None:
+    """Analysts agree with live on two negatives and a neutral; a model that calls everything
+    neutral gets one of the three right. Without labels the report has no such section."""
+    settings, sessions, _ = setup
+    with sessions() as session:
+        live = scores_of(session, "live")
+    negatives = sorted(d for d, v in live.items() if v[1] == "negative")[:2]
+    neutral = sorted(d for d, v in live.items() if v[1] == "neutral")[:1]
+    assert len(negatives) == 2 and len(neutral) == 1
+    calm = Ensemble([FixedMember("calm", [0.1, 0.8, 0.1])], name="calm")
+    before, _status = replay(settings, sessions, calm, model_version=None)
+    report = job_row(sessions, before).report
+    assert report is not None and report["analysts"] is None
+    with sessions.begin() as session:
+        for doc in negatives:
+            labels.put(session, doc, "ana", "negative", DAY0)
+        labels.put(session, neutral[0], "ana", "neutral", DAY0)
+    job, status = replay(settings, sessions, calm, model_version=None)
+    assert status == "done"
+    report = job_row(sessions, job).report
+    assert report is not None
+    judged = report["analysts"]
+    assert judged["documents"] == 3
+    (replayed,) = judged["runs"][job]
+    (as_live,) = judged["runs"]["live"]
+    assert (replayed["model_version"], replayed["n"]) == (calm.version, 3)
+    assert replayed["accuracy"] == pytest.approx(1 / 3) and as_live["accuracy"] == 1.0
+    console = Console(record=True, width=200)
+    render_report(report, console)
+    assert "against analysts' labels (3 documents)" in console.export_text()
 
 
 def test_a_model_version_that_is_neither_cached_nor_loadable_fails_with_the_reason(setup) -> None:

@@ -52,6 +52,13 @@ def test_a_label_is_one_per_document_and_labeller_and_a_relabel_replaces_it(
         ]  # fmt: skip
         assert labels.resolved(session).labels == {doc.id: "neutral"}
         assert labels.resolved(session, LabelSelection(kind="news")).labels == {}
+        for selection, found in [
+            (LabelSelection(tickers=("ACME", "BETA")), True),
+            (LabelSelection(tickers=("BETA",)), False),
+            (LabelSelection(published_from=doc.published_at), True),
+            (LabelSelection(published_to=doc.published_at), False),  # the period's end: out
+        ]:
+            assert bool(labels.resolved(session, selection).labels) is found, selection
         assert labels.counts(session) == {"ana": 1, "bo": 1}
     with sessions.begin() as session:
         assert labels.remove(session, doc.id, "bo")
