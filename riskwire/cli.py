@@ -1636,6 +1636,16 @@ def _label_selection(since: str | None, by: list[str] | None, kind: str | None) 
     return LabelSelection(since=_since(since), labellers=tuple(by or ()), kind=kind)
 
 
+def _login() -> str:
+    """The labeller a label is by when --by is not given: the login name, else ``cli``."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user with no name
+        return "cli"
+
+
 @labels_app.command("add")
 def labels_add(
     document_id: Annotated[str, typer.Argument(help="the document's id")],
@@ -1646,11 +1656,9 @@ def labels_add(
     note: Annotated[str | None, typer.Option(help="why, for whoever reads it later")] = None,
 ) -> None:
     """Label a document's sentiment (replacing this labeller's label before)."""
-    import getpass
-
     from storage import labels
 
-    labeller = by or getpass.getuser()
+    labeller = by or _login()
     try:
         with _sessions(_settings()).begin() as session:
             row = labels.put(session, document_id, labeller, label, datetime.now(UTC), note)
@@ -1667,11 +1675,9 @@ def labels_remove(
     ] = None,
 ) -> None:
     """Take a label back."""
-    import getpass
-
     from storage import labels
 
-    labeller = by or getpass.getuser()
+    labeller = by or _login()
     with _sessions(_settings()).begin() as session:
         if not labels.remove(session, document_id, labeller):
             raise RiskwireError(f"{labeller} has no label on {document_id}")
@@ -1693,12 +1699,10 @@ def labels_import(
     """Labels in bulk (from a spreadsheet, another tool): rows with document_id and label, and
     optionally labeller and note. Safe to import again; rows that cannot be labels are listed with
     the reason and the rest are stored (exit 1 when any was refused)."""
-    import getpass
-
     from riskwire.labels import import_labels, read_label_rows
 
     sessions = _sessions(_settings())
-    report = import_labels(sessions, read_label_rows(path), by or getpass.getuser(),
+    report = import_labels(sessions, read_label_rows(path), by or _login(),
                            datetime.now(UTC))  # fmt: skip
     if as_json:
         print(json.dumps(report.as_dict()))
