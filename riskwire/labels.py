@@ -147,10 +147,11 @@ def read_label_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
     """(where, row) from a JSONL or CSV file of labels; a line that is not an object comes as
     (where, why) instead, so one bad line is reported and the rest still count."""
     import csv
+    import io
 
     text = path.read_text(encoding="utf-8-sig")
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
+    if path.suffix.lower() == ".csv":  # newline="": line breaks inside quoted fields stay
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         for row in reader:
             yield f"{path.name}:{reader.line_num}", dict(row)
         return

@@ -10,16 +10,16 @@ evaluation data drawn from the feeds themselves.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from riskwire.records import LABELS
+from storage.repository import _insert
 from storage.tables import DocumentLabelRow, DocumentRow, DocumentTickerRow, ScoreRow
 
 MAX_LABELLER = 200
@@ -54,9 +54,7 @@ def put(
         raise UnknownDocument(f"no document {document_id!r}")
     values = {"document_id": document_id, "labeller": labeller, "label": label, "note": note,
               "labelled_at": at}  # fmt: skip
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(DocumentLabelRow).values(values)
+    statement: Any = _insert(session, DocumentLabelRow).values(values)
     session.execute(
         statement.on_conflict_do_update(
             index_elements=["document_id", "labeller"],
@@ -170,27 +168,34 @@ def resolved(session: Session, selection: LabelSelection = LabelSelection()) -> 
     return resolve(rows)
 
 
+Row = TypeVar("Row")
+
+
+def _by_chunks(ids: Sequence[str], fetch: Callable[[Sequence[str]], Iterable[Row]]) -> list[Row]:
+    """``fetch`` over ``ids`` 500 at a time (a bound on the statement's parameters)."""
+    out: list[Row] = []
+    for start in range(0, len(ids), 500):
+        out.extend(fetch(ids[start : start + 500]))
+    return out
+
+
 def documents(session: Session, ids: Sequence[str]) -> list[DocumentRow]:
     """The documents of ``ids`` in event-time order (ids without a document are left out)."""
-    out: list[DocumentRow] = []
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        out.extend(session.scalars(select(DocumentRow).where(DocumentRow.id.in_(chunk))))
-    out.sort(key=lambda d: (d.published_at, d.id))
+    d = DocumentRow
+    out = _by_chunks(ids, lambda chunk: session.scalars(select(d).where(d.id.in_(chunk))))
+    out.sort(key=lambda doc: (doc.published_at, doc.id))
     return out
 
 
 def scores_of(session: Session, ids: Sequence[str], run_id: str = "live") -> list[ScoreRow]:
     """A run's scores of ``ids`` (the live stream's by default), every model version's."""
-    out: list[ScoreRow] = []
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        out.extend(
-            session.scalars(
-                select(ScoreRow).where(ScoreRow.run_id == run_id, ScoreRow.document_id.in_(chunk))
-            )
-        )
-    return out
+    s = ScoreRow
+    return _by_chunks(
+        ids,
+        lambda chunk: session.scalars(
+            select(s).where(s.run_id == run_id, s.document_id.in_(chunk))
+        ),
+    )
 
 
 def counts(session: Session, selection: LabelSelection = LabelSelection()) -> dict[str, int]:
