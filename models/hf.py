@@ -5,7 +5,8 @@ others ``LABEL_0..2`` with a model card saying which is which), so the model's `
 onto the canonical ``negative, neutral, positive``; a model whose labels cannot be mapped is refused
 unless the caller names the mapping. Texts longer than ``max_length`` tokens are cut into
 overlapping windows, each window is scored, and the text's probabilities are the windows' mean,
-weighted by their token counts.
+weighted by their token counts. A folder that ``riskwire models train --pooling mean`` wrote (the
+default) holds a classifier over the mean token vector (``models.pooled``) and loads the same way.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ class HFClassifierMember(TorchMember):
         label_names: Mapping[str, str] | None = None,
     ) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from models.pooled import load_classifier
 
         stride = max(1, max_length // 8) if stride is None else stride
         if max_length < 16 or stride >= max_length // 2:
@@ -100,7 +103,7 @@ class HFClassifierMember(TorchMember):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             # weights stored in half precision load as such: fp32 first, then ``precision``
-            net = AutoModelForSequenceClassification.from_pretrained(model).float()
+            net = load_classifier(model).float()
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load classifier {model!r}: {exc}") from exc
         if not getattr(self.tokenizer, "is_fast", False):
@@ -131,6 +134,8 @@ class HFClassifierMember(TorchMember):
         self.meta = json.loads(meta.read_text()) if meta.is_file() else {}
 
     def describe(self) -> dict[str, Any]:
+        from models.pooled import is_mean_pooled
+
         return {
             "kind": "hf-classifier",
             "model": self.path,
@@ -138,6 +143,7 @@ class HFClassifierMember(TorchMember):
             "max_length": self.max_length,
             "device": self.device,
             "precision": self.precision,
+            **({"pooling": "mean"} if is_mean_pooled(self.path) else {}),
             **{k: v for k, v in self.meta.items() if k in ("base", "data_sha256", "metrics")},
         }
 

@@ -377,6 +377,13 @@ def models_train(
     group_by_length: Annotated[
         bool, typer.Option(help="fine-tune on batches of similar length (less padding)")
     ] = True,
+    pooling: Annotated[
+        str,
+        typer.Option(
+            help="fine-tuning: classify the mean of the token vectors (mean, as MiniLM was "
+            "trained) or BERT's pooler over the first token (cls)"
+        ),
+    ] = "mean",
     folds: Annotated[
         int | None,
         typer.Option(min=2, help="also train a copy per fold; write out-of-fold answers to --oof"),
@@ -394,13 +401,15 @@ def models_train(
     With --folds K, also cross-fit it: K copies, each trained without one fold of the training
     rows and scoring that fold (``models/crossfit.py``), for ``models fuse --oof``."""
     from models.embedding import EmbeddingHeadMember, SentenceEncoder
-    from models.finetune import FinetuneConfig
+    from models.finetune import POOLINGS, FinetuneConfig
     from models.training import LabelledSet, evaluate, train_head
 
     if kind not in ("head", "finetune"):
         raise RiskwireError(f"--kind {kind!r}: choose head or finetune")
     if hidden and kind != "head":
         raise RiskwireError("--hidden is for --kind head")
+    if pooling not in POOLINGS:
+        raise RiskwireError(f"--pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
     if (folds is None) != (oof is None):
         raise RiskwireError("--folds and --oof go together")
     if out is None and folds is None:
@@ -413,7 +422,7 @@ def models_train(
     config = FinetuneConfig(
         epochs=epochs, max_minutes=max_minutes, max_length=max_length, batch_size=batch_size,
         learning_rate=learning_rate, seed=seed, precision=precision, patience=patience,
-        group_by_length=group_by_length,
+        group_by_length=group_by_length, pooling=pooling,
     )  # fmt: skip
     encoder = (
         SentenceEncoder(base or settings.encoder_path, settings.model_device)

@@ -83,3 +83,26 @@ def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_classifier(
         tmp_path_factory.mktemp("tiny-classifier"), {0: "positive", 1: "negative", 2: "neutral"}
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_pooled_classifier_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path
+) -> Path:
+    """A mean-pooled classifier (``models.pooled``) over the tiny encoder, with a random layer."""
+    import torch
+
+    from models.pooled import MeanPooledClassifier
+    from riskwire.records import LABELS
+
+    torch.manual_seed(3)
+    model = MeanPooledClassifier.from_base(
+        str(tiny_encoder_dir), id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)},
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny-pooled")
+    model.save_pretrained(path)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(tiny_encoder_dir).save_pretrained(path)
+    return Path(path)

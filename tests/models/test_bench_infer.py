@@ -36,3 +36,20 @@ def test_bench_infer_compares_the_ensemble_with_naive_pipelines(
         body["ensemble_docs_per_s"] / body["naive_docs_per_s"], rel=0.01
     )
     assert "naive, one document at a time" in result.stderr
+
+
+def test_the_naive_baseline_answers_as_the_members_do(
+    tiny_classifier_dir: Path, tiny_pooled_classifier_dir: Path
+) -> None:
+    """Each member's one-at-a-time pipeline gives its batched answer: the ratio compares speed."""
+    import numpy as np
+
+    from bench.infer import naive_scorer
+    from models.hf import HFClassifierMember
+
+    texts = ["Profit rose 20% on strong demand.", "The lender cut its outlook after losses."]
+    for folder in (tiny_classifier_dir, tiny_pooled_classifier_dir):
+        member = HFClassifierMember(str(folder), max_length=32)
+        naive = naive_scorer(member, "cpu")
+        assert np.allclose(np.stack([naive(t) for t in texts]), member.predict_proba(texts),
+                           atol=1e-5)  # fmt: skip

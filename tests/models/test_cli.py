@@ -41,7 +41,12 @@ def test_train_fuse_and_evaluate_through_the_cli(
                       env=env)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "step " in result.stdout and (tuned / "riskwire.json").is_file()
-    assert json.loads((tuned / "riskwire.json").read_text())["config"]["patience"] == 3
+    config = json.loads((tuned / "riskwire.json").read_text())["config"]
+    assert config["patience"] == 3 and config["pooling"] == "mean"
+    assert (tuned / "pooling.json").is_file()  # the mean-pooled classifier by default
+    result = riskwire("models", "train", "--kind", "finetune", "--data", data, "--name", "x",
+                      "--out", str(tmp_path / "x"), "--pooling", "max", env=env)  # fmt: skip
+    assert result.returncode == 2 and "--pooling 'max': choose one of mean, cls" in result.stdout
     known = registry(tmp_path / "data")
     assert known["tiny-head"]["data_sha256"] and "val_macro_f1" in known["tiny-head"]["metrics"]
     assert known["tiny-head"]["hidden"] == 8  # a head with a hidden layer, through fuse and eval

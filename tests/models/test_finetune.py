@@ -17,13 +17,18 @@ from models.finetune import (
     training_precision,
 )
 from models.hf import HFClassifierMember
+from models.pooled import CLASSIFIER_FILE, MeanPooledClassifier
 from models.training import LabelledSet
 
 
 def weights(path: Path) -> dict[str, np.ndarray]:
+    """Every weight of a fine-tuned folder; a mean-pooled one keeps its classifier apart."""
     from safetensors.numpy import load_file
 
-    return load_file(str(path / "model.safetensors"))
+    found = load_file(str(path / "model.safetensors"))
+    if (path / CLASSIFIER_FILE).is_file():
+        found |= {f"classifier.{k}": v for k, v in load_file(str(path / CLASSIFIER_FILE)).items()}
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +36,18 @@ def data(fixtures_dir: Path) -> LabelledSet:
     return LabelledSet.read(fixtures_dir / "labelled.jsonl")
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_same_seed_and_data_give_the_same_model(
-    tmp_path: Path, tiny_encoder_dir: Path, data: LabelledSet
+    tmp_path: Path, tiny_encoder_dir: Path, data: LabelledSet, pooling: str
 ) -> None:
     config = FinetuneConfig(
-        epochs=2, batch_size=8, max_length=32, learning_rate=1e-3, seed=7, patience=10
+        epochs=2,
+        batch_size=8,
+        max_length=32,
+        learning_rate=1e-3,
+        seed=7,
+        patience=10,
+        pooling=pooling,
     )
     steps: list[int] = []
     a = finetune(str(tiny_encoder_dir), data, data, tmp_path / "a", config,
@@ -49,6 +61,13 @@ def test_same_seed_and_data_give_the_same_model(
     assert not np.array_equal(weights(c.path)["classifier.weight"], wa["classifier.weight"])
     member = HFClassifierMember(str(a.path), name="tuned")
     assert member.order == [0, 1, 2] and member.version.startswith("tuned-")
+    assert isinstance(member.model, MeanPooledClassifier) == (pooling == "mean")
+    # the member answers as the model did on the validation rows when it was kept
+    meta_f1 = json.loads((a.path / "riskwire.json").read_text())["metrics"]["val_macro_f1"]
+    from models.training import evaluate
+
+    again = evaluate(member.predict_proba(data.texts), data.labels)["macro_f1"]
+    assert abs(again - meta_f1) < 1e-3
     meta = json.loads((a.path / "riskwire.json").read_text())
     assert meta["base"] == str(tiny_encoder_dir) and meta["data_sha256"] == data.sha256
     assert meta["metrics"]["val_macro_f1"] == round(a.best_val["macro_f1"], 4)
@@ -72,6 +91,8 @@ def test_empty_data_and_missing_bases_are_clear_errors(tmp_path: Path, data: Lab
         finetune("unused", empty, data, tmp_path / "x")
     with pytest.raises(ModelError, match="cannot load base model"):
         finetune(str(tmp_path / "nowhere"), data, data, tmp_path / "x")
+    with pytest.raises(ModelError, match="pooling 'max': choose one of"):
+        finetune("unused", data, data, tmp_path / "x", FinetuneConfig(pooling="max"))
 
 
 @pytest.mark.parametrize("group", [True, False])

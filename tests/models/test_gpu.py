@@ -22,17 +22,18 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 FP16 = 5e-3
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+@pytest.mark.parametrize(("device", "pooled"), [("cuda", False), ("cuda:0", False), ("cuda", True)])
 def test_classifier_member_keeps_the_contract_on_the_gpu_in_fp16(
-    tiny_classifier_dir: Path, device: str
+    tiny_classifier_dir: Path, tiny_pooled_classifier_dir: Path, device: str, pooled: bool
 ) -> None:
-    member = HFClassifierMember(str(tiny_classifier_dir), max_length=16, stride=4, batch_size=2,
+    folder = tiny_pooled_classifier_dir if pooled else tiny_classifier_dir
+    member = HFClassifierMember(str(folder), max_length=16, stride=4, batch_size=2,
                                 device=device, precision="auto")  # fmt: skip
     assert member.precision == "fp16" and member.model.dtype == torch.float16
     assert next(member.model.parameters()).device.type == "cuda"
     assert member.version.endswith("-fp16-L16")
     assert_member_contract(member, FP16)
-    cpu = HFClassifierMember(str(tiny_classifier_dir), max_length=16, stride=4, batch_size=2,
+    cpu = HFClassifierMember(str(folder), max_length=16, stride=4, batch_size=2,
                              precision="fp32")  # fmt: skip
     assert np.allclose(member.predict_proba(TEXTS), cpu.predict_proba(TEXTS), atol=FP16)
 

@@ -128,3 +128,42 @@ def test_weights_stored_in_half_precision_run_in_the_precision_asked_for(
     assert encoder.model.dtype == torch.float32
     reference = SentenceEncoder(str(tiny_encoder_dir), precision="fp32").encode(texts)
     assert (encoder.encode(texts) * reference).sum(axis=1).min() > 0.999
+
+
+def test_a_mean_pooled_classifier_reads_the_sentence_vector_its_encoder_gives(
+    tiny_pooled_classifier_dir: Path,
+) -> None:
+    """softmax(scale * (W v + b)) of exactly the normalised mean token vector that
+    ``SentenceEncoder`` computes from the same encoder; long texts in windows, as any member."""
+    from models.embedding import SentenceEncoder
+    from models.pooled import MeanPooledClassifier
+
+    member = HFClassifierMember(str(tiny_pooled_classifier_dir), max_length=64, stride=8)
+    assert isinstance(member.model, MeanPooledClassifier) and member.order == [0, 1, 2]
+    texts = ["Profit rose 20% on strong demand.", "The lender cut its outlook", "Shares"]
+    vectors = SentenceEncoder(str(tiny_pooled_classifier_dir), max_length=64).encode(texts)
+    layer = member.model.classifier
+    weight, bias = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+    expected = softmax(member.model.scale * (vectors.astype(np.float64) @ weight.T + bias))
+    assert np.allclose(member.predict_proba(texts), expected, atol=1e-5)
+    assert len(member.preprocess([" ".join(texts * 20)])["owner"]) > 1  # windows
+
+
+def test_a_pooled_folder_that_does_not_say_how_to_pool_is_refused(
+    tmp_path: Path, tiny_pooled_classifier_dir: Path
+) -> None:
+    import shutil
+
+    from models.pooled import CLASSIFIER_FILE, POOLING_FILE, new_classifier
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_pooled_classifier_dir, broken)
+    (broken / POOLING_FILE).write_text('{"pooling": "max", "scale": 20}')
+    with pytest.raises(ModelError, match="pooling 'max' is unknown"):
+        HFClassifierMember(str(broken))
+    (broken / POOLING_FILE).write_text('{"pooling": "mean", "scale": 20}')
+    (broken / CLASSIFIER_FILE).unlink()
+    with pytest.raises(ModelError, match="cannot load mean-pooled classifier"):
+        HFClassifierMember(str(broken))
+    with pytest.raises(ModelError, match="pooling 'max': choose one of"):
+        new_classifier(str(tiny_pooled_classifier_dir), "max")

@@ -48,12 +48,15 @@ def fitted_ensemble(fusion: str, members: list[Member]) -> Ensemble:
 
 
 MEMBER_KINDS = ["finlex", "lm", "finvader", "embedding-head", "embedding-mlp-head", "hf", "hf-int8",
-                *(f"ensemble-{f}" for f in FUSED)]  # fmt: skip
+                "hf-mean-pooled", *(f"ensemble-{f}" for f in FUSED)]  # fmt: skip
 
 
 @pytest.fixture(params=MEMBER_KINDS)
 def member(
-    request: pytest.FixtureRequest, tiny_encoder_dir: Path, tiny_classifier_dir: Path
+    request: pytest.FixtureRequest,
+    tiny_encoder_dir: Path,
+    tiny_classifier_dir: Path,
+    tiny_pooled_classifier_dir: Path,
 ) -> Member:
     kind = request.param
     if kind == "finlex":
@@ -63,8 +66,9 @@ def member(
     if kind == "finvader":
         return FinVaderMember()
     if kind.startswith("hf"):
+        folder = tiny_pooled_classifier_dir if kind == "hf-mean-pooled" else tiny_classifier_dir
         return HFClassifierMember(
-            str(tiny_classifier_dir), max_length=16, stride=4, batch_size=2,
+            str(folder), max_length=16, stride=4, batch_size=2,
             quantize=kind == "hf-int8",
         )  # fmt: skip
     encoder = SentenceEncoder(str(tiny_encoder_dir))
