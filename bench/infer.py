@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import Member
+from models.base import Member, softmax
 from models.ensemble import Ensemble
 from riskwire.settings import Settings
 
@@ -46,6 +46,13 @@ def load_texts(path: Path, n: int) -> list[str]:
         if line.strip()
     ]
     return (texts * (n // max(len(texts), 1) + 1))[:n]
+
+
+def mean_vector(features: Any) -> np.ndarray:
+    """A feature-extraction pipeline's answer for one text -> its normalised mean token vector."""
+    tokens = np.asarray(features[0], dtype=np.float64)  # (tokens, dim)
+    pooled = tokens.mean(axis=0)
+    return np.asarray(pooled / max(float(np.linalg.norm(pooled)), 1e-9))
 
 
 def naive_scorer(member: Member, device: str) -> Callable[[str], np.ndarray]:
@@ -73,11 +80,7 @@ def naive_scorer(member: Member, device: str) -> Callable[[str], np.ndarray]:
         scale, order = member.model.scale, member.order
 
         def run_pooled(text: str) -> np.ndarray:
-            pooled = np.asarray(features(text)[0], dtype=np.float64).mean(axis=0)
-            pooled /= max(float(np.linalg.norm(pooled)), 1e-9)
-            logits = scale * (weight @ pooled + bias)
-            e = np.exp(logits - logits.max())
-            return np.asarray(e / e.sum())[order]
+            return softmax(scale * (weight @ mean_vector(features(text)) + bias))[order]
 
         return run_pooled
     if isinstance(member, HFClassifierMember):
@@ -100,12 +103,7 @@ def naive_scorer(member: Member, device: str) -> Callable[[str], np.ndarray]:
         head = member.head
 
         def run_head(text: str) -> np.ndarray:
-            tokens = np.asarray(extract(text)[0], dtype=np.float64)  # (tokens, dim)
-            pooled = tokens.mean(axis=0)
-            pooled /= max(float(np.linalg.norm(pooled)), 1e-9)
-            logits = head.logits(pooled)
-            e = np.exp(logits - logits.max())
-            return np.asarray(e / e.sum())
+            return softmax(head.logits(mean_vector(extract(text))).astype(np.float64))
 
         return run_head
     return lambda text: member.predict_proba([text])[0]

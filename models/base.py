@@ -24,6 +24,16 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.asarray(exp / exp.sum(axis=axis, keepdims=True))
 
 
+def mean_pool(tokens: Any, attention_mask: Any) -> Any:
+    """Token vectors -> the L2-normalised mean over each text's real tokens, in fp32 (the
+    sentence-transformers recipe: how MiniLM sums up a sentence)."""
+    import torch
+
+    mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+    pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
 class Member(ABC):
     """Anything that maps texts to class probabilities over ``negative, neutral, positive``."""
 

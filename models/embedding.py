@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import TorchMember, autocast, resolve_precision, softmax
+from models.base import TorchMember, autocast, mean_pool, resolve_precision, softmax
 from models.exceptions import ModelError
 from models.tokens import BatchTokenizer
 
@@ -150,10 +150,7 @@ class SentenceEncoder:
             output = self.traced(*self._traced_inputs(batch))
         else:
             output = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(output.dtype)
-        summed = (output * mask).sum(dim=1)
-        pooled = summed / mask.sum(dim=1).clamp(min=1e-9)
-        return self._torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return mean_pool(output, batch["attention_mask"])
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """``encode``, remembering the last call's answer for the next member that asks."""

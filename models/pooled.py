@@ -24,6 +24,7 @@ import torch
 from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from models.base import mean_pool
 from models.exceptions import ModelError
 from models.finetune import POOLINGS
 
@@ -93,9 +94,7 @@ class MeanPooledClassifier(torch.nn.Module):  # type: ignore[misc,name-defined]
         tokens = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
-        pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        pooled = torch.nn.functional.normalize(pooled.float(), dim=-1).to(tokens.dtype)
+        pooled = mean_pool(tokens, attention_mask).to(tokens.dtype)
         logits = self.scale * self.classifier(self.dropout(pooled))
         loss: Any = None
         if labels is not None:
