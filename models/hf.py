@@ -134,7 +134,7 @@ class HFClassifierMember(TorchMember):
         self.meta = json.loads(meta.read_text()) if meta.is_file() else {}
 
     def describe(self) -> dict[str, Any]:
-        from models.pooled import is_mean_pooled
+        from models.pooled import MeanPooledClassifier
 
         return {
             "kind": "hf-classifier",
@@ -143,7 +143,7 @@ class HFClassifierMember(TorchMember):
             "max_length": self.max_length,
             "device": self.device,
             "precision": self.precision,
-            **({"pooling": "mean"} if is_mean_pooled(self.path) else {}),
+            **({"pooling": "mean"} if isinstance(self.model, MeanPooledClassifier) else {}),
             **{k: v for k, v in self.meta.items() if k in ("base", "data_sha256", "metrics")},
         }
 

@@ -28,6 +28,7 @@ def test_finbert_label_order_is_mapped_onto_the_canonical_one(tiny_classifier_di
     raw = raw_probs(member, text)  # positive, negative, neutral
     assert np.allclose(member.predict_proba([text])[0], [raw[1], raw[2], raw[0]], atol=1e-6)
     assert member.describe()["labels"] == ["negative", "neutral", "positive"]
+    assert "pooling" not in member.describe()  # a pooler classifier says nothing of pooling
 
 
 def test_label_synonyms_and_explicit_names() -> None:
@@ -140,6 +141,7 @@ def test_a_mean_pooled_classifier_reads_the_sentence_vector_its_encoder_gives(
 
     member = HFClassifierMember(str(tiny_pooled_classifier_dir), max_length=64, stride=8)
     assert isinstance(member.model, MeanPooledClassifier) and member.order == [0, 1, 2]
+    assert member.describe()["pooling"] == "mean"
     texts = ["Profit rose 20% on strong demand.", "The lender cut its outlook", "Shares"]
     vectors = SentenceEncoder(str(tiny_pooled_classifier_dir), max_length=64).encode(texts)
     layer = member.model.classifier
