@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 from models.base import TorchMember, autocast, mean_pool, resolve_precision, softmax
 from models.exceptions import ModelError
 from models.tokens import BatchTokenizer
+from models.tracing import trace_forward
 
 log = logging.getLogger(__name__)
 
@@ -83,62 +83,16 @@ class SentenceEncoder:
             self.traced = self._trace()
 
     def _trace(self) -> Any:
-        """The encoder as a TorchScript trace, or None where the trace does not answer as the
-        model does.
+        """The encoder as a TorchScript trace (``models.tracing``), or None where the trace does
+        not answer as the model does; padding's vectors are not compared (pooling skips them)."""
 
-        Why: a forward pass is some hundred torch calls, and each gives up the interpreter lock
-        and must take it back. In a worker the stream stages hold that lock on the event loop
-        while the model scores in a thread, so each call queues behind them (the shipped
-        ensemble scored 441 docs/s alone, 67 beside one busy Python thread); a trace runs the
-        whole pass in C++ and takes the lock back once (MiniLM beside a busy thread: 50 docs/s
-        untraced, 105 traced, as fast as alone).
-        Tracing records one path through the model's Python code; the probe, padded texts of
-        other lengths than the example's, must give the model's own answer, or it is not used.
-        """
-        torch = self._torch
-        model = self.model.requires_grad_(False)  # inference only: weights become constants
+        def real_tokens(vectors: Any, probe: Any) -> Any:
+            return vectors * probe["attention_mask"].unsqueeze(-1)
 
-        class Forward(torch.nn.Module):  # type: ignore[misc,name-defined]
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-                return self.model(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    token_type_ids=token_type_ids,
-                ).last_hidden_state
-
-        example = self._traced_inputs(
-            self.tokenize(["a short one", "a longer example text, so that the batch is padded"])
-        )
-        probe = self._traced_inputs(
-            self.tokenize(["one", "a third text, longer than " + "the examples " * 8, "two words"])
-        )
-        try:
-            with warnings.catch_warnings(), torch.no_grad(), autocast(self.precision):
-                warnings.simplefilter("ignore")  # the tracer's notes on Python values it fixed
-                traced = torch.jit.freeze(torch.jit.trace(Forward().eval(), example))
-                mask = probe[1].unsqueeze(-1).bool()
-                same = torch.allclose(
-                    (traced(*probe) * mask).float(), (Forward()(*probe) * mask).float(), atol=1e-4
-                )
-        except Exception as exc:  # an architecture the tracer cannot follow: run it as it is
-            log.warning("encoder %s runs untraced: %s: %s", self.path, type(exc).__name__, exc)
-            return None
-        if not same:
-            log.warning("encoder %s runs untraced: its trace answers differently", self.path)
-            return None
-        return traced
-
-    def _traced_inputs(self, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
-        """A token batch as the trace's positional inputs (token types zero where the tokenizer
-        gives none)."""
-        types = batch.get("token_type_ids")
-        if types is None:
-            types = self._torch.zeros_like(batch["input_ids"])
-        return batch["input_ids"], batch["attention_mask"], types
+        return trace_forward(
+            self.model, lambda out: out.last_hidden_state, self.tokenize, self.precision,
+            f"encoder {self.path}", real_tokens,
+        )  # fmt: skip
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Any]:
         """Padded, truncated token tensors on the CPU (``models.tokens``)."""
@@ -147,7 +101,7 @@ class SentenceEncoder:
     def pool(self, batch: Any) -> Any:
         """Token embeddings -> one normalised vector per text (call under inference mode)."""
         if self.traced is not None:
-            output = self.traced(*self._traced_inputs(batch))
+            output = self.traced(batch)
         else:
             output = self.model(**batch).last_hidden_state
         return mean_pool(output, batch["attention_mask"])

@@ -64,7 +64,7 @@ class MemberBuilder:
         if key not in self._encoders:
             self._encoders[key] = SentenceEncoder(
                 path, device=self.settings.model_device, precision=precision,
-                trace=self.settings.trace_encoders,
+                trace=self.settings.trace_models,
             )  # fmt: skip
         return self._encoders[key]
 
@@ -119,6 +119,7 @@ class MemberBuilder:
         from models.hf import HFClassifierMember
 
         options.setdefault("device", self.settings.model_device)
+        options.setdefault("trace", self.settings.trace_models)
         options["precision"] = self.precision(
             options.get("precision"), options.pop("quantize", None)
         )

@@ -23,6 +23,7 @@ import numpy as np
 from models.base import TorchMember, autocast, resolve_precision, softmax
 from models.exceptions import ModelError
 from models.tokens import BatchTokenizer
+from models.tracing import trace_forward
 from riskwire.records import LABELS
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class HFClassifierMember(TorchMember):
         precision: str = "fp32",
         quantize: bool = False,
         label_names: Mapping[str, str] | None = None,
+        trace: bool = False,
     ) -> None:
         import torch
         from transformers import AutoTokenizer
@@ -121,6 +123,13 @@ class HFClassifierMember(TorchMember):
         if self.half:
             net = net.half()
         self.model = net
+        # on the CPU in fp32 or bf16, the forward pass as a TorchScript trace (``models.tracing``)
+        self.traced = None
+        if trace and device == "cpu" and self.precision in ("fp32", "bf16"):
+            self.traced = trace_forward(
+                net, lambda out: out.logits, lambda texts: self.preprocess(texts)["encoding"],
+                self.precision, f"classifier {model}",
+            )  # fmt: skip
         local = Path(model)
         origin = (
             content_digest(local)
@@ -169,6 +178,8 @@ class HFClassifierMember(TorchMember):
         return torch.cat(logits), batch
 
     def _forward(self, batch: Any) -> Any:
+        if self.traced is not None:
+            return self.traced(batch)
         return self.model(**batch).logits
 
     def _combine(self, logits: np.ndarray, batch: dict[str, Any]) -> np.ndarray:

@@ -107,11 +107,11 @@ class Settings(BaseSettings):
         description="transformer members' arithmetic: auto (fp16 on a GPU, bf16 on a CPU that "
         "has it, else fp32), fp32, bf16, int8 (CPU dynamic quantisation) or fp16 (GPU)",
     )
-    trace_encoders: bool = Field(
+    trace_models: bool = Field(
         True,
-        description="run sentence encoders on the CPU (fp32, bf16) as TorchScript traces: the same "
-        "answers (checked at load; else untraced), and a scoring thread no longer queues for the "
-        "interpreter lock at every torch call while the stream stages hold it",
+        description="run transformers on the CPU (fp32, bf16: sentence encoders and classifier "
+        "members) as TorchScript traces: the same answers (checked at load; else untraced), and a "
+        "scoring thread no longer queues for the interpreter lock at every torch call",
     )
     scoring_process: bool = Field(
         True,

@@ -169,3 +169,41 @@ def test_a_pooled_folder_that_does_not_say_how_to_pool_is_refused(
         HFClassifierMember(str(broken))
     with pytest.raises(ModelError, match="pooling 'max': choose one of"):
         new_classifier(str(tiny_pooled_classifier_dir), "max")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_a_traced_classifier_answers_as_the_model_does(
+    tiny_classifier_dir: Path, tiny_pooled_classifier_dir: Path, precision: str, pooling: str
+) -> None:
+    """The trace (``models.tracing``) over batches of other sizes and lengths than it was traced
+    on, windows of a long text included; in bf16 within the arithmetic's own spread."""
+    folder = tiny_pooled_classifier_dir if pooling == "mean" else tiny_classifier_dir
+    options = {"max_length": 16, "stride": 4, "batch_size": 3, "precision": precision}
+    plain = HFClassifierMember(str(folder), **options)
+    traced = HFClassifierMember(str(folder), trace=True, **options)
+    assert plain.traced is None and traced.traced is not None
+    texts = ["Profit rose 20% on strong demand.", "x", "The lender cut its outlook after losses",
+             " ".join(["shares fell"] * 40), "Revenue was flat", "Guidance raised"]  # fmt: skip
+    tolerance = 1e-6 if precision == "fp32" else 2e-2
+    assert np.allclose(traced.predict_proba(texts), plain.predict_proba(texts), atol=tolerance)
+    one_by_one = np.vstack([traced.predict_proba([t]) for t in texts])
+    assert np.allclose(one_by_one, plain.predict_proba(texts), atol=tolerance)
+    assert traced.version == plain.version  # the same answers: the same model version
+
+
+def test_a_classifier_whose_trace_answers_differently_runs_untraced(
+    tiny_classifier_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    def wrong(module: torch.nn.Module) -> object:
+        return lambda *inputs: module(*inputs) + 1.0
+
+    monkeypatch.setattr(torch.jit, "freeze", wrong)
+    texts = ["Profit rose 20% on strong demand.", "The lender cut its outlook"]
+    member = HFClassifierMember(str(tiny_classifier_dir), trace=True, precision="bf16")
+    assert member.traced is None
+    assert "runs untraced: its trace answers differently" in caplog.text
+    plain = HFClassifierMember(str(tiny_classifier_dir), precision="bf16")
+    assert np.allclose(member.predict_proba(texts), plain.predict_proba(texts), atol=1e-6)

@@ -48,7 +48,7 @@ def fitted_ensemble(fusion: str, members: list[Member]) -> Ensemble:
 
 
 MEMBER_KINDS = ["finlex", "lm", "finvader", "embedding-head", "embedding-mlp-head", "hf", "hf-int8",
-                "hf-mean-pooled", *(f"ensemble-{f}" for f in FUSED)]  # fmt: skip
+                "hf-traced", "hf-mean-pooled", *(f"ensemble-{f}" for f in FUSED)]  # fmt: skip
 
 
 @pytest.fixture(params=MEMBER_KINDS)
@@ -69,7 +69,7 @@ def member(
         folder = tiny_pooled_classifier_dir if kind == "hf-mean-pooled" else tiny_classifier_dir
         return HFClassifierMember(
             str(folder), max_length=16, stride=4, batch_size=2,
-            quantize=kind == "hf-int8",
+            quantize=kind == "hf-int8", trace=kind == "hf-traced",
         )  # fmt: skip
     encoder = SentenceEncoder(str(tiny_encoder_dir))
     if kind == "embedding-mlp-head":
@@ -256,16 +256,25 @@ def test_a_trace_that_answers_differently_is_not_used(
     assert np.allclose(encoder.encode(TEXTS), plain.encode(TEXTS), atol=1e-6)
 
 
-def test_the_worker_ensemble_traces_its_encoders_unless_told_not_to(
-    tiny_encoder_dir: Path, tmp_path: Path
+def test_the_worker_ensemble_traces_its_transformers_unless_told_not_to(
+    tiny_encoder_dir: Path, tiny_classifier_dir: Path, tmp_path: Path
 ) -> None:
     from models.factory import MemberBuilder
     from riskwire.settings import load_settings
 
     for setting, expected in ((True, True), (False, False)):
-        settings = load_settings(data_dir=tmp_path, device="cpu", trace_encoders=setting)
+        settings = load_settings(data_dir=tmp_path, device="cpu", trace_models=setting)
         encoder = MemberBuilder(settings).encoder(str(tiny_encoder_dir), "fp32")
         assert (encoder.traced is not None) is expected
+        spec = {"member": "hf", "model": str(tiny_classifier_dir), "precision": "bf16"}
+        classifier = MemberBuilder(settings).build(spec)
+        assert isinstance(classifier, HFClassifierMember)
+        assert (classifier.traced is not None) is expected
+    spec = {"member": "hf", "model": str(tiny_classifier_dir), "trace": False}  # its spec says
+    assert getattr(MemberBuilder(settings).build(spec), "traced", 0) is None
+    settings = load_settings(data_dir=tmp_path, device="cpu", trace_models=True)
+    spec = {"member": "hf", "model": str(tiny_classifier_dir), "quantize": True}
+    assert getattr(MemberBuilder(settings).build(spec), "traced", 0) is None  # int8: not traced
 
 
 def test_fixed_member_helper_is_sane() -> None:
