@@ -558,14 +558,28 @@ def models_fuse(
         ),
     ] = None,
     register: Annotated[bool, typer.Option(help="record the version in the database")] = True,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            help="leave out members the fusion can do without: units of cost (heads over one "
+            "encoder are one), dropped while the fusion's cross-validated log-loss on the fitting "
+            "rows stays within --prune-tolerance of the whole ensemble's"
+        ),
+    ] = False,
+    prune_tolerance: Annotated[
+        float, typer.Option(min=0.0, help="log-loss (nats a row) pruning may give up")
+    ] = 0.01,
 ) -> None:
     """Fit an ensemble's fusion (temperatures and weights, stacker, Dawid-Skene) on a split of
     --data (default val), and report it on the test split. With --oof, a member's answers on rows
-    it trained on are its out-of-fold ones, so its training rows can be fitting rows too."""
+    it trained on are its out-of-fold ones, so its training rows can be fitting rows too. With
+    --prune, members that cross-validation says add nothing are left out of the written file."""
     from models.ensemble import Ensemble
     from models.factory import MemberBuilder, read_spec, relocate, spec_of
     from models.fusion import get_fusion
-    from riskwire.evaluate import evaluate_ensemble, table
+    from models.prune import prune as prune_members
+    from models.prune import score_units
+    from riskwire.evaluate import evaluate_ensemble, pruning_table, table
 
     settings = _settings()
     spec = read_spec(members)
@@ -577,7 +591,7 @@ def models_fuse(
     )  # fmt: skip
     labelled = _labelled(data, split)
     with console.status(f"scoring {len(labelled):,} texts with {len(built)} members"):
-        probs = ensemble.member_proba(labelled.texts)
+        probs, units = score_units(built, labelled.texts)
     cross_fitted: dict[str, int] = {}
     if oof is not None:
         from models.crossfit import OutOfFold, apply_out_of_fold
@@ -587,6 +601,19 @@ def models_fuse(
                                          {f.member: f for f in files})  # fmt: skip
         for member, rows in cross_fitted.items():
             console.print(f"{member}: out-of-fold answers on {rows:,} of the fitting rows")
+    member_specs = spec["members"]
+    pruning = None
+    if prune:
+        with console.status(f"pruning: cross-validating {fusion} without each member in turn"):
+            pruning = prune_members(probs, labelled.labels, fusion, ensemble.weights, units,
+                                    tolerance=prune_tolerance)  # fmt: skip
+        console.print(pruning_table(pruning, units))
+        kept = pruning.kept
+        ensemble = Ensemble(
+            [built[i] for i in kept], [ensemble.weights[i] for i in kept],
+            fusion=get_fusion(fusion), name=ensemble.name,
+        )  # fmt: skip
+        probs, member_specs = probs[kept], [member_specs[i] for i in kept]
     with console.status(f"fitting {fusion} on {len(labelled):,} rows"):
         ensemble.fit_fusion(labelled.texts, labelled.labels, probs)
     # figures on held-out rows: the test split when fitted on val, else the rows it was fitted on
@@ -598,9 +625,10 @@ def models_fuse(
     console.print(table(evaluation))
     # relative paths in the written file are rewritten for its own folder
     written = spec_of(
-        ensemble, relocate(spec["members"], members.parent, out.parent),
+        ensemble, relocate(member_specs, members.parent, out.parent),
         fitted_on={"data_sha256": labelled.sha256, "rows": len(labelled)}
-        | ({"out_of_fold": cross_fitted} if cross_fitted else {}),
+        | ({"out_of_fold": cross_fitted} if cross_fitted else {})
+        | ({"pruned": pruning.summary()} if pruning is not None else {}),
         metrics={"split": held, "rows": len(check), "fused": evaluation.fused,
                  "members": evaluation.members},
     )  # fmt: skip

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from models.base import Member
 from models.ensemble import Ensemble
+from models.prune import Pruning, Unit
 from models.routing import Router
 from models.training import LabelledSet, confusion, evaluate, macro_f1_difference, reliability
 from riskwire.records import LABELS
@@ -135,6 +136,21 @@ def forget_embeddings(members: Iterable[Member]) -> None:
         encoder = getattr(member, "encoder", None)
         if encoder is not None:
             encoder.forget()
+
+
+def pruning_table(pruning: Pruning, units: Sequence[Unit]) -> Table:
+    """What ``models fuse --prune`` left out, step by step, and what the rest costs."""
+    out = Table(title=f"pruning: cross-validated on the fitting rows ({len(units)} units of cost)")
+    for column in ("members", "share of the cost", "log-loss", "macro-F1"):
+        out.add_column(column, justify="left" if column == "members" else "right")
+    full = pruning.full
+    out.add_row("all", "100%", f"{full['log_loss']:.4f}", f"{full['macro_f1']:.3f}")
+    for step in pruning.steps:
+        out.add_row("without " + ", ".join(step["names"]), f"-{100 * step['share']:.0f}%",
+                    f"{step['log_loss']:.4f}", f"{step['macro_f1']:.3f}")  # fmt: skip
+    out.caption = (f"kept {len(pruning.kept)} members, {100 * pruning.cost_share:.0f}% of the cost"
+                   if pruning.steps else "every unit of cost earns its place: none left out")  # fmt: skip
+    return out
 
 
 def table(evaluation: Evaluation) -> Table:

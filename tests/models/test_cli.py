@@ -126,3 +126,33 @@ def test_the_train_command_defaults_to_the_fine_tuning_defaults() -> None:
     assert {f.name for f in shared} >= {"epochs", "patience", "learning_rate", "batch_size"}
     for f in shared:
         assert options[f.name].default == f.default, f.name
+
+
+@pytest.mark.slow
+def test_fuse_prune_leaves_out_a_member_that_adds_nothing(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """Two copies of one member: either adds nothing the other does not, so at most one of them
+    stays; the written file says what was dropped and scores like any other."""
+    env = {"RISKWIRE_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "250"}
+    data = str(fixtures_dir / "labelled.jsonl")
+    members = tmp_path / "members.json"
+    members.write_text(json.dumps({"name": "copies", "members": [
+        {"member": "finlex"}, {"member": "finvader"}, {"member": "finvader", "name": "again"},
+    ]}))  # fmt: skip
+    fitted = tmp_path / "pruned.json"
+    result = riskwire("models", "fuse", "--members", str(members), "--data", data, "--split",
+                      "all", "--fusion", "soft", "--prune", "--out", str(fitted), env=env)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pruning: cross-validated on the fitting rows (3 units of cost)" in result.stdout
+    spec = json.loads(fitted.read_text())
+    names = [m.get("name", m["member"]) for m in spec["members"]]
+    pruned = spec["fitted_on"]["pruned"]
+    assert {"finvader", "again"} & set(pruned["dropped"]) and len(names) < 3
+    assert sorted(names + pruned["dropped"]) == ["again", "finlex", "finvader"]
+    assert 0 < pruned["cost_share"] < 1 and "without" in result.stdout
+    assert len(spec["fusion"]["params"]["weights"]) == len(names)
+    result = riskwire("models", "eval", "--data", data, "--ensemble", str(fitted), "--json",
+                      env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert set(json.loads(result.stdout)["members"]) == set(names)
