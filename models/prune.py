@@ -118,29 +118,8 @@ def prune(
     """Backward elimination of units (module docstring). ``tolerance``: how much higher the
     cross-validated log-loss (nats a row) may end than the whole ensemble's; ``f1_tolerance``: how
     much lower its macro-F1 (a fusion fitted by log-loss can trade labels for calibration)."""
-    return _prune(np.asarray(probs), np.asarray(labels), fusion, np.asarray(weights, float),
-                  units, tolerance, f1_tolerance, least_share, folds)  # fmt: skip
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Torch on one thread while the fusions are fitted: their tensors are tiny, and a thread
-    pool's hand-offs cost more than the arithmetic (a soft vote over 4 members and 300 rows: 0.08 s
-    on one thread, 4.9 s on two while another process kept both cores busy)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _prune(
-    probs: np.ndarray, labels: np.ndarray, fusion: str, weights: np.ndarray, units: Sequence[Unit],
-    tolerance: float, f1_tolerance: float, least_share: float, folds: int,
-) -> Pruning:  # fmt: skip
+    labels = np.asarray(labels)
+    weights = np.asarray(weights, dtype=float)
     total = sum(u.seconds for u in units)
     keep = set(range(probs.shape[0]))
     full = cross_validated(probs, labels, fusion, weights, folds)
@@ -165,3 +144,18 @@ def _prune(
                              "share": round(unit.seconds / total, 3), **figures})  # fmt: skip
     result.kept = sorted(keep)
     return result
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch on one thread while the fusions are fitted: their tensors are tiny, and a thread
+    pool's hand-offs cost more than the arithmetic (a soft vote over 4 members and 300 rows: 0.08 s
+    on one thread, 4.9 s on two while another process kept both cores busy)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
