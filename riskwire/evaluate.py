@@ -145,9 +145,10 @@ def pruning_table(pruning: Pruning, units: Sequence[Unit]) -> Table:
         out.add_column(column, justify="left" if column == "members" else "right")
     full = pruning.full
     out.add_row("all", "100%", f"{full['log_loss']:.4f}", f"{full['macro_f1']:.3f}")
-    for step in pruning.steps:
-        out.add_row("without " + ", ".join(step["names"]), f"-{100 * step['share']:.0f}%",
-                    f"{step['log_loss']:.4f}", f"{step['macro_f1']:.3f}")  # fmt: skip
+    for i, step in enumerate(pruning.steps):  # each step leaves out one more unit
+        out.add_row(("and without " if i else "without ") + ", ".join(step["names"]),
+                    f"-{100 * step['share']:.0f}%", f"{step['log_loss']:.4f}",
+                    f"{step['macro_f1']:.3f}")  # fmt: skip
     out.caption = (f"kept {len(pruning.kept)} members, {100 * pruning.cost_share:.0f}% of the cost"
                    if pruning.steps else "every unit of cost earns its place: none left out")  # fmt: skip
     return out
