@@ -55,7 +55,8 @@ TWEETS := $(DATA)/tfns_train.jsonl
 RISK := models/data/train.jsonl
 SPLITS := riskwire-data/splits
 TRAINED := riskwire-data/models
-FUSE = $(BIN)/riskwire models fuse --fusion stacking --split all
+# PRUNE=1: leave out members the fusions can do without (`models fuse --prune`; README, Models)
+FUSE = $(BIN)/riskwire models fuse --fusion stacking --split all $(if $(PRUNE),--prune)
 $(SPLITS)/fpb_dev.val.jsonl $(SPLITS)/tfns_train.val.jsonl: $(STAMP)
 	$(BIN)/riskwire models split --data $(FPB) --data $(TWEETS) --out $(SPLITS)
 

@@ -563,12 +563,17 @@ def models_fuse(
         typer.Option(
             help="leave out members the fusion can do without: units of cost (heads over one "
             "encoder are one), dropped while the fusion's cross-validated log-loss on the fitting "
-            "rows stays within --prune-tolerance of the whole ensemble's"
+            "rows stays within --prune-se standard errors of the whole ensemble's"
         ),
     ] = False,
-    prune_tolerance: Annotated[
-        float, typer.Option(min=0.0, help="log-loss (nats a row) pruning may give up")
-    ] = 0.01,
+    prune_se: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="standard errors (of the paired per-row difference) of log-loss that "
+            "pruning may give up",
+        ),
+    ] = 1.0,
 ) -> None:
     """Fit an ensemble's fusion (temperatures and weights, stacker, Dawid-Skene) on a split of
     --data (default val), and report it on the test split. With --oof, a member's answers on rows
@@ -606,7 +611,7 @@ def models_fuse(
     if prune:
         with console.status(f"pruning: cross-validating {fusion} without each member in turn"):
             pruning = prune_members(probs, labelled.labels, fusion, ensemble.weights, units,
-                                    tolerance=prune_tolerance)  # fmt: skip
+                                    standard_errors=prune_se)  # fmt: skip
         console.print(pruning_table(pruning, units))
         kept = pruning.kept
         ensemble = Ensemble(

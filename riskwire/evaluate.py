@@ -141,13 +141,15 @@ def forget_embeddings(members: Iterable[Member]) -> None:
 def pruning_table(pruning: Pruning, units: Sequence[Unit]) -> Table:
     """What ``models fuse --prune`` left out, step by step, and what the rest costs."""
     out = Table(title=f"pruning: cross-validated on the fitting rows ({len(units)} units of cost)")
-    for column in ("members", "share of the cost", "log-loss", "macro-F1"):
+    for column in ("members", "share of the cost", "log-loss", "worse (standard error)",
+                   "macro-F1"):  # fmt: skip
         out.add_column(column, justify="left" if column == "members" else "right")
     full = pruning.full
-    out.add_row("all", "100%", f"{full['log_loss']:.4f}", f"{full['macro_f1']:.3f}")
+    out.add_row("all", "100%", f"{full['log_loss']:.4f}", "", f"{full['macro_f1']:.3f}")
     for i, step in enumerate(pruning.steps):  # each step leaves out one more unit
         out.add_row(("and without " if i else "without ") + ", ".join(step["names"]),
                     f"-{100 * step['share']:.0f}%", f"{step['log_loss']:.4f}",
+                    f"{step['worse']:+.4f} ({step['standard_error']:.4f})",
                     f"{step['macro_f1']:.3f}")  # fmt: skip
     out.caption = (f"kept {len(pruning.kept)} members, {100 * pruning.cost_share:.0f}% of the cost"
                    if pruning.steps else "every unit of cost earns its place: none left out")  # fmt: skip

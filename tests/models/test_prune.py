@@ -70,22 +70,24 @@ def test_members_that_each_know_something_the_other_does_not_are_all_kept() -> N
     assert result.full["macro_f1"] > 0.95
 
 
-def test_the_tolerance_is_measured_against_the_whole_ensemble_not_the_last_step() -> None:
+def test_the_margin_is_measured_against_the_whole_ensemble_not_the_last_step() -> None:
     y = labels()
     # four members, each right 60% of the time with errors of their own: dropping any one costs
-    # something, dropping more costs more
+    # something, dropping more costs more (to a stacker: its log-linear vote suits such errors)
     probs = np.stack([informed(y, 0.6, seed) for seed in range(10, 14)])
 
-    def pruned(tolerance: float, f1_tolerance: float) -> Pruning:
-        return prune(probs, y, "soft", np.ones(4), units(1, 1, 1, 1), tolerance=tolerance,
-                     f1_tolerance=f1_tolerance, folds=FOLDS)  # fmt: skip
+    def pruned(standard_errors: float, f1_tolerance: float) -> Pruning:
+        return prune(probs, y, "stacking", np.ones(4), units(1, 1, 1, 1), folds=FOLDS,
+                     standard_errors=standard_errors, f1_tolerance=f1_tolerance)  # fmt: skip
 
-    assert pruned(0.2, 0.0).kept == [0, 1, 2, 3]  # any member gone costs labels
-    some = pruned(0.2, 0.06)
+    assert pruned(1.0, 0.005).kept == [0, 1, 2, 3]  # each member gone costs more than the noise
+    some = pruned(20.0, 0.06)
     assert some.steps and len(some.kept) > 1  # not all the way down to one
-    f1s = [step["macro_f1"] for step in some.steps]
-    assert all(f1 >= some.full["macro_f1"] - 0.06 for f1 in f1s)
-    assert f1s == sorted(f1s, reverse=True) and f1s[0] < some.full["macro_f1"]
+    for step in some.steps:
+        assert step["worse"] <= 20 * step["standard_error"]
+        assert step["macro_f1"] >= some.full["macro_f1"] - 0.06
+    worse = [step["worse"] for step in some.steps]
+    assert worse == sorted(worse) and worse[0] > 0  # always against the whole ensemble
 
 
 def test_cross_validated_figures_are_out_of_fold() -> None:
