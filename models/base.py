@@ -9,7 +9,7 @@ padding stays small, and puts results back in input order.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,14 @@ def mean_pool(tokens: Any, attention_mask: Any) -> Any:
     mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
     pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
+def forget_embeddings(members: Iterable[Member]) -> None:
+    """Drop the embeddings encoders remember, so the next timing pays for its own."""
+    for member in members:
+        encoder = getattr(member, "encoder", None)
+        if encoder is not None:
+            encoder.forget()
 
 
 class Member(ABC):

@@ -20,7 +20,7 @@ import numpy as np
 from models.base import TorchMember, autocast, mean_pool, resolve_precision, softmax
 from models.exceptions import ModelError
 from models.tokens import BatchTokenizer
-from models.tracing import trace_forward
+from models.tracing import trace_forward, traceable
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class SentenceEncoder:
         self.name = _encoder_name(self.path)
         self._torch = torch
         self.traced: Any = None
-        if trace and device == "cpu" and self.precision in ("fp32", "bf16"):
+        if trace and traceable(device, self.precision):
             self.traced = self._trace()
 
     def _trace(self) -> Any:

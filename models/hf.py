@@ -23,7 +23,7 @@ import numpy as np
 from models.base import TorchMember, autocast, resolve_precision, softmax
 from models.exceptions import ModelError
 from models.tokens import BatchTokenizer
-from models.tracing import trace_forward
+from models.tracing import trace_forward, traceable
 from riskwire.records import LABELS
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class HFClassifierMember(TorchMember):
         self.model = net
         # on the CPU in fp32 or bf16, the forward pass as a TorchScript trace (``models.tracing``)
         self.traced = None
-        if trace and device == "cpu" and self.precision in ("fp32", "bf16"):
+        if trace and traceable(device, self.precision):
             self.traced = trace_forward(
                 net, lambda out: out.logits, lambda texts: self.preprocess(texts)["encoding"],
                 self.precision, f"classifier {model}",

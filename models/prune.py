@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import Member
+from models.base import Member, forget_embeddings
 from models.fusion import get_fusion
 from models.training import evaluate
 
@@ -76,10 +76,7 @@ def score_units(members: Sequence[Member], texts: Sequence[str]) -> tuple[np.nda
     probs: list[np.ndarray | None] = [None] * len(members)
     units = []
     for indices in groups.values():
-        for i in indices:
-            encoder = getattr(members[i], "encoder", None)
-            if encoder is not None:
-                encoder.forget()  # this unit pays for its own embeddings
+        forget_embeddings(members)  # this unit pays for its own embeddings
         started = time.perf_counter()
         for i in indices:
             probs[i] = members[i].predict_proba(texts)

@@ -40,6 +40,11 @@ TOLERANCE: dict[str, tuple[float, float]] = {
 }  # rtol, atol
 
 
+def traceable(device: str, precision: str) -> bool:
+    """Where a trace is made: on the CPU, in fp32 or bf16 (int8 layers and GPUs run as they are)."""
+    return device == "cpu" and precision in ("fp32", "bf16")
+
+
 class TracedForward:
     """A traced forward pass, called with a token batch (a dict of tensors) like the model."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from models.base import Member
+from models.base import Member, forget_embeddings
 from models.ensemble import Ensemble
 from models.prune import Pruning, Unit
 from models.routing import Router
@@ -128,14 +128,6 @@ def score_members(
             probs[member.name], data.labels, time.perf_counter() - started
         )
     return probs, figures
-
-
-def forget_embeddings(members: Iterable[Member]) -> None:
-    """Drop the embeddings encoders remember, so the next timing pays for its own."""
-    for member in members:
-        encoder = getattr(member, "encoder", None)
-        if encoder is not None:
-            encoder.forget()
 
 
 def pruning_table(pruning: Pruning, units: Sequence[Unit]) -> Table:
