@@ -161,12 +161,18 @@ def trained_dir(settings: Settings) -> Path:
     return settings.data_dir / "models"
 
 
+def is_a_name(name_or_path: str) -> bool:
+    """Whether ``ensemble_path`` looks ``name_or_path`` up by name rather than reading a file."""
+    path = Path(name_or_path)
+    return path.suffix not in (".json", ".yaml", ".yml") and not path.exists()
+
+
 def ensemble_path(name_or_path: str, settings: Settings | None = None) -> Path:
     """An ensemble file (``.json``) or a routing file (``.yaml``): a path, or a name looked up among
     those trained on this machine (``DATA_DIR/models/ensembles``) first, then the shipped ones; a
     routing file of that name comes before an ensemble file."""
     path = Path(name_or_path)
-    if path.suffix in (".json", ".yaml", ".yml") or path.exists():
+    if not is_a_name(name_or_path):
         if not path.is_file():
             raise ModelError(f"no ensemble file {path}")
         return path

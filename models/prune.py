@@ -102,7 +102,7 @@ def _out_of_fold(
     n = probs.shape[1]
     fold = np.random.default_rng(seed).permutation(n) % folds
     out = np.zeros((n, 3))
-    with _one_thread():
+    with one_thread():
         for k in range(folds):
             held = fold == k
             fitted = get_fusion(fusion).fit(probs[:, ~held], labels[~held], weights)
@@ -164,7 +164,7 @@ def prune(
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """Torch on one thread while the fusions are fitted: their tensors are tiny, and a thread
     pool's hand-offs cost more than the arithmetic (a soft vote over 4 members and 300 rows: 0.08 s
     on one thread, 4.9 s on two while another process kept both cores busy)."""

@@ -116,23 +116,49 @@ class Judges(Protocol):
     def registry_entries(self) -> list[tuple[str, str, dict[str, Any]]]: ...
 
 
-def load_router(path: Path, settings: Settings) -> Router:
-    from models.factory import MemberBuilder, ensemble_from_spec, ensemble_path, read_spec
+@dataclass(frozen=True)
+class EnsembleFile:
+    """Where a routing file's ensemble comes from: ``by_name`` when the routing file names it
+    (looked up among the trained ensembles, then the shipped ones) rather than giving a path."""
 
+    file: Path
+    by_name: bool
+
+
+def _config(path: Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ModelError(f"cannot read routing file {path}: {exc}") from exc
     if not isinstance(config, dict) or not isinstance(config.get("ensembles"), dict):
         raise ModelError(f"{path}: a routing file needs an 'ensembles' mapping")
-    builder = MemberBuilder(settings)
-    ensembles = {}
-    for name, where in config["ensembles"].items():
+    return config
+
+
+def ensemble_files(path: Path, settings: Settings) -> dict[str, EnsembleFile]:
+    """The ensemble file behind each name of a routing file."""
+    from models.factory import ensemble_path, is_a_name
+
+    files = {}
+    for name, where in _config(path)["ensembles"].items():
         local = path.parent / str(where)
+        by_name = not local.is_file() and is_a_name(str(where))
         file = ensemble_path(str(local) if local.is_file() else str(where), settings)
         if file.suffix != ".json":
             raise ModelError(f"{path}: ensemble {name!r} must be an ensemble file, got {file}")
-        ensembles[str(name)] = ensemble_from_spec(read_spec(file), settings, file.parent, builder)
+        files[str(name)] = EnsembleFile(file, by_name)
+    return files
+
+
+def load_router(path: Path, settings: Settings) -> Router:
+    from models.factory import MemberBuilder, ensemble_from_spec, read_spec
+
+    config = _config(path)
+    builder = MemberBuilder(settings)
+    ensembles = {}
+    for name, where in ensemble_files(path, settings).items():
+        file = where.file
+        ensembles[name] = ensemble_from_spec(read_spec(file), settings, file.parent, builder)
     routes = []
     for number, raw in enumerate(config.get("routes") or [], 1):
         if (

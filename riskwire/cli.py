@@ -1201,6 +1201,83 @@ def bench_infer(
     )
 
 
+@bench_app.command("refit")
+def bench_refit(
+    desk: Annotated[
+        Path,
+        typer.Option(
+            exists=True, dir_okay=False, help="labelled text like the desk's (JSONL, CSV)"
+        ),
+    ],
+    held: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="rows to score on; default: --desk's test split"
+        ),
+    ] = None,
+    also: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="another set, scored on its test split"),
+    ] = None,
+    keep: Annotated[
+        list[Path] | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="rows every fit holds too (labels refit --data)"
+        ),
+    ] = None,
+    ensemble: Annotated[
+        str | None, typer.Option(help="ensemble file or name; default: the configured one's")
+    ] = None,
+    labels: Annotated[
+        str, typer.Option(help="numbers of labels, comma-separated")
+    ] = "50,100,300,1000",
+    fusion: Annotated[str | None, typer.Option(help="default: the live fusion's")] = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """What a refit of the fusion on N of a desk's labels buys on text it never saw."""
+    import sys
+
+    from rich.table import Table
+
+    from bench.refit import read_sets, run
+    from models.factory import load_ensemble
+
+    settings = _settings()
+    try:
+        counts = sorted({int(n) for n in labels.split(",") if n.strip()})
+    except ValueError:
+        raise RiskwireError(f"--labels {labels!r}: numbers, comma-separated") from None
+    if not counts or counts[0] < 5:
+        raise RiskwireError("--labels: at least one number, each at least 5")
+    live = load_ensemble(ensemble or settings.ensemble, settings)
+    desk_set, held_set, also_set, kept = read_sets(desk, held, also, keep or ())
+    result = run(live, desk_set, held_set, counts, also_set, fusion, keep=kept,
+                 say=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("labels", "verdict", "held-out macro-F1 live → refit (Δ, 95%)", "ECE live → refit",
+                  *(["--also macro-F1 live → refit (Δ)"] if also_set is not None else []))  # fmt: skip
+    for row in result["rows"]:
+        h = row["held"]
+        cells = [
+            f"{row['labels']:,}", "better" if row["better"] else "kept",
+            f"{h['live']['macro_f1']:.3f} → {h['refit']['macro_f1']:.3f} "
+            f"({h['macro_f1']['difference']:+.3f}, {h['macro_f1']['low']:+.3f} to "
+            f"{h['macro_f1']['high']:+.3f})",
+            f"{h['live']['ece']:.3f} → {h['refit']['ece']:.3f}",
+        ]  # fmt: skip
+        if "also" in row:
+            a = row["also"]
+            cells.append(f"{a['live']['macro_f1']:.3f} → {a['refit']['macro_f1']:.3f} "
+                         f"({a['macro_f1']['difference']:+.3f})")  # fmt: skip
+        table.add_row(*cells)
+    console.print(
+        f"{result['ensemble']} ({result['fusion']}), {result['held_rows']:,} held-out rows"
+    )
+    console.print(table)
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     documents: Annotated[int, typer.Option(help="synthetic items")] = 20_000,
@@ -1896,3 +1973,95 @@ def labels_summary(
         for label, row in zip(LABELS_, v.confusion, strict=True):
             matrix.add_row(label, *(f"{n:,}" for n in row))
         console.print(matrix)
+
+
+@labels_app.command("refit")
+def labels_refit(
+    ensemble: Annotated[
+        str | None,
+        typer.Option(help="ensemble or routing file, or a name; default: the configured one"),
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option(help="only this ensemble of a routing file (news, social)")
+    ] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--data",
+            exists=True,
+            dir_okay=False,
+            help="labelled rows to fit on beside the analysts' (JSONL or CSV): the public rows "
+            "the fusion was first fitted on, say",
+        ),
+    ] = None,
+    fusion: Annotated[
+        str | None, typer.Option(help="soft, stacking or dawid-skene; default: the live one's")
+    ] = None,
+    kind: KindOption = None,
+    min_labels: Annotated[
+        int, typer.Option(min=1, help="refit an ensemble only with this many labelled documents")
+    ] = 50,
+    min_new: Annotated[
+        int,
+        typer.Option(
+            min=0, help="… and only when this many labels were given since its last refit"
+        ),
+    ] = 0,
+    folds: Annotated[int, typer.Option(min=2, help="folds of the labels to judge the refit")] = 5,
+    standard_errors: Annotated[
+        float,
+        typer.Option(
+            "--se",
+            min=0.0,
+            help="standard errors (of the paired per-document difference) by which the refit's "
+            "log-loss must beat the live fusion's",
+        ),
+    ] = 2.0,
+    promote: Annotated[
+        bool, typer.Option(help="put a refit that is better in the live file's place")
+    ] = False,
+    as_json: JsonOutput = False,
+) -> None:
+    """Refit each ensemble's fusion on the analysts' labels of the documents routed to it, judge
+    it against the live fusion on those labels (out of fold), write and register it, and with
+    --promote let a better one go live (workers load it when they next start)."""
+    from rich.table import Table
+
+    from riskwire.refit import refit
+
+    settings = _settings()
+    if kind is not None:
+        _label_selection(None, None, kind)
+    extra = _labelled(data, "all") if data else None
+    out = Console(stderr=True) if as_json else console
+    with out.status("reading the labels") as spinner:
+        outcomes, entries = refit(
+            settings, _sessions(settings), ensemble or settings.ensemble, only=only, kind=kind,
+            extra=extra, fusion=fusion, folds=folds, standard_errors=standard_errors,
+            min_labels=min_labels, min_new=min_new, promote=promote, status=spinner.update,
+        )  # fmt: skip
+    if entries:
+        _register(settings, entries)
+    if as_json:
+        print(json.dumps({"ensembles": [o.as_dict() for o in outcomes]}))
+        return
+    table = Table("ensemble", "labels", "live macro-F1 / log-loss", "refit (out of fold)",
+                  "macro-F1 refit − live (95%)", "verdict")  # fmt: skip
+    for o in outcomes:
+        t = o.trial
+        table.add_row(
+            o.ensemble, f"{o.labels:,}",
+            f"{t.live['macro_f1']:.3f} / {t.live['log_loss']:.3f}" if t else "–",
+            f"{t.refit['macro_f1']:.3f} / {t.refit['log_loss']:.3f}" if t else "–",
+            f"{t.macro_f1['difference']:+.3f} ({t.macro_f1['low']:+.3f} to "
+            f"{t.macro_f1['high']:+.3f})" if t else "–",
+            o.status,
+        )  # fmt: skip
+    out.print(table)
+    for o in outcomes:
+        out.print(f"{o.ensemble} ({o.live_version}): {o.status}: {o.reason}", highlight=False)
+        if o.candidate:
+            out.print(f"  refit {o.candidate_version} written to {o.candidate}", highlight=False)
+        if o.promoted_to:
+            out.print(f"  now live in {o.promoted_to}; restart the workers to load it",
+                      highlight=False)  # fmt: skip

@@ -205,6 +205,11 @@ def counts(session: Session, selection: LabelSelection = LabelSelection()) -> di
     return dict(session.execute(query).tuples().all())
 
 
+def latest(session: Session) -> datetime | None:
+    """When the newest label was given (or last changed); None before the first."""
+    return session.scalar(select(func.max(DocumentLabelRow.labelled_at)))
+
+
 def page(
     session: Session,
     selection: LabelSelection,

@@ -38,6 +38,7 @@ def test_a_label_is_one_per_document_and_labeller_and_a_relabel_replaces_it(
     doc = make_document(kind="social")
     with sessions.begin() as session:
         repository.upsert_documents(session, [doc])
+        assert labels.latest(session) is None
     with sessions.begin() as session:
         labels.put(session, doc.id, "ana", "negative", T0, note="profit warning")
         labels.put(session, doc.id, "ana", "negative", T0)  # a retried request
@@ -60,6 +61,7 @@ def test_a_label_is_one_per_document_and_labeller_and_a_relabel_replaces_it(
         ]:
             assert bool(labels.resolved(session, selection).labels) is found, selection
         assert labels.counts(session) == {"ana": 1, "bo": 1}
+        assert labels.latest(session) == T0 + timedelta(hours=1)  # the relabel's time, in UTC
     with sessions.begin() as session:
         assert labels.remove(session, doc.id, "bo")
         assert not labels.remove(session, doc.id, "bo")
