@@ -106,6 +106,11 @@ class Ensemble(Member):
         """What a router does with documents' (kind, lang) keys; one ensemble judges them all."""
         return self.judge(texts)
 
+    def judge_versioned(
+        self, texts: Sequence[str], keys: Sequence[Any]
+    ) -> tuple[str, list[Judgement]]:
+        return self.version, self.judge_routed(texts, keys)
+
     def judge(self, texts: Sequence[str]) -> list[Judgement]:
         if not texts:
             return []

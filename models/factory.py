@@ -255,6 +255,33 @@ def spec_of(ensemble: Ensemble, member_specs: list[Spec], **extra: Any) -> Spec:
     }
 
 
+def scorer_files(settings: Settings) -> tuple[tuple[str, int | None, int | None], ...]:
+    """The files that say what the configured scorer is, each as (path, mtime in ns, size): the
+    ensemble or routing file the setting resolves to and, for a routing file, the ensemble files
+    it names (a name resolves to a newly trained file before the shipped one, so a new path is a
+    change too). The members' own files are not watched: a member retrained in place needs a
+    restart. Empty for members named in ``ensemble_members``."""
+    if settings.ensemble_members:
+        return ()
+    try:
+        path = ensemble_path(settings.ensemble, settings)
+        files = [path]
+        if is_routing(path):
+            from models.routing import ensemble_files
+
+            files += [where.file for where in ensemble_files(path, settings).values()]
+    except ModelError as exc:  # a file half-written or gone: a change, loaded when it is whole
+        return ((f"error: {exc}", None, None),)
+    out: list[tuple[str, int | None, int | None]] = []
+    for file in files:
+        try:
+            stat = file.stat()
+            out.append((str(file), stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            out.append((str(file), None, None))
+    return tuple(out)
+
+
 def make_ensemble(
     settings: Settings, factory: Callable[[], Ensemble] | None = None
 ) -> Ensemble | Router:

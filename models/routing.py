@@ -83,6 +83,11 @@ class Router:
                 out[i] = judgement
         return [j for j in out if j is not None]
 
+    def judge_versioned(
+        self, texts: Sequence[str], keys: Sequence[RouteKey]
+    ) -> tuple[str, list[Judgement]]:
+        return self.version, self.judge_routed(texts, keys)
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": "router",
@@ -112,6 +117,12 @@ class Judges(Protocol):
     def version(self) -> str: ...
 
     def judge_routed(self, texts: Sequence[str], keys: Sequence[Any]) -> list[Judgement]: ...
+
+    def judge_versioned(
+        self, texts: Sequence[str], keys: Sequence[Any]
+    ) -> tuple[str, list[Judgement]]:
+        """``judge_routed`` and the version that judged (which a reload may change meanwhile)."""
+        ...
 
     def registry_entries(self) -> list[tuple[str, str, dict[str, Any]]]: ...
 

@@ -2024,7 +2024,7 @@ def labels_refit(
 ) -> None:
     """Refit each ensemble's fusion on the analysts' labels of the documents routed to it, judge
     it against the live fusion on those labels (out of fold), write and register it, and with
-    --promote let a better one go live (workers load it when they next start)."""
+    --promote let a better one go live (running workers load it without a restart)."""
     from rich.table import Table
 
     from riskwire.refit import refit
@@ -2063,5 +2063,6 @@ def labels_refit(
         if o.candidate:
             out.print(f"  refit {o.candidate_version} written to {o.candidate}", highlight=False)
         if o.promoted_to:
-            out.print(f"  now live in {o.promoted_to}; restart the workers to load it",
+            out.print(f"  now live in {o.promoted_to}; running workers load it within "
+                      "RISKWIRE_MODEL_RELOAD_S (or when they next start)",
                       highlight=False)  # fmt: skip

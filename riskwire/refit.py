@@ -6,7 +6,8 @@ labelled documents that would be routed to it, judged against the live fusion on
 new versioned ensemble file under ``DATA_DIR/models/refits`` and registered in ``model_versions``
 whatever the verdict, so the comparison can be read later. With ``--promote`` a refit that is
 better takes the live file's place (the live file is kept beside the refits, by its version, to go
-back to); workers load it when they next start, and record its version with every score.
+back to); running workers load it within ``model_reload_s`` without a restart
+(``streams.context.WorkerContext.reload_models``), and record its version with every score.
 
 Nothing is refitted for an ensemble with fewer than ``min_labels`` labelled documents, or, with
 ``min_new``, when fewer labels were given since the last refit of that ensemble: run from cron,

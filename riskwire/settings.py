@@ -127,6 +127,15 @@ class Settings(BaseSettings):
         "may use, at most 8 (each batch gets its share of the cores as torch threads, or "
         "model_threads when that is set)",
     )
+    model_reload_s: float = Field(
+        30.0,
+        ge=0,
+        le=86_400,
+        description="how often a worker looks for a changed ensemble or routing file (a refit "
+        "promoted by `riskwire labels refit --promote`, a new file) and, when the models' "
+        "version changed, loads them beside the ones scoring and switches between two batches; "
+        "0 = never (restart the worker)",
+    )
     score_batch_size: int = Field(64, ge=1, le=4096)
     score_batch_wait_s: float = Field(0.5, gt=0, le=60)
     model_threads: int = Field(

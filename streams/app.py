@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import faust
@@ -12,6 +13,7 @@ from streams.context import WorkerContext
 from streams.metrics import METRICS, consumer_lag
 from streams.transport import RiskwireApp
 
+log = logging.getLogger(__name__)
 FLOWS = ("streams.normalising", "streams.scoring", "streams.risk", "streams.deadletters")
 
 
@@ -20,6 +22,8 @@ def create_app(
 ) -> tuple[faust.App, WorkerContext]:
     if settings.kafka_bootstrap is None:
         raise ValueError("create_app needs a broker: set RISKWIRE_KAFKA_BOOTSTRAP")
+    faust_dir = settings.data_dir / "faust" / settings.consumer_group
+    faust_dir.mkdir(parents=True, exist_ok=True)
     app = RiskwireApp(
         settings.consumer_group,
         fetch_wait_ms=settings.kafka_fetch_wait_ms,
@@ -36,6 +40,9 @@ def create_app(
         web_enabled=False,
         autodiscover=False,
         store="memory://",
+        # Faust's own folder (it makes one even with in-memory tables): under the data folder,
+        # not in whatever directory the worker was started from
+        datadir=str(faust_dir),
         # the risk stage holds messages until their event time comes (streams/risk.py): waiting
         # for every message to be acknowledged would stall rebalances and shutdown
         stream_wait_empty=False,
@@ -49,6 +56,15 @@ def create_app(
     @app.timer(interval=1.0)
     async def heartbeat() -> None:  # /healthz and a metric: the event loop turns
         METRICS.beat()
+
+    if settings.model_reload_s > 0:
+
+        @app.timer(interval=settings.model_reload_s)
+        async def reload_models() -> None:  # a refit promoted while the worker runs
+            try:
+                await context.reload_models()
+            except Exception:  # the running models go on whatever happens here
+                log.exception("looking for changed models failed")
 
     METRICS.probes.add(
         "riskwire_consumer_lag", "gauge", "Messages of a partition this worker is assigned that "

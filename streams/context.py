@@ -259,6 +259,8 @@ class WorkerContext:
         self._ensemble: Judges | None = None
         self._remote: RemoteScorer | None = None  # the ensemble, when it is in a process of its own
         self._ensemble_lock = asyncio.Lock()
+        self._files: tuple[Any, ...] | None = None  # the scorer's files when it was built
+        self._registered: str | None = None  # the version last recorded in model_versions
 
     @property
     def scoring_depth(self) -> int:
@@ -291,10 +293,52 @@ class WorkerContext:
         with METRICS.score_seconds.time():
             return await asyncio.to_thread(score_documents, ensemble, docs)
 
+    async def reload_models(self) -> str | None:
+        """When the configured ensemble or routing file changed since the models were built (a
+        refit promoted, a file replaced), build them again beside the ones scoring and score with
+        them from the next batch if their version differs. Returns the new version, or None.
+        Models that cannot load are logged and the running ones go on."""
+        from models.factory import make_ensemble, scorer_files
+
+        if self._ensemble is None or self._ensemble_factory is not None:
+            return None
+        files = await asyncio.to_thread(scorer_files, self.settings)
+        remote = self._remote
+        changed = files != self._files
+        if not changed and (remote is None or remote.version == self._registered):
+            return None  # (a child started again after a death may have found new models)
+        self._files = files
+        old = self._registered
+        fresh: Judges = self._ensemble
+        try:
+            if changed and remote is not None:
+                await asyncio.to_thread(remote.reload)
+            elif changed:
+                fresh = await asyncio.to_thread(make_ensemble, self.settings)
+        except Exception as exc:
+            log.error("the changed models cannot load (%s); scoring on with %s", exc, old)
+            return None
+        if fresh.version == self._registered:
+            return None
+        async with self._ensemble_lock:
+            self._ensemble = fresh
+        await asyncio.to_thread(self._register, fresh)
+        METRICS.model_reloads.inc()
+        log.info("now scoring with %s (was %s)", fresh.version, old)
+        return fresh.version
+
+    def _register(self, ensemble: Judges) -> None:
+        entries = ensemble.registry_entries()
+        now = datetime.now(UTC)
+        self._transact(entries, lambda session, items: register_model_versions(session, items, now))
+        self._registered = ensemble.version
+
     def _build_ensemble(self) -> Judges:
-        from models.factory import make_ensemble
+        from models.factory import make_ensemble, scorer_files
 
         ensemble: Judges
+        if self._ensemble_factory is None:
+            self._files = scorer_files(self.settings)
         if self._ensemble_factory is None and self.settings.scoring_process:
             from riskwire.worker import scoring_threads, worker_cores
 
@@ -304,7 +348,7 @@ class WorkerContext:
             ensemble = make_ensemble(self.settings, self._ensemble_factory)
         METRICS.probes.add(
             "riskwire_model_info", "gauge", "The ensemble (or router) version this worker scores "
-            "with: 1", ["version"], lambda: [((ensemble.version,), 1.0)],
+            "with: 1", ["version"], lambda: [(((self._ensemble or ensemble).version,), 1.0)],
         )  # fmt: skip
         remote = self._remote
         if remote is not None:
@@ -312,9 +356,7 @@ class WorkerContext:
                 "riskwire_scoring_process_restarts", "counter", "Times the scoring process was "
                 "started again after it died", [], lambda: [((), float(remote.restarts))],
             )  # fmt: skip
-        entries = ensemble.registry_entries()
-        now = datetime.now(UTC)
-        self._transact(entries, lambda session, items: register_model_versions(session, items, now))
+        self._register(ensemble)
         return ensemble
 
     async def write(

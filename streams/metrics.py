@@ -90,6 +90,10 @@ class WorkerMetrics:
             "riskwire_db_transaction_seconds", "Database transactions, from begin to commit (the "
             "waits of retries included)", buckets=DB_BUCKETS, registry=r,
         )  # fmt: skip
+        self.model_reloads = Counter(
+            "riskwire_model_reloads", "Times the worker switched to changed models (a refit "
+            "promoted, a new ensemble file) without a restart", registry=r,
+        )  # fmt: skip
         self.db_retries = Counter(
             "riskwire_db_retries", "Transactions retried because the database was unavailable",
             registry=r,

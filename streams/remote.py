@@ -21,6 +21,11 @@ the child dies (a crash in native code, the kernel's OOM killer) or hangs, the b
 with :class:`ScorerDied` and the next call starts a fresh child: the caller scores a failed batch
 again one document at a time, so a document that kills the models is dead-lettered alone. A child
 that cannot start again is retried with backoff, and the stream waits for it.
+
+Models promoted while the worker runs (``riskwire labels refit --promote``, a new ensemble file)
+are loaded by :meth:`RemoteScorer.reload` in a second child while the first goes on scoring; once
+it is ready, batches go to it and the first ends when it has answered what it had, so the stream
+never waits for a model load. Each batch's judgements come back with the version that made them.
 """
 
 from __future__ import annotations
@@ -113,7 +118,9 @@ class RemoteScorer:
         self._process: Any = None
         self._conn: mp.connection.Connection | None = None
         self.restarts = 0
+        self.reloads = 0
         self._closed = threading.Event()
+        self._reloading = threading.Lock()  # one reload at a time
         started = time.perf_counter()
         with self._lock:
             self.version, self.entries = self._start()
@@ -127,6 +134,19 @@ class RemoteScorer:
         return list(self.entries)
 
     def _start(self) -> tuple[str, Entries]:
+        """With the lock held: a child, scoring from now on."""
+        process, conn, (version, entries) = self._launch()
+        self._adopt(process, conn)
+        return version, entries
+
+    def _adopt(self, process: Any, conn: mp.connection.Connection) -> None:
+        self._process, self._conn = process, conn
+        threading.Thread(
+            target=self._read, args=(conn, process), name="scorer-replies", daemon=True
+        ).start()
+
+    def _launch(self) -> tuple[Any, mp.connection.Connection, tuple[str, Entries]]:
+        """A child that has loaded the models (not yet sent anything)."""
         context = mp.get_context("spawn")
         ours, theirs = context.Pipe()
         process = context.Process(
@@ -148,11 +168,40 @@ class RemoteScorer:
         if kind != "ready":
             _end(ours, process)
             raise ModelError(f"the scoring process could not load the models: {payload}")
-        self._process, self._conn = process, ours
-        threading.Thread(
-            target=self._read, args=(ours, process), name="scorer-replies", daemon=True
-        ).start()
-        return payload  # type: ignore[no-any-return]
+        return process, ours, payload
+
+    def reload(self) -> str | None:
+        """Load the configured models again in a new child while the old one goes on scoring;
+        if their version differs, batches go to the new child from now on and the old one ends
+        once it has answered what it had. Returns the new version, or None when it is the same.
+        Models that cannot load raise :class:`ModelError`, and the old child goes on."""
+        with self._reloading:
+            process, conn, (version, entries) = self._launch()
+            with self._lock:
+                if version == self.version or self._closed.is_set():
+                    old = None
+                else:
+                    old = self._conn, self._process
+                    self._adopt(process, conn)
+                    self.version, self.entries = version, entries
+                    self.reloads += 1
+            if old is None:
+                _end(conn, process)
+                return None
+            threading.Thread(target=self._drain, args=old, name="scorer-drain", daemon=True).start()
+            log.info("scoring process %s now scores with %s", self.pid, version)
+            return version
+
+    def _drain(self, conn: mp.connection.Connection | None, process: Any) -> None:
+        """End a replaced child once every batch sent to it has its answer."""
+        if conn is None:
+            return
+        deadline = time.monotonic() + BATCH_TIMEOUT_S
+        while time.monotonic() < deadline and any(
+            c is conn for c, _ in list(self._waiting.values())
+        ):
+            time.sleep(0.05)
+        _end(conn, process)
 
     def _read(self, conn: mp.connection.Connection, process: Any) -> None:
         """Hand each reply to its caller; when the child goes, fail what it still had."""
@@ -178,10 +227,17 @@ class RemoteScorer:
 
     def judge_routed(self, texts: Sequence[str], keys: Sequence[Any]) -> list[Judgement]:
         """What the ensemble would say, from the child (blocking); a dead child is replaced."""
+        return self.judge_versioned(texts, keys)[1]
+
+    def judge_versioned(
+        self, texts: Sequence[str], keys: Sequence[Any]
+    ) -> tuple[str, list[Judgement]]:
+        """``judge_routed``, with the version of the models that answered (a reload may change
+        ``version`` while a batch is out)."""
         future: Future[list[Judgement]] = Future()
         with self._lock:
             self._running()
-            conn = self._conn
+            conn, version = self._conn, self.version
             assert conn is not None
             n = next(self._numbers)
             self._waiting[n] = (conn, future)  # the child's death fails it
@@ -190,7 +246,7 @@ class RemoteScorer:
             except OSError:
                 pass  # the reader sees the child go and fails the batch with how it went
         try:
-            return future.result(BATCH_TIMEOUT_S)
+            return version, future.result(BATCH_TIMEOUT_S)
         except FutureTimeout:
             with self._lock:
                 if self._conn is conn:
@@ -211,13 +267,18 @@ class RemoteScorer:
             log.warning("starting the scoring process again (restart %d)", self.restarts)
             try:
                 version, entries = self._start()
+                if version != self.version and self._settings.model_reload_s > 0:
+                    log.warning("the models changed on disk: now scoring with %s (was %s)",
+                                version, self.version)  # fmt: skip
+                    self.version, self.reloads = version, self.reloads + 1
                 if version == self.version:
                     self.entries = entries
                     return
                 self._stop()
                 raise ModelError(
                     f"the models changed on disk since the worker started ({self.version} -> "
-                    f"{version}): restart the worker to score with them"
+                    f"{version}): restart the worker to score with them (or let it reload "
+                    "them: model_reload_s)"
                 )
             except ModelError as exc:
                 log.error("%s; trying again in %.0fs", exc, delay)

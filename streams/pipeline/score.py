@@ -14,13 +14,13 @@ def score_documents(
 ) -> list[Score]:
     """One Score per document (``ticker`` unset), in input order; a router sends each document to
     the ensemble for its kind and language."""
-    judgements = ensemble.judge_routed(
+    version, judgements = ensemble.judge_versioned(
         [scoring_text(d) for d in docs], [(d.kind.value, d.lang) for d in docs]
     )
     return [
         Score(
             document_id=d.id, ticker=None, kind=d.kind, published_at=d.published_at,
-            model_version=ensemble.version, label=j.label, probabilities=j.probabilities,
+            model_version=version, label=j.label, probabilities=j.probabilities,
             score=j.score, confidence=j.confidence, disagreement=j.disagreement,
             votes=j.votes, run_id=run_id, story_id=d.story_id,
         )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from riskwire.records import DeadLetter, Document, Kind, RawRecord, Score
 from riskwire.settings import load_settings
 from storage import upgrade
 from storage.repository import upsert_documents
-from storage.tables import DocumentRow, DocumentTickerRow
+from storage.tables import DocumentRow, DocumentTickerRow, ModelVersionRow
 from streams.context import WorkerContext, decode_events, decode_pairs, storage_refused
 from streams.normalising import normalise_event
 from streams.pipeline import NegativeSurgeRule, RiskEngine
@@ -325,3 +327,36 @@ def test_documents_travel_in_messages_under_the_size_limit_and_a_bad_one_is_told
     assert len(dead) == 1 and "kind" in dead[0].reason and docs[0].id in dead[0].payload
     (bad,) = decode_pairs([event(b"{nope")], Document, "score", NOW, batch=DOCUMENT_BATCH)[1]
     assert "not valid JSON" in bad.reason
+
+
+def test_models_changed_on_disk_are_reloaded_in_the_worker_when_they_score_in_it(
+    tmp_path: Path,
+) -> None:
+    """Without a scoring process (``scoring_process`` off) a reload builds the new models in a
+    thread and swaps them in; unchanged files, or the same version, change nothing, and models
+    that cannot load leave the running ones scoring."""
+    spec = tmp_path / "live.json"
+    spec.write_text(json.dumps({"name": "live", "members": [{"member": "lm"}]}))
+    settings = load_settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9",
+                             ensemble=str(spec), scoring_process=False)  # fmt: skip
+    upgrade(settings.resolved_database_url)
+    context = WorkerContext(settings)
+    try:
+        before = context.load_ensemble().version
+        assert asyncio.run(context.reload_models()) is None
+        spec.write_text(json.dumps({"name": "live", "members": [{"member": "lm"},
+                                                                {"member": "finvader"}]}))  # fmt: skip
+        after = asyncio.run(context.reload_models())
+        assert after is not None and after != before
+        (score,) = asyncio.run(context.score([make_document(text="Profit warning; shares fall")]))
+        assert score.model_version == after and len(score.votes) == 2
+        with context.sessions() as session:
+            assert session.get(ModelVersionRow, after) is not None
+        os.utime(spec, ns=(1, 1))  # touched, not changed: built again, the same version
+        assert asyncio.run(context.reload_models()) is None
+        spec.write_text("{half a file")
+        assert asyncio.run(context.reload_models()) is None
+        (score,) = asyncio.run(context.score([make_document(text="Shares rise")]))
+        assert score.model_version == after
+    finally:
+        context.close()

@@ -162,3 +162,51 @@ def test_a_child_that_cannot_start_again_is_waited_for_not_failed(
         assert "could not load the models" in caplog.text
     finally:
         scorer.close()
+
+
+def test_changed_models_are_loaded_beside_the_running_ones_and_take_over_between_batches(
+    tmp_path: Path,
+) -> None:
+    """A refit promoted while the worker runs: the new child loads while the old one scores; a
+    batch already out is answered by the old models under their version, the next ones by the
+    new; the old child ends. The same files again, or files that cannot load, change nothing."""
+    spec = tmp_path / "lexicons.json"
+    members = [{"member": "lm"}, {"member": "finvader"}]
+    spec.write_text(json.dumps({"name": "lexicons", "members": members}))
+    settings = load_settings(data_dir=tmp_path, ensemble=str(spec))
+    before = make_ensemble(settings)
+    scorer = RemoteScorer(settings)
+    try:
+        first = scorer.pid
+        assert first is not None and scorer.version == before.version
+        assert scorer.reload() is None and scorer.pid == first  # nothing changed
+        spec.write_text(json.dumps({"name": "lexicons", "members": [members[0] | {"weight": 3.0},
+                                                                    members[1]]}))  # fmt: skip
+        after = make_ensemble(settings)
+        assert after.version != before.version
+        with ThreadPoolExecutor(1) as pool:
+            out = pool.submit(scorer.judge_versioned, TEXTS * 600, KEYS * 600)  # in hand meanwhile
+            time.sleep(0.1)
+            assert scorer.reload() == after.version
+            assert not out.done()  # the swap came while the batch was out (it takes seconds)
+            version, judgements = out.result()
+        assert version == before.version  # answered by the models that were scoring
+        assert judgements == before.judge_routed(TEXTS * 600, KEYS * 600)
+        assert scorer.judge_versioned(TEXTS, KEYS) == (
+            after.version,
+            after.judge_routed(TEXTS, KEYS),
+        )
+        assert scorer.version == after.version and scorer.reloads == 1
+        assert scorer.registry_entries() == after.registry_entries()
+        deadline = time.monotonic() + 20
+        while alive(first) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(first) and scorer.pid != first
+
+        spec.write_text("{half a file")
+        with pytest.raises(ModelError, match="could not load the models"):
+            scorer.reload()
+        assert scorer.judge_versioned(TEXTS, KEYS)[0] == after.version  # the running ones go on
+        assert scorer.restarts == 0
+    finally:
+        scorer.close()

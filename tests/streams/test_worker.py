@@ -195,6 +195,10 @@ class SampleRun:
                      [topics.raw_news, topics.raw_social, topics.docs, topics.scored,
                       topics.deadletter], timeout=150)  # fmt: skip
 
+    def registered(self, version: str) -> bool:
+        with self.sessions() as session:
+            return session.get(ModelVersionRow, version) is not None
+
     def assert_everything_stored_once(self) -> None:
         """Every sample document stored, scored once, its mentions' risk rows there; the
         sample's four bad records dead-lettered and nothing else."""
@@ -276,3 +280,59 @@ def test_a_scoring_process_killed_mid_stream_is_replaced_and_nothing_is_lost(
     log = log_file.read_text(errors="replace")
     assert "starting the scoring process again" in log, log[-3000:]
     run.assert_everything_stored_once()
+
+
+def test_a_refit_promoted_while_the_worker_runs_scores_from_the_next_batch_without_a_restart(
+    broker: EmbeddedBroker, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The ensemble file is replaced mid-stream (what ``labels refit --promote`` does): the worker
+    loads the new models beside the running ones and scores with them from then on; every score
+    names the version that made it, the new version is registered, and nothing is lost or scored
+    twice on the way."""
+    from models.factory import make_ensemble
+
+    spec = tmp_path / "live.json"
+    members = [{"member": "lm"}, {"member": "finvader"}]
+    spec.write_text(json.dumps({"name": "live", "members": members}))
+    run = SampleRun(broker, sqlite_url, tmp_path, "reload")
+    run.settings = run.settings.model_copy(update={"ensemble": str(spec), "model_reload_s": 0.5})
+    old = make_ensemble(run.settings).version
+    half = len(run.items) // 2
+    first_ids = expected_outcome(run.items[:half]).document_ids
+    all_items = run.items
+    worker = spawn_worker(run.settings, tmp_path / "worker.log")
+    try:
+        run.items = all_items[:half]
+        run.publish()
+        run.drain()
+        assert run.stored() == len(first_ids)
+        [child] = scoring_processes(worker.pid)
+        spec.write_text(json.dumps({"name": "live", "members": [members[0] | {"weight": 3.0},
+                                                                members[1]]}))  # fmt: skip
+        new = make_ensemble(run.settings).version
+        assert new != old
+        deadline = time.monotonic() + 60
+        while not run.registered(new):
+            assert time.monotonic() < deadline and worker.poll() is None, "no reload"
+            time.sleep(0.1)
+        run.items = all_items[half:]
+        run.publish()
+        run.drain()
+        assert scoring_processes(worker.pid) not in ([], [child])  # the old child has gone
+        assert run.settings.metrics_port is not None
+        samples = scrape(run.settings.metrics_port)
+        assert metric(samples, "riskwire_model_reloads_total") == 1
+        assert metric(samples, "riskwire_model_info", version=new) == 1
+        assert metric(samples, "riskwire_scoring_process_restarts_total") == 0
+    finally:
+        assert stop_worker(worker) == 0
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert f"now scoring with {new} (was {old})" in log, log[-3000:]
+    run.items = all_items
+    run.assert_everything_stored_once()
+    with session_factory(make_engine(sqlite_url))() as session:
+        versions = dict(
+            session.execute(select(ScoreRow.document_id, ScoreRow.model_version)).tuples().all()
+        )
+    assert {versions[d] for d in first_ids} == {old}
+    assert {versions[d] for d in run.document_ids - first_ids} == {new}
