@@ -25,17 +25,14 @@ from typing import Any
 import numpy as np
 
 from models.ensemble import Ensemble
-from models.fusion import EPS, get_fusion
 from models.prune import one_thread
-from models.refit import judge_refit
-from models.training import LabelledSet, evaluate, macro_f1_difference
+from models.refit import figures, judge_refit, refit_fusion
+from models.training import LabelledSet, macro_f1_difference
 
 
-def _figures(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], EPS, None)).mean())
-    return {k: round(v, 4) for k, v in evaluate(probs, labels).items()} | {
-        "log_loss": round(loss, 4)
-    }
+def _side_by_side(live: np.ndarray, refit: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    return {"live": figures(live, labels)[0], "refit": figures(refit, labels)[0],
+            "macro_f1": macro_f1_difference(labels, refit, live)}  # fmt: skip
 
 
 def run(
@@ -78,24 +75,17 @@ def run(
         trial = judge_refit(pool[:, :n], pool_labels[:n], pool_texts[:n], ensemble.fusion,
                             ensemble.weights, strategy, folds, standard_errors, keep_probs,
                             keep_labels)  # fmt: skip
-        fit_probs, fit_labels = pool[:, :n], pool_labels[:n]
-        if keep_probs is not None and keep_labels is not None:
-            fit_probs = np.concatenate([fit_probs, keep_probs], axis=1)
-            fit_labels = np.concatenate([fit_labels, keep_labels])
+        refit = refit_fusion(strategy, pool[:, :n], pool_labels[:n], ensemble.weights,
+                             keep_probs, keep_labels)  # fmt: skip
         with one_thread():
-            refit = get_fusion(strategy).fit(fit_probs, fit_labels, ensemble.weights)
             refit_held = refit(held_probs, ensemble.weights)
             refit_also = refit(also_probs, ensemble.weights) if also_probs is not None else None
         row: dict[str, Any] = {
             "labels": n, "better": trial.better, "judged": {"live": trial.live, "refit": trial.refit},
-            "held": {"live": _figures(live_held, held.labels),
-                     "refit": _figures(refit_held, held.labels),
-                     "macro_f1": macro_f1_difference(held.labels, refit_held, live_held)},
+            "held": _side_by_side(live_held, refit_held, held.labels),
         }  # fmt: skip
         if also is not None and refit_also is not None and live_also is not None:
-            row["also"] = {"live": _figures(live_also, also.labels),
-                           "refit": _figures(refit_also, also.labels),
-                           "macro_f1": macro_f1_difference(also.labels, refit_also, live_also)}  # fmt: skip
+            row["also"] = _side_by_side(live_also, refit_also, also.labels)
         rows.append(row)
     return {"ensemble": ensemble.version, "fusion": strategy, "held_rows": len(held),
             "also_rows": len(also) if also is not None else 0,

@@ -50,10 +50,29 @@ class RefitTrial:
         return asdict(self)
 
 
-def _figures(probs: np.ndarray, labels: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+def figures(probs: np.ndarray, labels: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """Accuracy, macro- and weighted-F1, ECE and mean log-loss; and each row's log-loss."""
     losses = -np.log(np.clip(probs[np.arange(len(labels)), labels], EPS, None))
-    figures = {k: round(v, 4) for k, v in evaluate(probs, labels).items()}
-    return figures | {"log_loss": round(float(losses.mean()), 4)}, losses
+    found = {k: round(v, 4) for k, v in evaluate(probs, labels).items()}
+    return found | {"log_loss": round(float(losses.mean()), 4)}, losses
+
+
+def refit_fusion(
+    fusion: str,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    extra_probs: np.ndarray | None = None,
+    extra_labels: np.ndarray | None = None,
+) -> Fusion:
+    """``fusion`` fitted on the labelled rows and any extra ones, on one torch thread."""
+    if extra_probs is not None and extra_labels is not None:
+        probs = np.concatenate([probs, extra_probs], axis=1)
+        labels = np.concatenate([labels, extra_labels])
+    if not len(labels):
+        raise ModelError("nothing to fit on: give more labels or --data rows")
+    with one_thread():
+        return get_fusion(fusion).fit(probs, labels, weights)
 
 
 def out_of_fold(
@@ -74,19 +93,13 @@ def out_of_fold(
         )
     fold = np.asarray([fold_of(t, folds) for t in texts])
     out = np.zeros((probs.shape[1], 3))
-    with one_thread():
-        for k in range(folds):
-            held = fold == k
-            if not held.any():
-                continue
-            fit_probs, fit_labels = probs[:, ~held], labels[~held]
-            if extra_probs is not None and extra_labels is not None:
-                fit_probs = np.concatenate([fit_probs, extra_probs], axis=1)
-                fit_labels = np.concatenate([fit_labels, extra_labels])
-            if not len(fit_labels):
-                raise ModelError("nothing to fit a fold on: give more labels or --data rows")
-            fitted = get_fusion(fusion).fit(fit_probs, fit_labels, weights)
-            out[held] = fitted(probs[:, held], weights)
+    for k in range(folds):
+        held = fold == k
+        if held.any():
+            fitted = refit_fusion(fusion, probs[:, ~held], labels[~held], weights, extra_probs,
+                                  extra_labels)  # fmt: skip
+            with one_thread():
+                out[held] = fitted(probs[:, held], weights)
     return out
 
 
@@ -115,8 +128,8 @@ def judge_refit(
         live_probs = live(probs, weights)
     refit_probs = out_of_fold(probs, labels, texts, fusion, weights, folds, extra_probs,
                               extra_labels)  # fmt: skip
-    live_figures, live_losses = _figures(live_probs, labels)
-    refit_figures, refit_losses = _figures(refit_probs, labels)
+    live_figures, live_losses = figures(live_probs, labels)
+    refit_figures, refit_losses = figures(refit_probs, labels)
     gain = live_losses - refit_losses  # paired: the same rows
     mean = float(gain.mean())
     error = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")

@@ -38,8 +38,7 @@ from models.factory import (
     trained_dir,
 )
 from models.fusion import get_fusion
-from models.prune import one_thread
-from models.refit import RefitTrial, judge_refit
+from models.refit import RefitTrial, judge_refit, refit_fusion
 from models.routing import ensemble_files, load_router
 from models.training import LabelledSet
 from riskwire.exceptions import RiskwireError
@@ -215,17 +214,14 @@ def _refit_one(
         status(f"{target.name}: {strategy} refitted fold by fold ({folds} folds)")
     trial = judge_refit(probs, labels, texts, live.fusion, live.weights, strategy, folds,
                         standard_errors, extra_probs, extra_labels)  # fmt: skip
-    candidate = Ensemble(live.members, live.weights.tolist(), fusion=strategy, name=live.name)
-    every_text = texts + (extra.texts if extra is not None else [])
-    every_probs = probs if extra_probs is None else np.concatenate([probs, extra_probs], axis=1)
-    every_label = labels if extra_labels is None else np.concatenate([labels, extra_labels])
-    with one_thread():
-        candidate.fit_fusion(every_text, every_label, every_probs)
+    fitted = refit_fusion(strategy, probs, labels, live.weights, extra_probs, extra_labels)
+    candidate = Ensemble(live.members, live.weights.tolist(), fusion=fitted, name=live.name)
     live_spec = read_spec(target.file)
     labels_until = (until or datetime.now(UTC)).astimezone(UTC).isoformat()
     spec = spec_of(
         candidate, live_spec["members"],
-        fitted_on={"rows": len(every_label), "labels": len(labels),
+        fitted_on={"rows": len(labels) + (len(extra) if extra is not None else 0),
+                   "labels": len(labels),
                    "data_sha256": extra.sha256 if extra is not None else None},
         refit={"of": live.version, "labels_until": labels_until, "verdict": trial.as_dict()},
         metrics={"split": "analysts' labels, out of fold", "rows": len(labels),
