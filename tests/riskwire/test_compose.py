@@ -125,3 +125,16 @@ def test_the_retention_service_prunes_daily_keeping_more_than_the_risk_engine_ne
     engine = build_risk_engine(load_settings())
     assert _duration(keep) >= engine.baseline + 2 * engine.horizon
     assert "sleep 86400" in command
+
+
+def test_the_refit_service_promotes_into_the_folder_the_workers_load_from() -> None:
+    """Opt in (a profile): what it promotes lands in the volume the workers read, where they find
+    it by name before the shipped ensembles (``riskwire-data/models/ensembles``)."""
+    refit, worker = SERVICES["refit"], SERVICES["worker"]
+    assert refit["profiles"] == ["refit"]
+    command = " ".join(refit["command"])
+    assert "riskwire labels refit --min-new" in command and "--promote" in command
+    # the image's WORKDIR is /app, and the data folder's default is relative to it
+    models = f"/app/{Settings.model_fields['data_dir'].default}/models"
+    assert f"models:{models}" in refit["volumes"] and f"models:{models}" in worker["volumes"]
+    assert "models" in COMPOSE["volumes"]
