@@ -647,6 +647,41 @@ def models_fuse(
         _register(settings, entries)
 
 
+@models_app.command("promote")
+def models_promote(
+    ensemble_file: Annotated[
+        str,
+        typer.Argument(
+            help="an ensemble file, or a version kept in DATA_DIR/models/refits (a refit, or a "
+            "live file a refit replaced: to go back to it)"
+        ),
+    ],
+    ensemble: Annotated[
+        str | None,
+        typer.Option(
+            help="where it goes live (routing or ensemble file, or a name); default: "
+            "the configured one"
+        ),
+    ] = None,
+) -> None:
+    """Put an ensemble file live in place of the configured ensemble of the same name (rolling a
+    refit back, or forward); the file it replaces is kept by version. Running workers load it
+    within RISKWIRE_MODEL_RELOAD_S."""
+    from riskwire.refit import promote, refits_dir
+
+    settings = _settings()
+    file = Path(ensemble_file)
+    if not file.is_file():
+        file = refits_dir(settings) / f"{ensemble_file}.json"
+        if not file.is_file():
+            raise RiskwireError(f"no ensemble file {ensemble_file} and no version of that name "
+                                f"in {refits_dir(settings)}")  # fmt: skip
+    target, kept = promote(settings, file, ensemble or settings.ensemble)
+    console.print(f"{file} is live as {target.name} in {target.promote_to}; the file it replaced "
+                  f"is kept as {kept}; running workers load it within RISKWIRE_MODEL_RELOAD_S",
+                  highlight=False)  # fmt: skip
+
+
 @models_app.command("eval")
 def models_eval(
     data: DataOption,

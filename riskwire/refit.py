@@ -90,23 +90,60 @@ def _promote_to(file: Path, by_name: bool, name: str, settings: Settings) -> Pat
     return trained_dir(settings) / "ensembles" / f"{name}.json" if by_name else None
 
 
+def target_files(name_or_path: str, settings: Settings) -> list[Target]:
+    """The ensembles behind ``name_or_path`` (a routing file's, or the one file), unloaded."""
+    path = ensemble_path(name_or_path, settings)
+    if is_routing(path):
+        return [Target(name, where.file, _promote_to(where.file, where.by_name, where.file.stem,
+                                                     settings))
+                for name, where in ensemble_files(path, settings).items()]  # fmt: skip
+    name = str(read_spec(path).get("name", "ensemble"))
+    return [Target(name, path, _promote_to(path, is_a_name(name_or_path), path.stem, settings))]
+
+
 def targets(
     name_or_path: str, settings: Settings
 ) -> tuple[list[Target], Callable[[tuple[str, str]], str], dict[str, Ensemble]]:
     """The ensembles behind ``name_or_path``, the route of a document's (kind, lang), and the
     ensembles loaded (members several share loaded once)."""
+    found = target_files(name_or_path, settings)
     path = ensemble_path(name_or_path, settings)
     if is_routing(path):
         router = load_router(path, settings)
-        files = ensemble_files(path, settings)
-        found = [Target(name, where.file, _promote_to(where.file, where.by_name, where.file.stem,
-                                                      settings))
-                 for name, where in files.items()]  # fmt: skip
         return found, router.route, router.ensembles
     ensemble = ensemble_from_spec(read_spec(path), settings, path.parent)
-    target = Target(ensemble.name, path, _promote_to(path, is_a_name(name_or_path), path.stem,
-                                                    settings))  # fmt: skip
-    return [target], lambda key: ensemble.name, {ensemble.name: ensemble}
+    return found, lambda key: ensemble.name, {found[0].name: ensemble}
+
+
+def promote(settings: Settings, file: Path, ensemble: str) -> tuple[Target, Path]:
+    """Put an ensemble file (a refit, or a live file kept when a refit replaced it) live in the
+    place of the ensemble of ``ensemble`` that has its name: the file it replaces is kept beside
+    the refits first. Returns the target and where the replaced file was kept."""
+    spec = read_spec(file)
+    name = spec.get("name")
+    found = [t for t in target_files(ensemble, settings) if read_spec(t.file).get("name") == name]
+    if not found:
+        raise RiskwireError(f"{ensemble} has no ensemble named {name!r} for {file} to replace")
+    target = found[0]
+    if target.promote_to is None:
+        raise RiskwireError(f"{target.file} is outside {trained_dir(settings)}: copy {file} there "
+                            "yourself, or name the ensemble in the routing file")  # fmt: skip
+    live = read_spec(target.file)
+    version = live.get("version") or ensemble_from_spec(live, settings, target.file.parent).version
+    return target, _put_live(target, spec, file.parent, str(version), settings)
+
+
+def _put_live(
+    target: Target, spec: dict[str, Any], source: Path, live_version: str, settings: Settings
+) -> Path:
+    """``spec`` (read from folder ``source``) in the live file's place; the live file kept first
+    beside the refits as ``live_version``, to go back to. Returns where it was kept."""
+    assert target.promote_to is not None
+    kept = refits_dir(settings) / f"{live_version}.json"
+    if not kept.exists():
+        _write(read_spec(target.file), target.file.parent, kept)
+    _write(spec, source, target.promote_to)
+    return kept
 
 
 def _last_refit(folder: Path, name: str) -> datetime | None:
@@ -244,10 +281,7 @@ def _refit_one(
         outcome.status = "better"
         outcome.reason += f"; not promoted: {target.file} is outside {trained_dir(settings)}"
     else:
-        backup = folder / f"{live.version}.json"
-        if not backup.exists():
-            _write(live_spec, target.file.parent, backup)
-        _write(spec, target.file.parent, target.promote_to)
+        _put_live(target, spec, target.file.parent, live.version, settings)
         outcome.status, outcome.promoted_to = "promoted", str(target.promote_to)
     entries = candidate.registry_entries()
     entries[0] = (entries[0][0], entries[0][1], entries[0][2] | {

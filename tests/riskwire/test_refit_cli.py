@@ -139,6 +139,16 @@ def test_a_refit_on_the_analysts_labels_is_judged_written_registered_and_promote
     assert more["news"]["live_version"] == o["candidate_version"]
     assert more["news"]["status"] == "kept"
 
+    # rolled back: the live file the refit replaced goes live again, by its version
+    back = riskwire("models", "promote", live.version, env=env)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert f"is live as news in {live_file}" in back.stdout
+    rolled = ensemble_from_spec(read_spec(live_file), settings, live_file.parent)
+    assert rolled.version == live.version
+    assert read_spec(data / "models" / "refits" / f"{o['candidate_version']}.json")["refit"]
+    missing = riskwire("models", "promote", "lexnews-0000000000", env=env)
+    assert missing.returncode == 2 and "no version of that name" in missing.stdout
+
 
 def test_a_refit_of_an_ensemble_file_outside_the_data_folder_is_never_put_live(
     env: dict[str, str], tmp_path: Path
