@@ -329,16 +329,17 @@ def test_documents_travel_in_messages_under_the_size_limit_and_a_bad_one_is_told
     assert "not valid JSON" in bad.reason
 
 
-def test_models_changed_on_disk_are_reloaded_in_the_worker_when_they_score_in_it(
-    tmp_path: Path,
+@pytest.mark.parametrize("in_a_process", [False, True])
+def test_models_changed_on_disk_are_reloaded_without_a_restart(
+    tmp_path: Path, in_a_process: bool
 ) -> None:
-    """Without a scoring process (``scoring_process`` off) a reload builds the new models in a
-    thread and swaps them in; unchanged files, or the same version, change nothing, and models
-    that cannot load leave the running ones scoring."""
+    """In the scoring process, or without one (a thread of the worker): a reload scores with the
+    new models from the next batch and registers them; unchanged files, or the same version,
+    change nothing, and models that cannot load leave the running ones scoring."""
     spec = tmp_path / "live.json"
     spec.write_text(json.dumps({"name": "live", "members": [{"member": "lm"}]}))
     settings = load_settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9",
-                             ensemble=str(spec), scoring_process=False)  # fmt: skip
+                             ensemble=str(spec), scoring_process=in_a_process)  # fmt: skip
     upgrade(settings.resolved_database_url)
     context = WorkerContext(settings)
     try:

@@ -210,3 +210,30 @@ def test_changed_models_are_loaded_beside_the_running_ones_and_take_over_between
         assert scorer.restarts == 0
     finally:
         scorer.close()
+
+
+def test_a_child_started_again_after_a_death_takes_on_models_changed_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """With reloading on, a replacement child that finds new models scores with them (and says
+    which) instead of holding the stream until a restart."""
+    spec = tmp_path / "lexicons.json"
+    spec.write_text(json.dumps({"name": "lexicons", "members": [{"member": "lm"}]}))
+    settings = load_settings(data_dir=tmp_path, ensemble=str(spec), model_reload_s=30)
+    scorer = RemoteScorer(settings)
+    try:
+        first = scorer.pid
+        assert first is not None
+        spec.write_text(json.dumps({"name": "lexicons", "members": [{"member": "finvader"}]}))
+        after = make_ensemble(settings)
+        os.kill(first, signal.SIGKILL)
+        while scorer.pid is not None:  # seen to go
+            time.sleep(0.05)
+        assert scorer.judge_versioned(TEXTS, KEYS) == (
+            after.version,
+            after.judge_routed(TEXTS, KEYS),
+        )
+        assert (scorer.restarts, scorer.reloads, scorer.version) == (1, 1, after.version)
+        assert scorer.registry_entries() == after.registry_entries()
+    finally:
+        scorer.close()
