@@ -62,7 +62,8 @@ class Pruning:
         return 1.0 - saved / self.seconds if self.seconds else 1.0
 
     def summary(self) -> dict[str, Any]:
-        return {"dropped": self.dropped, "cross_validated": self.full, "steps": self.steps,
+        steps = [step | {"seconds": round(step["seconds"], 3)} for step in self.steps]
+        return {"dropped": self.dropped, "cross_validated": self.full, "steps": steps,
                 "cost_share": round(self.cost_share, 3)}  # fmt: skip
 
 
@@ -157,7 +158,7 @@ def prune(
         figures, unit = min(fits, key=lambda t: (t[0]["log_loss"], -t[1].seconds))
         keep -= set(unit.members)
         left.remove(unit)
-        result.steps.append({"names": list(unit.names), "seconds": round(unit.seconds, 3),
+        result.steps.append({"names": list(unit.names), "seconds": unit.seconds,
                              "share": round(unit.seconds / total, 3), **figures})  # fmt: skip
     result.kept = sorted(keep)
     return result

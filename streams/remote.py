@@ -317,7 +317,10 @@ def _end(conn: mp.connection.Connection, process: Any, wait: float = 5.0) -> Non
     if process is not None and process.pid != os.getpid():
         process.join(wait)
         if process.is_alive():
-            os.kill(process.pid, signal.SIGKILL)
+            try:
+                os.kill(process.pid, signal.SIGKILL)
+            except ProcessLookupError:  # reaped meanwhile by the thread that read its end
+                return
             process.join(wait)
 
 
