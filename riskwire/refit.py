@@ -81,24 +81,23 @@ def refits_dir(settings: Settings) -> Path:
     return trained_dir(settings) / "refits"
 
 
-def _promote_to(file: Path, by_name: bool, name: str, settings: Settings) -> Path | None:
+def _promote_to(file: Path, by_name: bool, settings: Settings) -> Path | None:
     """A file already under ``DATA_DIR/models`` is replaced; an ensemble looked up by name gets
     one there, which the lookup then finds before the shipped one; any other path is left."""
     models = trained_dir(settings).resolve()
     if file.resolve().is_relative_to(models):
         return file
-    return trained_dir(settings) / "ensembles" / f"{name}.json" if by_name else None
+    return trained_dir(settings) / "ensembles" / file.name if by_name else None
 
 
 def target_files(name_or_path: str, settings: Settings) -> list[Target]:
     """The ensembles behind ``name_or_path`` (a routing file's, or the one file), unloaded."""
     path = ensemble_path(name_or_path, settings)
     if is_routing(path):
-        return [Target(name, where.file, _promote_to(where.file, where.by_name, where.file.stem,
-                                                     settings))
+        return [Target(name, where.file, _promote_to(where.file, where.by_name, settings))
                 for name, where in ensemble_files(path, settings).items()]  # fmt: skip
     name = str(read_spec(path).get("name", "ensemble"))
-    return [Target(name, path, _promote_to(path, is_a_name(name_or_path), path.stem, settings))]
+    return [Target(name, path, _promote_to(path, is_a_name(name_or_path), settings))]
 
 
 def targets(

@@ -226,9 +226,9 @@ def test_where_a_better_refit_goes_live(tmp_path: Path) -> None:
         "news": (ENSEMBLE_DIR / "news.json", True), "social": (ENSEMBLE_DIR / "social.json", True)
     }  # fmt: skip
     trained = tmp_path / "data" / "models" / "ensembles" / "news.json"
-    assert _promote_to(ENSEMBLE_DIR / "news.json", True, "news", settings) == trained
-    assert _promote_to(ENSEMBLE_DIR / "news.json", False, "news", settings) is None
+    assert _promote_to(ENSEMBLE_DIR / "news.json", True, settings) == trained
+    assert _promote_to(ENSEMBLE_DIR / "news.json", False, settings) is None
     trained.parent.mkdir(parents=True)
     trained.write_text((ENSEMBLE_DIR / "news.json").read_text())
     assert ensemble_path("news", settings) == trained  # what the router loads from now on
-    assert _promote_to(trained, False, "news", settings) == trained
+    assert _promote_to(trained, False, settings) == trained
