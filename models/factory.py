@@ -38,6 +38,13 @@ ENSEMBLE_DIR = ARTIFACT_DIR / "ensembles"
 Spec = dict[str, Any]
 
 
+def local_path(value: str, base: Path) -> str:
+    """A path a member spec gives: relative to ``base`` where it is there, else as it is (an
+    absolute path, or a hub id)."""
+    candidate = base / value
+    return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
+
+
 class MemberBuilder:
     """Builds members for one settings object, sharing one encoder among the heads that use it."""
 
@@ -47,8 +54,7 @@ class MemberBuilder:
         self._encoders: dict[tuple[str | None, str], Any] = {}
 
     def path(self, value: str) -> str:
-        candidate = self.base / value
-        return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
+        return local_path(value, self.base)
 
     def precision(self, precision: str | None, quantize: bool | None) -> str:
         """A member's precision: its spec's (``quantize: true`` is int8), else the settings'."""
@@ -257,29 +263,55 @@ def spec_of(ensemble: Ensemble, member_specs: list[Spec], **extra: Any) -> Spec:
 
 def scorer_files(settings: Settings) -> tuple[tuple[str, int | None, int | None], ...]:
     """The files that say what the configured scorer is, each as (path, mtime in ns, size): the
-    ensemble or routing file the setting resolves to and, for a routing file, the ensemble files
-    it names (a name resolves to a newly trained file before the shipped one, so a new path is a
-    change too). The members' own files are not watched: a member retrained in place needs a
-    restart. Empty for members named in ``ensemble_members``."""
+    ensemble or routing file the setting resolves to; for a routing file, the ensemble files it
+    names (a name resolves to a newly trained file before the shipped one, so a new path is a
+    change too); and every member's own files (``member_files``), so a member retrained in place
+    is a change as well. Empty for members named in ``ensemble_members``."""
     if settings.ensemble_members:
         return ()
     try:
         path = ensemble_path(settings.ensemble, settings)
-        files = [path]
+        ensembles = [path]
         if is_routing(path):
             from models.routing import ensemble_files
 
-            files += [where.file for where in ensemble_files(path, settings).values()]
+            ensembles = [where.file for where in ensemble_files(path, settings).values()]
+        files = [path] if is_routing(path) else []
+        for file in ensembles:
+            files.append(file)
+            files += member_files(read_spec(file), file.parent)
     except ModelError as exc:  # a file half-written or gone: a change, loaded when it is whole
         return ((f"error: {exc}", None, None),)
     out: list[tuple[str, int | None, int | None]] = []
-    for file in files:
+    for file in dict.fromkeys(files):  # a member two ensembles share is watched once
         try:
             stat = file.stat()
             out.append((str(file), stat.st_mtime_ns, stat.st_size))
         except OSError:
             out.append((str(file), None, None))
     return tuple(out)
+
+
+def member_files(spec: Spec, base: Path) -> list[Path]:
+    """The local files an ensemble file's members load (relative paths read from ``base``, as
+    ``MemberBuilder`` reads them): a head's file, and for a model or encoder folder the weights and
+    configs its version is a digest of (``models.hf.version_files``). A hub id names no file."""
+    out: list[Path] = []
+    for member in spec["members"]:
+        if not isinstance(member, dict):
+            continue
+        for key in ("head", "model", "encoder"):
+            value = member.get(key)
+            if not isinstance(value, str):
+                continue
+            path = Path(local_path(value, base))
+            if path.is_dir():
+                from models.hf import version_files
+
+                out += version_files(path)
+            elif path.is_file():
+                out.append(path)
+    return out
 
 
 def make_ensemble(

@@ -61,13 +61,22 @@ def canonical_order(
     return [found[label] for label in LABELS]
 
 
+def version_files(path: Path) -> list[Path]:
+    """A local model directory's weights and configs, by name: what its version is a digest of."""
+    return sorted(
+        (p for p in path.iterdir()
+         if p.is_file() and p.name.endswith((".safetensors", ".bin", ".json"))
+         and not p.name.startswith("tokenizer")),
+        key=lambda p: p.name,
+    )  # fmt: skip
+
+
 def content_digest(path: Path) -> str:
     """A short digest of a local model directory's weights and config (what makes its version)."""
     digest = hashlib.sha256()
-    for name in sorted(p.name for p in path.iterdir() if p.is_file()):
-        if name.endswith((".safetensors", ".bin", ".json")) and not name.startswith("tokenizer"):
-            digest.update(name.encode())
-            digest.update((path / name).read_bytes())
+    for file in version_files(path):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
     return digest.hexdigest()[:10]
 
 

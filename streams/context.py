@@ -294,10 +294,11 @@ class WorkerContext:
             return await asyncio.to_thread(score_documents, ensemble, docs)
 
     async def reload_models(self) -> str | None:
-        """When the configured ensemble or routing file changed since the models were built (a
-        refit promoted, a file replaced), build them again beside the ones scoring and score with
-        them from the next batch if their version differs. Returns the new version, or None.
-        Models that cannot load are logged and the running ones go on."""
+        """When the configured ensemble or routing file, or a member's own files, changed since
+        the models were built (a refit promoted, a file replaced, a member retrained), build them
+        again beside the ones scoring and score with them from the next batch if their version
+        differs. Returns the new version, or None. Models that cannot load are logged and the
+        running ones go on."""
         from models.factory import make_ensemble, scorer_files
 
         if self._ensemble is None or self._ensemble_factory is not None:

@@ -88,3 +88,58 @@ def test_a_routing_file_builds_the_configured_router(tmp_path: Path) -> None:
     routing.write_text("routes: []\n")
     with pytest.raises(ModelError, match="needs an 'ensembles' mapping"):
         load_router(routing, settings)
+
+
+def test_a_member_retrained_in_place_is_a_change_the_worker_reloads(
+    tmp_path: Path, tiny_classifier_dir: Path
+) -> None:
+    """The worker watches the members' own files as well as the routing and ensemble files: new
+    weights written into a member's folder change what ``scorer_files`` sees, and the reload then
+    scores under the new version; a member two ensembles share is watched once."""
+    import asyncio
+    import shutil
+
+    from models.factory import scorer_files
+    from riskwire.settings import load_settings
+    from storage import upgrade
+    from streams.context import WorkerContext
+    from tests.models.conftest import save_tiny_classifier
+
+    member = tmp_path / "clf"
+    shutil.copytree(tiny_classifier_dir, member)
+    tiny = {"member": "hf", "name": "tiny", "model": "clf", "max_length": 32}
+    (tmp_path / "news.json").write_text(json.dumps({"name": "news", "members": [tiny]}))
+    (tmp_path / "social.json").write_text(json.dumps(
+        {"name": "social", "members": [tiny, {"member": "head", "head": "head.json"}]}
+    ))  # fmt: skip
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(
+        "ensembles:\n  news: news.json\n  social: social.json\n"
+        "routes:\n  - {kind: social, ensemble: social}\ndefault: news\n"
+    )
+    settings = Settings(data_dir=tmp_path, ensemble=str(routing), scoring_process=False)
+    (tmp_path / "head.json").write_text("{}")  # not loaded here: only its file is watched
+    watched = [Path(path) for path, _, _ in scorer_files(settings)]
+    assert watched[:2] == [routing, tmp_path / "news.json"]
+    assert member / "model.safetensors" in watched and member / "config.json" in watched
+    assert tmp_path / "head.json" in watched and not any("tokenizer" in p.name for p in watched)
+    assert len(watched) == len(set(watched))
+
+    (tmp_path / "social.json").write_text(json.dumps({"name": "social", "members": [tiny]}))
+    settings = load_settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9",
+                             ensemble=str(routing), scoring_process=False)  # fmt: skip
+    upgrade(settings.resolved_database_url)
+    context = WorkerContext(settings)
+    try:
+        before = context.load_ensemble().version
+        assert asyncio.run(context.reload_models()) is None
+        seen = scorer_files(settings)
+        save_tiny_classifier(member, {0: "positive", 1: "negative", 2: "neutral"}, seed=1)
+        assert scorer_files(settings) != seen
+        after = asyncio.run(context.reload_models())
+        assert after is not None and after != before
+        (score,) = asyncio.run(context.score([make_document(text="Shares fall")]))
+        assert score.model_version == after
+        assert asyncio.run(context.reload_models()) is None
+    finally:
+        context.close()
