@@ -2085,7 +2085,7 @@ def labels_refit(
     for o in outcomes:
         t = o.trial
         table.add_row(
-            o.ensemble, f"{o.labels:,}",
+            o.ensemble, f"{o.labels:,}" + (f" ({t.rows:,} judged)" if t and t.seen else ""),
             f"{t.live['macro_f1']:.3f} / {t.live['log_loss']:.3f}" if t else "–",
             f"{t.refit['macro_f1']:.3f} / {t.refit['log_loss']:.3f}" if t else "–",
             f"{t.macro_f1['difference']:+.3f} ({t.macro_f1['low']:+.3f} to "

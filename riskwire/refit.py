@@ -2,16 +2,19 @@
 
 Each ensemble the configured scorer uses (or the one named) has its fusion refitted on the
 labelled documents that would be routed to it, judged against the live fusion on those labels
-(``models.refit``: the live one never saw them, the refit answers them out of fold), written as a
-new versioned ensemble file under ``DATA_DIR/models/refits`` and registered in ``model_versions``
-whatever the verdict, so the comparison can be read later. With ``--promote`` a refit that is
-better takes the live file's place (the live file is kept beside the refits, by its version, to go
-back to); running workers load it within ``model_reload_s`` without a restart
-(``streams.context.WorkerContext.reload_models``), and record its version with every score.
+(``models.refit``: the live one on the labels it was not fitted on, the refit out of fold),
+written as a new versioned ensemble file under ``DATA_DIR/models/refits`` and registered in
+``model_versions`` whatever the verdict, so the comparison can be read later. With
+``--promote`` a refit that is better takes the live file's place (the live file is kept beside the
+refits, by its version, to go back to); running workers load it within ``model_reload_s`` without
+a restart (``streams.context.WorkerContext.reload_models``), and record its version with every
+score.
 
 Nothing is refitted for an ensemble with fewer than ``min_labels`` labelled documents, or, with
 ``min_new``, when fewer labels were given since the last refit of that ensemble: run from cron,
-the command then costs a query.
+the command then costs a query. A live fusion that is itself a refit is judged only on the labels
+it was not fitted on (``models.refit``), so nothing is refitted until there are ``MIN_JUDGED`` of
+those.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from models.factory import (
     trained_dir,
 )
 from models.fusion import get_fusion
-from models.refit import RefitTrial, judge_refit, refit_fusion
+from models.refit import RefitTrial, judge_refit, refit_fusion, text_digest, unseen
 from models.routing import ensemble_files, load_router
 from models.training import LabelledSet
 from riskwire.exceptions import RiskwireError
@@ -47,6 +50,9 @@ from riskwire.records import LABELS
 from riskwire.settings import Settings
 from storage import labels as store
 from storage.labels import LabelSelection
+
+# the fewest labels a live refit was not fitted on that a new refit is judged against it on
+MIN_JUDGED = 20
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,17 @@ def refit(
             outcome.reason = (f"{new_since[target.name]} labels given since the last refit, "
                               f"fewer than {min_new}")  # fmt: skip
         else:
-            entries += _refit_one(target, live, mine, until, extra, strategy, folds,
+            labels = [LABELS.index(r["label"]) for r in mine]
+            fitted_on = read_spec(target.file).get("fitted_on") or {}
+            judged = unseen([r["text"] for r in mine], labels, fitted_on.get("texts") or ())
+            if judged.sum() < min(MIN_JUDGED, len(mine)):
+                outcome.reason = (
+                    f"the live fusion was fitted on {len(mine) - judged.sum()} of these "
+                    f"{len(mine)} labels: {judged.sum()} others to judge it on, fewer than "
+                    f"{MIN_JUDGED}"
+                )  # fmt: skip
+                continue
+            entries += _refit_one(target, live, mine, judged, until, extra, strategy, folds,
                                   standard_errors, promote, settings, outcome, status)  # fmt: skip
     return outcomes, entries
 
@@ -225,6 +241,7 @@ def _refit_one(
     target: Target,
     live: Ensemble,
     rows: list[dict[str, Any]],
+    judged: np.ndarray,
     until: datetime | None,
     extra: LabelledSet | None,
     strategy: str,
@@ -249,7 +266,7 @@ def _refit_one(
     if status:
         status(f"{target.name}: {strategy} refitted fold by fold ({folds} folds)")
     trial = judge_refit(probs, labels, texts, live.fusion, live.weights, strategy, folds,
-                        standard_errors, extra_probs, extra_labels)  # fmt: skip
+                        standard_errors, extra_probs, extra_labels, judged)  # fmt: skip
     fitted = refit_fusion(strategy, probs, labels, live.weights, extra_probs, extra_labels)
     candidate = Ensemble(live.members, live.weights.tolist(), fusion=fitted, name=live.name)
     live_spec = read_spec(target.file)
@@ -258,7 +275,9 @@ def _refit_one(
         candidate, live_spec["members"],
         fitted_on={"rows": len(labels) + (len(extra) if extra is not None else 0),
                    "labels": len(labels),
-                   "data_sha256": extra.sha256 if extra is not None else None},
+                   "data_sha256": extra.sha256 if extra is not None else None,
+                   # what the next refit leaves out when it judges this one (``models.refit``)
+                   "texts": sorted({text_digest(t, int(y)) for t, y in zip(texts, labels, strict=True)})},
         refit={"of": live.version, "labels_until": labels_until, "verdict": trial.as_dict()},
         metrics={"split": "analysts' labels, out of fold", "rows": len(labels),
                  "fused": trial.refit, "live": trial.live},

@@ -9,7 +9,7 @@ import pytest
 
 from models.exceptions import ModelError
 from models.fusion import Fusion, get_fusion
-from models.refit import judge_refit, out_of_fold
+from models.refit import figures, judge_refit, out_of_fold, text_digest, unseen
 
 
 def rows(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -115,3 +115,26 @@ def test_too_few_rows_or_folds_are_refused() -> None:
         judge_refit(probs, y, texts, live_fusion("soft"), np.ones(3), "soft", folds=1)
     with pytest.raises(ModelError, match="rows of votes"):
         out_of_fold(probs, y, texts[:3], "soft", np.ones(3), folds=2)
+
+
+def test_a_live_refit_is_judged_only_on_the_labels_it_was_not_fitted_on() -> None:
+    """A refit promoted earlier is live: on its own fitting rows it looks better than it is, so
+    the next refit judges it (and itself) on the other labels alone, while fitting on all."""
+    y_old, old = rows(300, 3)
+    p_old = votes(y_old, SHIFTED, 30)
+    live = get_fusion("soft").fit(p_old, y_old, np.ones(3))  # the refit that went live
+    fitted_on = [text_digest(t, int(label)) for t, label in zip(old, y_old, strict=True)]
+    y_new, new = rows(120, 4)
+    p_new = votes(y_new, SHIFTED, 40)
+    y, texts, probs = np.concatenate([y_old, y_new]), old + new, np.concatenate([p_old, p_new], 1)
+    judged = unseen(texts, y, fitted_on)
+    assert judged.tolist() == [False] * 300 + [True] * 120
+    trial = judge_refit(probs, y, texts, live, np.ones(3), "soft", 5, judged=judged)
+    assert (trial.rows, trial.seen) == (120, 300)
+    assert trial.live == figures(live(p_new, np.ones(3)), y_new)[0]
+    assert "on the 120 labels the live fusion was not fitted on" in trial.reason
+    # a copy of a text it was fitted on, with the same label, is seen; labelled again, it is not
+    again = unseen([old[0], old[0]], [int(y_old[0]), (int(y_old[0]) + 1) % 3], fitted_on)
+    assert again.tolist() == [False, True]
+    with pytest.raises(ModelError, match="too few others"):
+        judge_refit(probs, y, texts, live, np.ones(3), "soft", 5, judged=np.zeros(420, bool))

@@ -135,9 +135,29 @@ def test_a_refit_on_the_analysts_labels_is_judged_written_registered_and_promote
         labels.put(session, env["LAST_ID"], "bo", "neutral", T0 + timedelta(days=1))
     engine.dispose()
     more = refit(env, "--min-labels", "100", "--min-new", "1", "--only", "news")
-    # judged against the promoted fusion, which was fitted on these very labels: nothing to gain
+    # the promoted fusion was fitted on every news label there is: none is left to judge it on
     assert more["news"]["live_version"] == o["candidate_version"]
-    assert more["news"]["status"] == "kept"
+    assert more["news"]["status"] == "skipped"
+    assert "fitted on 150 of these 150 labels: 0 others" in more["news"]["reason"]
+    assert len(spec["fitted_on"]["texts"]) == 150
+
+    # thirty news documents labelled since: the next refit is judged on those alone
+    fresh = LabelledSet.read(FIXTURE)
+    docs = [make_document(title=None, text=t, kind=Kind.NEWS) for t in fresh.texts]
+    with session_factory(engine).begin() as session:
+        repository.upsert_documents(session, docs)
+        for doc, label in zip(docs, fresh.labels, strict=True):
+            labels.put(session, doc.id, "ana", LABELS[label], T0 + timedelta(days=2))
+    engine.dispose()
+    judged = refit(env, "--min-labels", "100", "--only", "news")["news"]
+    assert judged["labels"] == 180 and judged["status"] in ("kept", "better")
+    trial = judged["trial"]
+    assert (trial["rows"], trial["seen"]) == (30, 150)
+    assert "on the 30 labels the live fusion was not fitted on" in judged["reason"]
+    own = evaluate(promoted.predict_proba(fresh.texts), fresh.labels)
+    assert trial["live"]["macro_f1"] == pytest.approx(own["macro_f1"], abs=1e-4)
+    assert trial["better"] == (judged["status"] == "better")
+    assert len(read_spec(Path(judged["candidate"]))["fitted_on"]["texts"]) == 180
 
     # rolled back: the live file the refit replaced goes live again, by its version
     back = riskwire("models", "promote", live.version, env=env)
