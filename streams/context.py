@@ -117,7 +117,8 @@ async def event_batches(
     most: int | None = None,
 ) -> AsyncIterator[Sequence[Any]]:  # fmt: skip
     """Micro-batches of up to ``most`` events (default ``score_batch_size``): key, value and
-    message, acknowledged after the loop body runs.
+    message, acknowledged once the loop body has run to its end; a body that raises or is
+    cancelled (a worker stopping) leaves its batch unacknowledged, to be read again.
 
     Events fetched before a rebalance can still sit in the batch buffer afterwards. They are left
     out and never acknowledged: Faust seeks to the committed offsets after a rebalance, so they come
@@ -183,7 +184,14 @@ async def _batches(
                 await app.consumer.seek(tp, owed)
         if current:
             METRICS.took(current)
+            # Faust's take() acknowledges a batch however the loop body left it: a body cancelled
+            # by a stopping worker (or failed) would have its offsets committed unprocessed. So
+            # each event is held here too, and let go only when the body asks for the next batch
+            for event in current:
+                event.message.incref()
             yield current
+            for event in current:
+                event.ack()
 
 
 R = TypeVar("R", bound=Record)

@@ -83,6 +83,40 @@ async def send_scores(topic: faust.TopicT, by_partition: dict[int, list[Score]])
             await topic.send(value=encode_scores(chunk), partition=partition)
 
 
+# how long a stopping worker waits for the batches in flight to be written and sent on
+SETTLE_S = 30.0
+
+
+async def settle(inflight: deque[asyncio.Future[None]], timeout: float) -> None:
+    """Wait (up to ``timeout`` seconds) for the batches still in flight when the stream ended.
+    What one of them raised is logged, not left for asyncio to report as never retrieved; its
+    messages were not acknowledged, so the next start reads the batch again (idempotent writes
+    make that harmless)."""
+    if not inflight:
+        return
+    tasks = list(inflight)
+    inflight.clear()
+    try:
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+    except asyncio.CancelledError:  # stopped harder: they would find the producer gone
+        for task in tasks:
+            task.cancel()
+        log.warning("scoring stopped with %d batch(es) in flight; read again when the "
+                    "worker starts", sum(not t.done() for t in tasks))  # fmt: skip
+        raise
+    for task in pending:
+        task.cancel()
+    failed = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+    if pending or failed:
+        log.warning(
+            "%d of %d batch(es) in flight when scoring stopped were not finished (%s); they are "
+            "read again when the worker starts",
+            len(pending) + len(failed), len(tasks), failed[0] if failed else "timed out",
+        )  # fmt: skip
+    else:
+        log.info("scoring stopped: the %d batch(es) in flight were finished", len(tasks))
+
+
 def _count_stored(stored: Sequence[Document], taken: int) -> None:
     METRICS.documents.labels(STAGE, "stored").inc(len(stored))
     METRICS.documents.labels(STAGE, "dead").inc(taken - len(stored))
@@ -156,6 +190,16 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
         # documents come several to a message (``documents_per_message``): this many messages
         # make a batch of at most ``score_batch_size`` documents
         most = max(1, ctx.settings.score_batch_size // documents_per_message(ctx.settings))
+        try:
+            await take_and_score(stream, inflight, most)
+        finally:
+            # the stream ended (the worker stops) or failed: finish the batches in flight while
+            # the producer still runs; one that cannot finish is read again on the next start
+            await settle(inflight, SETTLE_S)
+
+    async def take_and_score(
+        stream: faust.StreamT[bytes], inflight: deque[asyncio.Future[None]], most: int
+    ) -> None:
         async for events in event_batches(stream, ctx.settings, most=most):
             now = datetime.now(UTC)
             touched = {e.message.partition for e in events}

@@ -3,9 +3,9 @@
 20,000 records go through the whole worker four times: once uninterrupted; once with the worker
 SIGKILLed part of the way and restarted (a); once with a second worker joining (a rebalance) and
 the first then SIGKILLed (another), the second finishing alone (b); once with four workers coming
-and two of them SIGKILLed, a rebalance at each step. Every stored result (documents, scores,
-rolling rows, aggregates, alerts, alert events) must be identical to the uninterrupted run's:
-nothing lost, nothing stored twice, no alert emitted twice.
+and two of them going, one stopped (SIGTERM) and one SIGKILLed, a rebalance at each step. Every
+stored result (documents, scores, rolling rows, aggregates, alerts, alert events) must be
+identical to the uninterrupted run's: nothing lost, nothing stored twice, no alert emitted twice.
 """
 
 from __future__ import annotations
@@ -330,17 +330,23 @@ def test_workers_joining_and_dying_change_nothing(
     broker: EmbeddedBroker, postgres_url: str, corpus: Path, tmp_path: Path,
     uninterrupted: dict[str, list[Any]],
 ) -> None:  # fmt: skip
-    """Four workers over the run, two of them SIGKILLed, with a rebalance at each step: every
-    partition moves, some twice, while scores are held and batches are in flight."""
+    """Four workers over the run, one of them stopped as a deployment stops it (SIGTERM: it
+    leaves cleanly, batches in flight finished or left to be read again) and one SIGKILLed, with
+    a rebalance at each step: every partition moves, some twice, while scores are held and
+    batches are in flight."""
     settings, stored, first = start(broker, postgres_url, corpus, tmp_path)
     alive = {1: first}
     try:
-        steps = ((0.10, "join", 2), (0.25, "join", 3), (0.40, "kill", 2), (0.55, "join", 4),
+        steps = ((0.10, "join", 2), (0.25, "join", 3), (0.40, "stop", 2), (0.55, "join", 4),
                  (0.70, "kill", 1))  # fmt: skip
         for share, step, n in steps:
             wait_until(lambda share=share: stored() >= N * share, *alive.values())
             if step == "join":
                 alive[n] = spawn_worker(settings, tmp_path / f"worker-{n}.log")
+            elif step == "stop":
+                assert stop_worker(alive.pop(n)) == 0
+                log = (tmp_path / f"worker-{n}.log").read_text(errors="replace")
+                assert "Traceback" not in log and "never retrieved" not in log, log[-3000:]
             else:
                 kill(alive.pop(n))
         assert stored() < N, "the last kill came too late to test anything"

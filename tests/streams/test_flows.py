@@ -361,3 +361,52 @@ def test_models_changed_on_disk_are_reloaded_without_a_restart(
         assert score.model_version == after
     finally:
         context.close()
+
+
+def test_batches_in_flight_when_scoring_stops_are_finished_or_given_up_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The scoring agent's batches still in flight when its stream ends: finished ones are
+    waited for; a failed one, or one still running at the timeout, is logged (not left for
+    asyncio to report as never retrieved) and, being unacknowledged, read again on the next start;
+    a stop that cancels the wait cancels them, so none runs on against a stopped producer."""
+    from collections import deque
+
+    from streams.scoring import settle
+
+    async def batch(seconds: float, fail: bool = False) -> None:
+        await asyncio.sleep(seconds)
+        if fail:
+            raise RuntimeError("producer gone")
+
+    async def run(*specs: tuple[float, bool], timeout: float = 5.0) -> list[asyncio.Task[None]]:
+        tasks = [asyncio.ensure_future(batch(s, f)) for s, f in specs]
+        inflight: deque[asyncio.Future[None]] = deque(tasks)
+        await settle(inflight, timeout)
+        assert not inflight
+        return tasks
+
+    with caplog.at_level(logging.INFO, logger="streams.scoring"):
+        tasks = asyncio.run(run((0.01, False), (0.05, False)))
+        assert all(t.done() and t.exception() is None for t in tasks)
+        assert "the 2 batch(es) in flight were finished" in caplog.text
+        caplog.clear()
+        tasks = asyncio.run(run((0.01, False), (0.02, True), (10, False), timeout=0.3))
+        assert tasks[2].cancelled()
+        assert "2 of 3 batch(es) in flight when scoring stopped were not finished" in caplog.text
+        assert "producer gone" in caplog.text
+        caplog.clear()
+
+        async def stopped() -> list[asyncio.Task[None]]:
+            tasks = [asyncio.ensure_future(batch(10))]
+            waiting = asyncio.ensure_future(settle(deque(tasks), 30))
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await asyncio.sleep(0)
+            return tasks
+
+        (task,) = asyncio.run(stopped())
+        assert task.cancelled()
+        assert "scoring stopped with 1 batch(es) in flight" in caplog.text
