@@ -91,11 +91,12 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             touched = progress.note(events, times)
             refused = [r for r in results if isinstance(r, DeadLetter)]
             await send_dead(dead, refused)
-            fresh = [
-                (event, doc)
-                for event, doc in zip(events, results, strict=True)
-                if isinstance(doc, Document) and ctx.dedupe.is_new(doc.id)
-            ]
+            fresh: list[tuple[Any, Document]] = []
+            taken: set[str] = set()  # copies within the batch
+            for event, doc in zip(events, results, strict=True):
+                if isinstance(doc, Document) and doc.id not in taken and ctx.dedupe.is_new(doc.id):
+                    taken.add(doc.id)
+                    fresh.append((event, doc))
             METRICS.documents.labels(STAGE, "new").inc(len(fresh))
             METRICS.documents.labels(STAGE, "duplicate").inc(
                 len(results) - len(refused) - len(fresh)
@@ -112,6 +113,7 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
             for partition, bodies in sorted(by_partition.items()):
                 for message in batch_messages(bodies, most):
                     await docs.send(value=message, partition=partition)
+            ctx.dedupe.remember(taken)  # sent on: later copies are dropped
             await progress.send(touched, [docs], fan_out=False)
 
     @app.timer(interval=0.1)

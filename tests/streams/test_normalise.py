@@ -92,11 +92,11 @@ def test_times_without_an_offset_are_refused_and_times_with_one_become_utc() -> 
 
 def test_deduplicator_forgets_the_oldest_beyond_capacity() -> None:
     seen = Deduplicator(capacity=2)
-    assert seen.is_new("a") and seen.is_new("b")
-    assert not seen.is_new("a")
-    assert seen.is_new("c")  # evicts b, the least recently seen
-    assert seen.is_new("b")
-    assert not seen.is_new("c")
+    assert seen.is_new("a") and seen.is_new("a")  # not sent on yet: a batch read again keeps it
+    seen.remember(["a", "b"])
+    assert not seen.is_new("a")  # a is now the most recently seen
+    seen.remember(["c"])  # evicts b, the least recently seen
+    assert seen.is_new("b") and not seen.is_new("c") and not seen.is_new("a")
 
 
 @pytest.mark.parametrize(
