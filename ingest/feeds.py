@@ -291,9 +291,16 @@ class FeedRunner:
             if self.due[source.name] > now:
                 continue
             outcome = source.poll(self.client)
-            if outcome.items:
-                self.publish(outcome.items)
-                produced += len(outcome.items)
+            try:
+                if outcome.items:
+                    self.publish(outcome.items)
+                    produced += len(outcome.items)
+            except Exception as exc:  # the broker did not take them: they come again next poll
+                log.error("feed %s: %d items not published (%s); they are fetched again",
+                          source.name, len(outcome.items), exc)  # fmt: skip
+                outcome.error = f"publishing failed: {exc}"
+            else:
+                source.taken(outcome)
             health = self.health[source.name]
             status = health.record(outcome, self.clock())
             delay = source.schedule.next_delay(health.consecutive_errors)

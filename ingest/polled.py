@@ -3,7 +3,8 @@ items seen before not produced again, and per-feed health.
 
 A source implements ``parse(body, url) -> (items, next_url)``; ``poll()`` fetches, follows pages, and
 returns what it found together with how the fetch went, which the runner records as the feed's
-health.
+health. Only once the items are published does the runner tell the source (``taken``), which then
+remembers them and the feed's validators: a publish that fails leaves them to come again.
 """
 
 from __future__ import annotations
@@ -33,12 +34,16 @@ class FetchError(Exception):
 
 @dataclass
 class PollOutcome:
-    """One poll: the new items, whether the server said nothing changed, or why it failed."""
+    """One poll: the new items, whether the server said nothing changed, or why it failed; and
+    what the source learns from it once the items are published (``PolledSource.taken``)."""
 
     items: list[SourceItem] = field(default_factory=list)
     not_modified: bool = False
     error: str | None = None
     pages: int = 0
+    keys: list[str] = field(default_factory=list)  # the new items' ids
+    etag: str | None = None  # the first page's validators, for the next conditional GET
+    last_modified: str | None = None
 
 
 @dataclass
@@ -121,8 +126,8 @@ class PolledSource(FeedSource, ABC):
                 outcome.error = f"HTTP {answer.status_code} from {url}"
                 return outcome
             if first:  # validators of the feed's first page, for the next conditional GET
-                self.etag = answer.headers.get("ETag") or self.etag
-                self.last_modified = answer.headers.get("Last-Modified") or self.last_modified
+                outcome.etag = answer.headers.get("ETag") or self.etag
+                outcome.last_modified = answer.headers.get("Last-Modified") or self.last_modified
             try:
                 payloads, url = self.parse(answer.content, url)
             except FetchError as exc:
@@ -132,18 +137,30 @@ class PolledSource(FeedSource, ABC):
             fetched = self.clock()
             before = len(outcome.items)
             for payload in payloads:
-                outcome.items.extend(self._new(payload, fetched))
+                outcome.items.extend(self._new(payload, fetched, outcome))
             if len(outcome.items) == before:  # nothing new here: older pages hold nothing new
                 break
         return outcome
 
-    def _new(self, payload: dict[str, Any], fetched: datetime) -> Iterator[SourceItem]:
-        key = self.item_id(payload)
-        if key in self._seen:
-            return
-        self._seen[key] = None
-        if len(self._seen) > self._remember:
+    def taken(self, outcome: PollOutcome) -> None:
+        """The poll's items were published: remember them, and the feed's validators, so the
+        next poll neither produces them again nor has the server send them. Until then they come
+        again (a publish that failed loses nothing)."""
+        for key in outcome.keys:
+            self._seen[key] = None
+            self._seen.move_to_end(key)
+        while len(self._seen) > self._remember:
             self._seen.popitem(last=False)
+        if outcome.pages:
+            self.etag, self.last_modified = outcome.etag, outcome.last_modified
+
+    def _new(
+        self, payload: dict[str, Any], fetched: datetime, outcome: PollOutcome
+    ) -> Iterator[SourceItem]:
+        key = self.item_id(payload)
+        if key in self._seen or key in outcome.keys:
+            return
+        outcome.keys.append(key)
         try:
             yield RawRecord(source=self.name, kind=self.kind, fetched_at=fetched, payload=payload)
         except ValueError as exc:  # a payload a record cannot hold
@@ -158,3 +175,4 @@ class PolledSource(FeedSource, ABC):
         if outcome.error:
             raise FetchError(f"{self.name}: {outcome.error}")
         yield from outcome.items
+        self.taken(outcome)  # every item was handed on

@@ -6,14 +6,22 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from ingest.base import SourceItem
+from riskwire.exceptions import RiskwireError
 from riskwire.records import DeadLetter, RawRecord, stable_id
 from riskwire.settings import Topics
 
 log = logging.getLogger(__name__)
+
+
+class PublishError(RiskwireError):
+    """The broker did not take every record of a publish (the rest may have landed: publishing
+    the same items again is safe, the stream stores each document once)."""
 
 
 @dataclass
@@ -46,29 +54,41 @@ class RawProducer:
         )
 
     def publish(self, items: Iterable[SourceItem]) -> ProduceCounts:
+        """Send every item and wait until the broker has them all; raises :class:`PublishError`
+        if it did not take one (the producer's own retries spent), so the caller can keep the
+        items and publish them again instead of counting them as sent."""
         counts = ProduceCounts()
-        for item in items:
-            if not isinstance(item, DeadLetter):
-                value = item.to_json()
-                if len(value) > MAX_RECORD_BYTES:  # Kafka refuses messages over about 1 MB
-                    item = DeadLetter.of(
-                        "ingest",
-                        f"record is {len(value):,} bytes; the limit is {MAX_RECORD_BYTES:,}",
-                        value, occurred_at=datetime.now(UTC), key=record_key(item),
-                    )  # fmt: skip
-            if isinstance(item, DeadLetter):
-                self._producer.send(
-                    self.topics.deadletter,
-                    value=item.to_json(),
-                    key=(item.key or "").encode() or None,
-                )
-                counts.dead += 1
-            else:
-                self._producer.send(self.topics.raw(item.kind), value=value, key=record_key(item))
-                counts.raw += 1
-        self._producer.flush()
+        futures = []
+        try:
+            for item in items:
+                futures.append(self._send(item, counts))
+            self._producer.flush()
+        except KafkaError as exc:
+            raise PublishError(f"the broker did not take the records: {exc}") from exc
+        failed = [f.exception for f in futures if f.failed()]
+        if failed:
+            raise PublishError(f"the broker did not take {len(failed)} of {len(futures)} "
+                               f"records: {failed[0]}")  # fmt: skip
         log.info("produced %d raw records and %d dead letters", counts.raw, counts.dead)
         return counts
+
+    def _send(self, item: SourceItem, counts: ProduceCounts) -> Any:
+        """One item to its raw topic (a dead letter, or a record too large, to the dead-letter
+        topic); the send's future."""
+        if not isinstance(item, DeadLetter):
+            value = item.to_json()
+            if len(value) > MAX_RECORD_BYTES:  # Kafka refuses messages over about 1 MB
+                item = DeadLetter.of(
+                    "ingest",
+                    f"record is {len(value):,} bytes; the limit is {MAX_RECORD_BYTES:,}",
+                    value, occurred_at=datetime.now(UTC), key=record_key(item),
+                )  # fmt: skip
+        if isinstance(item, DeadLetter):
+            counts.dead += 1
+            key = (item.key or "").encode() or None
+            return self._producer.send(self.topics.deadletter, value=item.to_json(), key=key)
+        counts.raw += 1
+        return self._producer.send(self.topics.raw(item.kind), value=value, key=record_key(item))
 
     def close(self) -> None:
         self._producer.close()

@@ -17,7 +17,7 @@ import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from ingest.base import SourceItem
-from ingest.producer import RawProducer
+from ingest.producer import PublishError, RawProducer
 from riskwire.records import DeadLetter, Kind, RawRecord
 from riskwire.settings import Settings
 
@@ -99,7 +99,12 @@ def push_router(settings: Settings, require: Any) -> tuple[APIRouter, Callable[[
             raise HTTPException(413, f"a push carries at most {MAX_ITEMS} items")
         items = to_items(parsed, f"push:{source}", kind, datetime.now(UTC))
         target = producer()
-        counts = await anyio.to_thread.run_sync(target.publish, items)
+        try:
+            counts = await anyio.to_thread.run_sync(target.publish, items)
+        except PublishError as exc:  # nothing is acknowledged: the pusher sends them again
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc}; push the items again"
+            ) from None
         rejected = [
             {"index": number, "reason": item.reason}
             for number, item in enumerate(items)

@@ -155,7 +155,9 @@ def test_atom_entries_are_read_too(server: FeedServer) -> None:
 def test_a_conditional_get_answered_304_produces_nothing_again(server: FeedServer) -> None:
     source = RssSource("markets", f"{server.url}/markets.rss")
     with httpx.Client() as client:
-        assert len(source.poll(client).items) == 2
+        first = source.poll(client)
+        assert len(first.items) == 2
+        source.taken(first)  # published
         again = source.poll(client)
     assert again.not_modified and again.items == [] and again.error is None
     _, headers = server.hits[-1]
@@ -166,8 +168,63 @@ def test_a_conditional_get_answered_304_produces_nothing_again(server: FeedServe
 def test_items_seen_before_are_not_produced_twice(server: FeedServer) -> None:
     source = RssSource("gamma", f"{server.url}/newsroom.atom")  # no validators: always 200
     with httpx.Client() as client:
-        assert len(source.poll(client).items) == 1
+        first = source.poll(client)
+        assert len(first.items) == 1
+        source.taken(first)
         assert source.poll(client).items == []
+
+
+def test_items_not_yet_published_come_again_and_the_feed_is_asked_for_them_again(
+    server: FeedServer,
+) -> None:
+    """Until the runner says a poll's items were published, the source neither remembers them
+    nor sends the validators that would have the server answer 304: a failed publish loses none."""
+    source = RssSource("markets", f"{server.url}/markets.rss")
+    with httpx.Client() as client:
+        first = source.poll(client)
+        again = source.poll(client)
+        _, headers = server.hits[-1]
+        assert "If-None-Match" not in headers and "If-Modified-Since" not in headers
+        assert [i.payload for i in again.items] == [i.payload for i in first.items]
+        assert len(again.items) == 2
+        source.taken(again)
+        assert source.poll(client).not_modified
+
+
+def test_a_publish_that_fails_leaves_the_items_to_the_next_poll(
+    server: FeedServer, tmp_path: Path
+) -> None:
+    """The broker refusing a publish is the feed's error for that round (its health says why);
+    the items come again when the feed is next due, and are published then."""
+    from ingest.producer import PublishError
+
+    published: list[Any] = []
+    refuse = [True]
+
+    def publish(items: list[Any]) -> None:
+        if refuse[0]:
+            raise PublishError("the broker did not take 2 of 2 records: KafkaTimeoutError")
+        published.extend(items)
+
+    clock = Clock()
+    feeds = [
+        f for f in load_feeds(write_config(tmp_path, server.url)) if f.source.name == "markets"
+    ]
+    runner = FeedRunner(feeds, publish, None, clock)
+    try:
+        runner.poll_due()
+        health = runner.health["markets"]
+        assert published == [] and health.consecutive_errors == 1
+        assert "publishing failed" in (health.last_error or "")
+        refuse[0] = False
+        clock.now = runner.due["markets"]
+        runner.poll_due()
+        assert len(published) == 2 and health.consecutive_errors == 0
+        clock.now = runner.due["markets"]
+        runner.poll_due()  # now remembered: the server is asked conditionally, answers 304
+        assert len(published) == 2 and server.hits[-1][1]["If-None-Match"] == '"v1"'
+    finally:
+        runner.close()
 
 
 def test_a_paginated_json_api_is_read_page_by_page(server: FeedServer) -> None:

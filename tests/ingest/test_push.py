@@ -108,3 +108,30 @@ def test_without_a_broker_the_api_says_so(push_settings: Settings) -> None:
     with TestClient(create_api(settings)) as client:
         answer = client.post("/ingest/wire", json={"title": "x"}, headers=key(settings, "ingest"))
     assert answer.status_code == 503 and "RISKWIRE_KAFKA_BOOTSTRAP" in answer.text
+
+
+def test_a_publish_the_broker_does_not_take_raises_instead_of_counting_the_items(
+    tmp_path: Path,
+) -> None:
+    """kafka-python's flush() returns whether or not the broker took the records: the producer
+    now reads every send's outcome, so a broker gone mid-way is an error its caller sees (the
+    feed runner keeps the items for the next poll, the push endpoint answers 503), not a count
+    of items produced."""
+    from ingest.producer import PublishError, RawProducer
+    from riskwire.records import Kind
+
+    settings = load_settings(data_dir=tmp_path, topic_prefix=f"gone-{uuid.uuid4().hex[:8]}")
+    now = datetime.now(UTC)
+    items = [RawRecord(source="wire", kind=Kind.NEWS, fetched_at=now, payload={"title": f"n{i}"})
+             for i in range(3)]  # fmt: skip
+    broker = EmbeddedBroker().start()
+    producer = RawProducer(broker.bootstrap, settings.topics, request_timeout_ms=1000,
+                           delivery_timeout_ms=3000, max_block_ms=3000)  # fmt: skip
+    try:
+        assert producer.publish(items).raw == 3
+        broker.stop()
+        with pytest.raises(PublishError, match="the broker did not take"):
+            producer.publish(items)
+    finally:
+        broker.stop()
+        producer._producer.close(timeout=2)
