@@ -100,10 +100,8 @@ def test_a_member_retrained_in_place_is_a_change_the_worker_reloads(
     import shutil
 
     from models.factory import scorer_files
-    from riskwire.settings import load_settings
-    from storage import upgrade
-    from streams.context import WorkerContext
     from tests.models.conftest import save_tiny_classifier
+    from tests.streams.test_flows import reloading_context
 
     member = tmp_path / "clf"
     shutil.copytree(tiny_classifier_dir, member)
@@ -126,16 +124,11 @@ def test_a_member_retrained_in_place_is_a_change_the_worker_reloads(
     assert len(watched) == len(set(watched))
 
     (tmp_path / "social.json").write_text(json.dumps({"name": "social", "members": [tiny]}))
-    settings = load_settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9",
-                             ensemble=str(routing), scoring_process=False)  # fmt: skip
-    upgrade(settings.resolved_database_url)
-    context = WorkerContext(settings)
+    context, before = reloading_context(tmp_path, routing, in_a_process=False)
     try:
-        before = context.load_ensemble().version
-        assert asyncio.run(context.reload_models()) is None
-        seen = scorer_files(settings)
+        seen = scorer_files(context.settings)
         save_tiny_classifier(member, {0: "positive", 1: "negative", 2: "neutral"}, seed=1)
-        assert scorer_files(settings) != seen
+        assert scorer_files(context.settings) != seen
         after = asyncio.run(context.reload_models())
         assert after is not None and after != before
         (score,) = asyncio.run(context.score([make_document(text="Shares fall")]))

@@ -329,6 +329,24 @@ def test_documents_travel_in_messages_under_the_size_limit_and_a_bad_one_is_told
     assert "not valid JSON" in bad.reason
 
 
+def reloading_context(
+    tmp_path: Path, ensemble: Path, in_a_process: bool
+) -> tuple[WorkerContext, str]:
+    """A worker context on ``ensemble`` (a SQLite database in ``tmp_path``) with its models
+    loaded, and their version; a first reload finds nothing changed."""
+    settings = load_settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9",
+                             ensemble=str(ensemble), scoring_process=in_a_process)  # fmt: skip
+    upgrade(settings.resolved_database_url)
+    context = WorkerContext(settings)
+    try:
+        version = context.load_ensemble().version
+        assert asyncio.run(context.reload_models()) is None
+    except BaseException:
+        context.close()
+        raise
+    return context, version
+
+
 @pytest.mark.parametrize("in_a_process", [False, True])
 def test_models_changed_on_disk_are_reloaded_without_a_restart(
     tmp_path: Path, in_a_process: bool
@@ -338,13 +356,8 @@ def test_models_changed_on_disk_are_reloaded_without_a_restart(
     change nothing, and models that cannot load leave the running ones scoring."""
     spec = tmp_path / "live.json"
     spec.write_text(json.dumps({"name": "live", "members": [{"member": "lm"}]}))
-    settings = load_settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9",
-                             ensemble=str(spec), scoring_process=in_a_process)  # fmt: skip
-    upgrade(settings.resolved_database_url)
-    context = WorkerContext(settings)
+    context, before = reloading_context(tmp_path, spec, in_a_process)
     try:
-        before = context.load_ensemble().version
-        assert asyncio.run(context.reload_models()) is None
         spec.write_text(json.dumps({"name": "live", "members": [{"member": "lm"},
                                                                 {"member": "finvader"}]}))  # fmt: skip
         after = asyncio.run(context.reload_models())
