@@ -41,7 +41,7 @@ class PollOutcome:
     not_modified: bool = False
     error: str | None = None
     pages: int = 0
-    keys: list[str] = field(default_factory=list)  # the new items' ids
+    keys: dict[str, None] = field(default_factory=dict)  # the new items' ids, in order
     etag: str | None = None  # the first page's validators, for the next conditional GET
     last_modified: str | None = None
 
@@ -160,7 +160,7 @@ class PolledSource(FeedSource, ABC):
         key = self.item_id(payload)
         if key in self._seen or key in outcome.keys:
             return
-        outcome.keys.append(key)
+        outcome.keys[key] = None
         try:
             yield RawRecord(source=self.name, kind=self.kind, fetched_at=fetched, payload=payload)
         except ValueError as exc:  # a payload a record cannot hold

@@ -90,8 +90,9 @@ class RawProducer:
         counts.raw += 1
         return self._producer.send(self.topics.raw(item.kind), value=value, key=record_key(item))
 
-    def close(self) -> None:
-        self._producer.close()
+    def close(self, timeout: float | None = None) -> None:
+        """Close the producer, waiting at most ``timeout`` seconds for what it still holds."""
+        self._producer.close(timeout=timeout)
 
     def __enter__(self) -> RawProducer:
         return self

@@ -134,4 +134,4 @@ def test_a_publish_the_broker_does_not_take_raises_instead_of_counting_the_items
             producer.publish(items)
     finally:
         broker.stop()
-        producer._producer.close(timeout=2)
+        producer.close(timeout=2)
