@@ -57,6 +57,11 @@ def to_items(parsed: list[Any], source: str, kind: Kind, now: datetime) -> list[
     return items
 
 
+# how long a push waits for the broker to take its items before it is answered 503 (kafka-python's
+# own defaults would hold the pusher's request for up to three minutes)
+PUSH_TIMEOUT_MS = 15_000
+
+
 def push_router(settings: Settings, require: Any) -> tuple[APIRouter, Callable[[], None]]:
     """The push route, and what closes its producer when the API stops."""
     router = APIRouter()
@@ -71,11 +76,12 @@ def push_router(settings: Settings, require: Any) -> tuple[APIRouter, Callable[[
             )
         with lock:
             if not producers:
-                producers.append(
-                    RawProducer(
-                        settings.kafka_bootstrap, settings.topics, settings.topic_partitions
-                    )
-                )
+                made = RawProducer(
+                    settings.kafka_bootstrap, settings.topics, settings.topic_partitions,
+                    max_block_ms=PUSH_TIMEOUT_MS, delivery_timeout_ms=PUSH_TIMEOUT_MS,
+                    request_timeout_ms=PUSH_TIMEOUT_MS // 3,
+                )  # fmt: skip
+                producers.append(made)
             return producers[0]
 
     @router.post("/ingest/{source}", status_code=202, tags=["ingest"])

@@ -110,28 +110,30 @@ def test_without_a_broker_the_api_says_so(push_settings: Settings) -> None:
     assert answer.status_code == 503 and "RISKWIRE_KAFKA_BOOTSTRAP" in answer.text
 
 
-def test_a_publish_the_broker_does_not_take_raises_instead_of_counting_the_items(
-    tmp_path: Path,
+def test_a_push_the_broker_does_not_take_is_answered_503_not_counted(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """kafka-python's flush() returns whether or not the broker took the records: the producer
-    now reads every send's outcome, so a broker gone mid-way is an error its caller sees (the
-    feed runner keeps the items for the next poll, the push endpoint answers 503), not a count
-    of items produced."""
-    from ingest.producer import PublishError, RawProducer
-    from riskwire.records import Kind
+    now reads every send's outcome, so a broker gone mid-way is an error (the push is answered
+    503, for the pusher to send again; the feed runner keeps its items for the next poll), not a
+    count of items accepted."""
+    import ingest.push
 
-    settings = load_settings(data_dir=tmp_path, topic_prefix=f"gone-{uuid.uuid4().hex[:8]}")
-    now = datetime.now(UTC)
-    items = [RawRecord(source="wire", kind=Kind.NEWS, fetched_at=now, payload={"title": f"n{i}"})
-             for i in range(3)]  # fmt: skip
+    monkeypatch.setattr(ingest.push, "PUSH_TIMEOUT_MS", 3000)  # the test waits 3 s, not 15
+    upgrade(sqlite_url)
     broker = EmbeddedBroker().start()
-    producer = RawProducer(broker.bootstrap, settings.topics, request_timeout_ms=1000,
-                           delivery_timeout_ms=3000, max_block_ms=3000)  # fmt: skip
+    settings = load_settings(
+        kafka_bootstrap=broker.bootstrap, database_url=sqlite_url, data_dir=tmp_path,
+        topic_prefix=f"gone-{uuid.uuid4().hex[:8]}", api_token="admin", deliver_in_api=False,
+    )  # fmt: skip
     try:
-        assert producer.publish(items).raw == 3
-        broker.stop()
-        with pytest.raises(PublishError, match="the broker did not take"):
-            producer.publish(items)
+        with TestClient(create_api(settings)) as client:
+            vendor = key(settings, "ingest")
+            up = client.post("/ingest/wire", json={"title": "Shares rise"}, headers=vendor)
+            assert up.status_code == 202 and up.json()["accepted"] == 1
+            broker.stop()
+            down = client.post("/ingest/wire", json={"title": "Shares fall"}, headers=vendor)
+        assert down.status_code == 503, down.text
+        assert "the broker did not take" in down.text and "push the items again" in down.text
     finally:
         broker.stop()
-        producer.close(timeout=2)
