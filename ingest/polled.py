@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ import httpx
 
 from ingest.base import FeedSource, SourceItem
 from riskwire import __version__
+from riskwire.recent import RecentIds
 from riskwire.records import DeadLetter, Kind, RawRecord
 
 STAGE = "ingest"
@@ -88,8 +88,7 @@ class PolledSource(FeedSource, ABC):
         self.clock = clock
         self.etag: str | None = None
         self.last_modified: str | None = None
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._remember = remember
+        self._seen = RecentIds(remember)
 
     @abstractmethod
     def parse(self, body: bytes, url: str) -> tuple[list[dict[str, Any]], str | None]:
@@ -146,11 +145,7 @@ class PolledSource(FeedSource, ABC):
         """The poll's items were published: remember them, and the feed's validators, so the
         next poll neither produces them again nor has the server send them. Until then they come
         again (a publish that failed loses nothing)."""
-        for key in outcome.keys:
-            self._seen[key] = None
-            self._seen.move_to_end(key)
-        while len(self._seen) > self._remember:
-            self._seen.popitem(last=False)
+        self._seen.remember(outcome.keys)
         if outcome.pages:
             self.etag, self.last_modified = outcome.etag, outcome.last_modified
 
@@ -158,7 +153,7 @@ class PolledSource(FeedSource, ABC):
         self, payload: dict[str, Any], fetched: datetime, outcome: PollOutcome
     ) -> Iterator[SourceItem]:
         key = self.item_id(payload)
-        if key in self._seen or key in outcome.keys:
+        if key in outcome.keys or not self._seen.is_new(key):
             return
         outcome.keys[key] = None
         try:

@@ -222,17 +222,7 @@ def refit(
             outcome.reason = (f"{new_since[target.name]} labels given since the last refit, "
                               f"fewer than {min_new}")  # fmt: skip
         else:
-            labels = [LABELS.index(r["label"]) for r in mine]
-            fitted_on = read_spec(target.file).get("fitted_on") or {}
-            judged = unseen([r["text"] for r in mine], labels, fitted_on.get("texts") or ())
-            if judged.sum() < min(MIN_JUDGED, len(mine)):
-                outcome.reason = (
-                    f"the live fusion was fitted on {len(mine) - judged.sum()} of these "
-                    f"{len(mine)} labels: {judged.sum()} others to judge it on, fewer than "
-                    f"{MIN_JUDGED}"
-                )  # fmt: skip
-                continue
-            entries += _refit_one(target, live, mine, judged, until, extra, strategy, folds,
+            entries += _refit_one(target, live, mine, until, extra, strategy, folds,
                                   standard_errors, promote, settings, outcome, status)  # fmt: skip
     return outcomes, entries
 
@@ -241,7 +231,6 @@ def _refit_one(
     target: Target,
     live: Ensemble,
     rows: list[dict[str, Any]],
-    judged: np.ndarray,
     until: datetime | None,
     extra: LabelledSet | None,
     strategy: str,
@@ -254,6 +243,13 @@ def _refit_one(
 ) -> list[tuple[str, str, dict[str, Any]]]:
     texts = [r["text"] for r in rows]
     labels = np.asarray([LABELS.index(r["label"]) for r in rows], dtype=np.int64)
+    live_spec = read_spec(target.file)
+    judged = unseen(texts, labels, (live_spec.get("fitted_on") or {}).get("texts") or ())
+    if judged.sum() < min(MIN_JUDGED, len(rows)):
+        outcome.reason = (f"the live fusion was fitted on {len(rows) - judged.sum()} of these "
+                          f"{len(rows)} labels: {judged.sum()} others to judge it on, fewer "
+                          f"than {MIN_JUDGED}")  # fmt: skip
+        return []
     if status:
         status(f"{target.name}: scoring {len(texts):,} labelled documents with "
                f"{len(live.members)} members")  # fmt: skip
@@ -269,7 +265,6 @@ def _refit_one(
                         standard_errors, extra_probs, extra_labels, judged)  # fmt: skip
     fitted = refit_fusion(strategy, probs, labels, live.weights, extra_probs, extra_labels)
     candidate = Ensemble(live.members, live.weights.tolist(), fusion=fitted, name=live.name)
-    live_spec = read_spec(target.file)
     labels_until = (until or datetime.now(UTC)).astimezone(UTC).isoformat()
     spec = spec_of(
         candidate, live_spec["members"],

@@ -191,46 +191,41 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
         # make a batch of at most ``score_batch_size`` documents
         most = max(1, ctx.settings.score_batch_size // documents_per_message(ctx.settings))
         try:
-            await take_and_score(stream, inflight, most)
+            async for events in event_batches(stream, ctx.settings, most=most):
+                now = datetime.now(UTC)
+                touched = {e.message.partition for e in events}
+                decoded, bad = decode_pairs([e for e in events if not is_marker(e.value)], Document,
+                                            STAGE, now, batch=DOCUMENT_BATCH)  # fmt: skip
+                times: dict[int, datetime] = {}  # per message: its newest document
+                for e, d in decoded:
+                    if id(e) not in times or d.published_at > times[id(e)]:
+                        times[id(e)] = d.published_at
+                for event in events:  # in order: a marker says what came before it in its partition
+                    q = event.message.partition
+                    if not is_marker(event.value):
+                        marks.saw(q, times.get(id(event)))
+                        continue
+                    try:
+                        upstream = Watermark.from_json(event.value)
+                    except InvalidRecord:
+                        continue
+                    marks.saw(q, upstream.event_time)
+                    if upstream.idle:
+                        marks.saw_idle(q)
+                docs = [d for _, d in decoded]
+                scoring = asyncio.ensure_future(score_batch(ctx, docs, now))
+                for event in events:
+                    event.message.incref()
+                before = inflight[-1] if inflight else None
+                inflight.append(asyncio.ensure_future(
+                    finish(docs, bad, scoring, before, marks.seal(touched), events, now)
+                ))  # fmt: skip
+                while inflight and (inflight[0].done() or len(inflight) >= ctx.scoring_depth):
+                    await inflight.popleft()  # raises what finishing it raised
         finally:
             # the stream ended (the worker stops) or failed: finish the batches in flight while
             # the producer still runs; one that cannot finish is read again on the next start
             await settle(inflight, SETTLE_S)
-
-    async def take_and_score(
-        stream: faust.StreamT[bytes], inflight: deque[asyncio.Future[None]], most: int
-    ) -> None:
-        async for events in event_batches(stream, ctx.settings, most=most):
-            now = datetime.now(UTC)
-            touched = {e.message.partition for e in events}
-            decoded, bad = decode_pairs([e for e in events if not is_marker(e.value)], Document,
-                                        STAGE, now, batch=DOCUMENT_BATCH)  # fmt: skip
-            times: dict[int, datetime] = {}  # per message: its newest document
-            for e, d in decoded:
-                if id(e) not in times or d.published_at > times[id(e)]:
-                    times[id(e)] = d.published_at
-            for event in events:  # in order: a marker says what came before it in its partition
-                q = event.message.partition
-                if not is_marker(event.value):
-                    marks.saw(q, times.get(id(event)))
-                    continue
-                try:
-                    upstream = Watermark.from_json(event.value)
-                except InvalidRecord:
-                    continue
-                marks.saw(q, upstream.event_time)
-                if upstream.idle:
-                    marks.saw_idle(q)
-            docs = [d for _, d in decoded]
-            scoring = asyncio.ensure_future(score_batch(ctx, docs, now))
-            for event in events:
-                event.message.incref()
-            before = inflight[-1] if inflight else None
-            inflight.append(asyncio.ensure_future(
-                finish(docs, bad, scoring, before, marks.seal(touched), events, now)
-            ))  # fmt: skip
-            while inflight and (inflight[0].done() or len(inflight) >= ctx.scoring_depth):
-                await inflight.popleft()  # raises what finishing it raised
 
     @app.timer(interval=0.1)
     async def send_held_back_marks() -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import html
 import re
-from collections import OrderedDict
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from riskwire.exceptions import InvalidRecord
+from riskwire.recent import RecentIds
 from riskwire.records import Document, RawRecord, TickerLink, stable_id
 
 TEXT_FIELDS = ("text", "body", "content", "summary", "description")
@@ -185,26 +184,6 @@ def model_text(title: str | None, text: str) -> str:
     return text
 
 
-class Deduplicator:
-    """Remembers the last ``capacity`` document ids sent on; the database's natural key is the
-    guarantee. An id is remembered only once its document was sent on (``remember``): a batch cut
-    short and read again by the same worker must not find its own documents taken for copies."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._seen: OrderedDict[str, None] = OrderedDict()
-
-    def is_new(self, doc_id: str) -> bool:
-        """Not sent on lately (one that was is now the most recently seen)."""
-        if doc_id in self._seen:
-            self._seen.move_to_end(doc_id)
-            return False
-        return True
-
-    def remember(self, doc_ids: Iterable[str]) -> None:
-        """Documents sent on: their copies that come later are dropped."""
-        for doc_id in doc_ids:
-            self._seen[doc_id] = None
-            self._seen.move_to_end(doc_id)
-        while len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
+class Deduplicator(RecentIds):
+    """The worker's duplicate cache: the last ``capacity`` document ids sent on; the database's
+    natural key is the guarantee."""
