@@ -176,7 +176,10 @@ class Settings(BaseSettings):
         0, ge=0, description="event-time slack the risk stage allows for disorder in a partition"
     )
     reorder_idle_s: float = Field(
-        2.0, gt=0, description="seconds of quiet after which the risk stage releases what it holds"
+        2.0,
+        gt=0,
+        description="seconds of quiet after which a raw partition read to its end is "
+        "marked idle: the risk stage does not wait for its watermark",
     )
     sector_groups: bool = Field(True, description="keep aggregates and rules per sector too")
     market_group: bool = Field(True, description="keep aggregates and rules for the whole market")

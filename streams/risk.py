@@ -14,7 +14,11 @@ a partition) has passed it, and releases held scores in event-time order; a ``do
 marked idle is not waited for. So the engine sees every group's documents in the same order in any
 run, and its results (rolling rows, aggregates, alerts) are the same whether the worker ran
 through, was killed and restarted, or handed partitions over. If markers stop coming altogether
-(no scoring worker alive), what is held is released after ``20 x reorder_idle_s`` of silence.
+(the broker not answering, the scoring stage waiting for its models or the database), what is
+held stays held, and a warning says which ``docs`` partitions the stage waits for: released on a
+guess, it could be overtaken by the earlier documents still upstream. (It used to be released
+after ``20 x reorder_idle_s`` of silence: a broker frozen for longer mid-stream then left 67 of
+4,000 rolling rows computed without earlier documents; ``tests/streams/test_broker_outage.py``.)
 
 **Nothing lost.** A held score's Kafka message stays unacknowledged (its offset uncommitted) until
 the score is released and its results are stored, so a crash redelivers it. Results are written in
@@ -147,7 +151,9 @@ class RiskStage:
         # per partition: per docs partition, (newest event time marked, idle)
         self.marks: dict[int, dict[int, tuple[datetime | None, bool]]] = {}
         self.sources = ctx.settings.topic_partitions
-        self.flush_after = 20 * ctx.settings.reorder_idle_s
+        # with scores held and no input for this long, say so (and again as long as it lasts)
+        self.stall_after = max(20 * ctx.settings.reorder_idle_s, 10.0)
+        self.stall_reported = 0.0
         self.partition_of: dict[str, int] = {}
         self.loaded: set[str] = set()
         self.last_input = time.monotonic()
@@ -243,18 +249,43 @@ class RiskStage:
             lowest = min(lowest, t)
         return lowest if lowest == FOREVER else lowest - self.grace
 
-    async def flush_idle(self) -> None:
-        """Release everything held once no input (not even markers) has come for a long while."""
-        if not any(self.held.values()) or time.monotonic() - self.last_input < self.flush_after:
-            return
-        async with self.lock:
-            held = sum(len(h) for h in self.held.values())
-            await self._release({p: FOREVER for p in self.held})
-            self._ack()
-            log.info(
-                "risk stage on %s idle: released all %d held; %d out of order so far, %d late",
-                self.topic, held, self.engine.out_of_order, self.engine.late,
-            )  # fmt: skip
+    def stalled_s(self) -> float:
+        """Seconds since the last input (scores or markers) while scores are held; else 0."""
+        if not any(self.held.values()):
+            return 0.0
+        return max(0.0, time.monotonic() - self.last_input)
+
+    def waiting_for(self) -> dict[int, list[int]]:
+        """Per partition holding scores, the ``docs`` partitions whose markers it waits for: those
+        not marked yet, or else the ones (not idle) marked least far."""
+        out: dict[int, list[int]] = {}
+        for p, heap in self.held.items():
+            if not heap:
+                continue
+            marks = self.marks.get(p, {})
+            busy = {q: t for q in range(self.sources) for t, idle in [marks.get(q, (None, False))]
+                    if not idle}  # fmt: skip
+            unmarked = sorted(q for q, t in busy.items() if t is None)
+            lowest = min((t for t in busy.values() if t is not None), default=None)
+            out[p] = unmarked or sorted(q for q, t in busy.items() if t == lowest)
+        return out
+
+    def report_stall(self) -> bool:
+        """Warn, at most once a minute, while scores are held and nothing has come for a long
+        while; True when it did. They stay held (their messages unacknowledged) until the
+        markers come again."""
+        stalled = self.stalled_s()
+        now = time.monotonic()
+        if stalled < self.stall_after or now - self.stall_reported < 60.0:
+            return False
+        self.stall_reported = now
+        log.warning(
+            "risk stage on %s: %d scores held and nothing received for %.0f s; waiting for the "
+            "markers of docs partitions %s (per partition holding scores) to release them in "
+            "event-time order: is the broker answering, and the scoring stage running?",
+            self.topic, sum(len(h) for h in self.held.values()), stalled, self.waiting_for(),
+        )  # fmt: skip
+        return True
 
     async def revoke(self, partitions: Iterable[int]) -> None:
         """Forget the groups of revoked partitions and drop their held scores (redelivered to the
@@ -427,10 +458,14 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
           "newest when they came (within the allowed lateness: their windows are updated)",
           ["stage"], lambda: each(lambda s: s.engine.out_of_order))  # fmt: skip
 
-    @app.timer(interval=max(ctx.settings.reorder_idle_s / 2, 0.1))
-    async def release_idle() -> None:
+    probe("riskwire_risk_stalled_seconds", "gauge", "Seconds a risk stage holding scores has "
+          "received nothing, not even a watermark (0 when it holds none)", ["stage"],
+          lambda: each(lambda s: s.stalled_s()))  # fmt: skip
+
+    @app.timer(interval=5.0)
+    async def report_stalls() -> None:
         for stage in stages.values():
-            await stage.flush_idle()
+            stage.report_stall()
 
     async def on_revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[Any] = args[0] if args else kwargs.get("revoked", set())

@@ -76,6 +76,14 @@ class _Consumer(driver.Consumer):
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def polled_at(self, tp: TP) -> float | None:
+        """When the broker last answered a fetch of ``tp`` (``time.time()`` seconds), telling its
+        high water; None before the first answer. A broker that stops answering leaves the high
+        water as it was, however many records came since."""
+        thread = cast(driver.AIOKafkaConsumerThread, self._thread)
+        at_ms = thread._ensure_consumer().last_poll_timestamp(tp)
+        return None if at_ms is None else at_ms / 1000.0
+
     async def perform_seek(self) -> None:
         """Seek every partition to its committed offset (Faust, after each assignment), and a
         partition with none to its beginning: aiokafka leaves such a partition where its fetcher

@@ -38,6 +38,9 @@ def is_marker(value: bytes) -> bool:
     return MARKER in value
 
 
+# a high water is taken as the broker's word on a partition's end for this long at least (fetches
+# of a partition at its end are answered every fetch wait, 100 ms by default)
+FRESH_S = 1.0
 MIN_INTERVAL_S = 0.25  # markers per source partition at most this often (idle ones at once)
 
 
@@ -217,8 +220,18 @@ class RawProgress(Marks):
         offset. Not the consumer's position: that counts what the fetcher has fetched, which can
         run far ahead of what was processed (after a restart, a whole partition's rest can sit in
         the stream's buffer behind other partitions' events), and an idle marker for it then
-        would let the risk stage release other partitions' scores past its documents."""
+        would let the risk stage release other partitions' scores past its documents.
+
+        The end is the high water of the broker's last answer to a fetch, which must be recent
+        (within ``idle_after``): a broker that stops answering leaves it where it was, and records
+        published just before were then taken for none (their partition marked idle, and other
+        partitions' scores released past them)."""
         try:
+            polled = getattr(consumer, "polled_at", None)
+            if polled is not None:
+                at = polled(tp)
+                if at is None or time.time() - at > max(self.idle_after, FRESH_S):
+                    return False
             end = consumer.highwater(tp)
             last = self.read.get(tp)
             if last is None:

@@ -119,19 +119,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def settings_for(broker: EmbeddedBroker, url: str, data_dir: Path) -> Settings:
+def settings_for(broker: EmbeddedBroker, url: str, data_dir: Path, **overrides: Any) -> Settings:
     rules = data_dir / "rules.yaml"
     rules.write_text(RULES)
     return stream_settings(
         "crash", broker.bootstrap, url, data_dir,
-        ensemble_members="finlex:1", rules_file=rules, baseline_days=2,
-        score_batch_size=256, score_batch_wait_s=0.3, reorder_idle_s=3,
+        **{"ensemble_members": "finlex:1", "rules_file": rules, "baseline_days": 2,
+           "score_batch_size": 256, "score_batch_wait_s": 0.3, "reorder_idle_s": 3, **overrides},
     )  # fmt: skip
 
 
-def publish(settings: Settings, corpus: Path) -> None:
+def publish(settings: Settings, corpus: Path, n: int = N) -> None:
     with RawProducer(settings.kafka_bootstrap or "", settings.topics) as producer:
-        assert producer.publish(JsonlSource(corpus).read()).raw == N
+        assert producer.publish(JsonlSource(corpus).read()).raw == n
 
 
 def drain(settings: Settings, timeout: float = 400) -> None:

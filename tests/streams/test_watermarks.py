@@ -9,6 +9,7 @@ rebalance once caught exactly that, as rolling rows that differed from an uninte
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -160,6 +161,31 @@ def test_a_raw_partition_is_idle_only_when_read_to_its_end_quiet_and_not_in_flig
     assert run(progress.newly_idle(Consumer(10), [tp])) == {0}
     run(progress.resend({0}, [sink], fan_out=False))
     assert sink.last(0).idle and sink.last(0).event_time == T0
+
+
+class AnsweredConsumer(Consumer):
+    """A consumer that also says when the broker last answered a fetch (``polled_at``)."""
+
+    def __init__(self, end: int, answered_s_ago: float | None) -> None:
+        super().__init__(end)
+        self.answered = None if answered_s_ago is None else time.time() - answered_s_ago
+
+    def polled_at(self, tp: Any) -> float | None:
+        return self.answered
+
+
+def test_a_partition_is_not_idle_on_a_high_water_the_broker_has_not_confirmed_lately() -> None:
+    """A broker that stops answering leaves the consumer's high water where it was: records
+    published just before would be taken for none, and the risk stage would release other
+    partitions' scores past their documents."""
+    progress = RawProgress(1, idle_after=2.0)
+    tp = event(0, 9).message.tp
+    progress.note([event(0, 9)], [T0])
+    run(progress.send([0], [Sink()], fan_out=False, force=True))
+    progress.last_input[0] -= 10  # quiet for 10 s
+    assert run(progress.newly_idle(AnsweredConsumer(10, answered_s_ago=30), [tp])) == set()
+    assert run(progress.newly_idle(AnsweredConsumer(10, answered_s_ago=None), [tp])) == set()
+    assert run(progress.newly_idle(AnsweredConsumer(10, answered_s_ago=0.1), [tp])) == {0}
 
 
 def test_after_a_restart_a_partition_is_idle_only_once_processed_not_once_fetched() -> None:
