@@ -428,3 +428,19 @@ class StoryMemberRow(Base):
     copy: Mapped[int] = mapped_column(Integer)  # 0 for the story's first document
     similarity: Mapped[float] = mapped_column(Float)
     started_at: Mapped[datetime]  # the story's
+
+
+class StreamFenceRow(Base):
+    """Per stream topic and partition, an epoch that goes up each time a worker acquires the
+    partition; the worker's writes of its results check it is still theirs, so a worker that lost
+    the partition without noticing (paused past its session) is refused instead of writing over
+    its new owner's rows (``storage.fences``)."""
+
+    __tablename__ = "stream_fences"
+
+    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    generation: Mapped[int | None] = mapped_column(Integer)  # the consumer group's, for people
+    owner: Mapped[str] = mapped_column(String(200))  # host:pid
+    claimed_at: Mapped[datetime]

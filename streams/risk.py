@@ -13,12 +13,13 @@ score until every ``docs`` partition's marker on its partition (less ``grace``, 
 a partition) has passed it, and releases held scores in event-time order; a ``docs`` partition
 marked idle is not waited for. So the engine sees every group's documents in the same order in any
 run, and its results (rolling rows, aggregates, alerts) are the same whether the worker ran
-through, was killed and restarted, or handed partitions over. If markers stop coming altogether
-(the broker not answering, the scoring stage waiting for its models or the database), what is
-held stays held, and a warning says which ``docs`` partitions the stage waits for: released on a
-guess, it could be overtaken by the earlier documents still upstream. (It used to be released
-after ``20 x reorder_idle_s`` of silence: a broker frozen for longer mid-stream then left 67 of
-4,000 rolling rows computed without earlier documents; ``tests/streams/test_broker_outage.py``.)
+through, was killed and restarted, or handed partitions over. If markers stop coming altogether,
+what is held is released after ``20 x reorder_idle_s`` of silence, but only if the broker has
+answered this worker's fetches all that time: while it does not (paused, partitioned away), the
+earlier documents may still be upstream, and what is held waits for them, with a warning that
+names the ``docs`` partitions it waits for. (Released regardless, a broker frozen for longer
+mid-stream left 67 of 4,000 rolling rows computed without earlier documents that came after;
+``tests/streams/test_pauses.py``.)
 
 **Nothing lost.** A held score's Kafka message stays unacknowledged (its offset uncommitted) until
 the score is released and its results are stored, so a crash redelivers it. Results are written in
@@ -27,7 +28,11 @@ one transaction per release, with natural keys, so a redelivery stores nothing t
 **State.** The engine's state is what it stored: each group's rolling rows (its counted events)
 and alerts. A group the stage has not loaded since it got the partition is rebuilt from them first
 (``repository.load_group_states``). When partitions are revoked the stage forgets their groups
-and drops their held scores, which the new owner will be sent.
+and drops their held scores, which the new owner will be sent. A worker acquires each partition
+it gets (a new epoch in the database), and each transaction that writes the partition's results
+or rebuilds its groups first checks the epoch is still its own (``storage.fences``): a worker put
+out of the group without knowing it (a long pause) is refused, and drops the partition as after
+a revoke, instead of writing older aggregates and alert states over its successor's.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from sqlalchemy.orm import Session
 from riskwire.exceptions import InvalidRecord
 from riskwire.records import SCORE_BATCH, Alert, DeadLetter, Score, Watermark, group_key
 from storage import delivery, repository
+from storage.fences import Fenced, acquire, check
 from streams.context import (
     Positions,
     WorkerContext,
@@ -64,6 +70,9 @@ from streams.watermarks import is_marker
 log = logging.getLogger(__name__)
 STAGE = "risk"
 FOREVER = datetime.max.replace(tzinfo=UTC)
+# the broker "answers" if it answered a fetch within this (it answers one of a partition at its
+# end every fetch wait, 100 ms by default)
+ANSWERED_S = 3.0
 
 
 def apply_scores(
@@ -151,9 +160,11 @@ class RiskStage:
         # per partition: per docs partition, (newest event time marked, idle)
         self.marks: dict[int, dict[int, tuple[datetime | None, bool]]] = {}
         self.sources = ctx.settings.topic_partitions
-        # with scores held and no input for this long, say so (and again as long as it lasts)
+        # with scores held and no input for this long: released if the broker has answered all
+        # along, else held and reported (``flush_idle``)
         self.stall_after = max(20 * ctx.settings.reorder_idle_s, 10.0)
         self.stall_reported = 0.0
+        self.unanswered_at = time.monotonic()  # when the broker was last seen not answering
         self.partition_of: dict[str, int] = {}
         self.loaded: set[str] = set()
         self.last_input = time.monotonic()
@@ -161,6 +172,11 @@ class RiskStage:
         self.reported = 0.0
         self.warned = 0
         self.offsets: dict[int, int] = {}  # per partition: the last offset taken
+        # per partition: its topic-partition, the consumer group generation its messages came
+        # in, and (generation, epoch) when this worker acquired it (``storage.fences``)
+        self.tps: dict[int, Any] = {}
+        self.generations: dict[int, int] = {}
+        self.tokens: dict[int, tuple[int | None, int]] = {}
         self.positions = Positions()  # where each partition resumes after a rebalance
         self.lock = asyncio.Lock()
         self.alerts: faust.TopicT | None = None
@@ -185,6 +201,10 @@ class RiskStage:
                     )  # fmt: skip
                     self._forget_partitions({partition}, "starts over with", resume_at=offset)
                 self.offsets[partition] = offset
+                self.tps[partition] = event.message.tp
+                generation = getattr(event.message, "generation_id", None)
+                if generation is not None:
+                    self.generations[partition] = generation
                 # every message is held, and acknowledged in offset order once none of its
                 # scores is held any more (see ``_ack``): [event, scores still held]
                 event.message.incref()
@@ -270,6 +290,34 @@ class RiskStage:
             out[p] = unmarked or sorted(q for q, t in busy.items() if t == lowest)
         return out
 
+    async def flush_idle(self, answering: bool) -> None:
+        """Called every few moments with whether the broker answers this worker's fetches. Once
+        nothing, not even a marker, has come for ``stall_after`` while scores are held:
+
+        - if the broker has answered all that time, upstream has nothing more to send now, or its
+          markers went missing: what is held is released, as the markers would have let it;
+        - if it has not (a broker paused, partitioned away, being moved), the earlier documents
+          may still be upstream, to come once it is back: released now, the held scores would be
+          overtaken by them. So they stay held, and the stall is reported.
+        """
+        now = time.monotonic()
+        if not answering:
+            self.unanswered_at = now
+        if self.stalled_s() < self.stall_after:
+            return
+        if now - self.unanswered_at < self.stall_after:
+            self.report_stall()
+            return
+        async with self.lock:
+            held = sum(len(h) for h in self.held.values())
+            await self._release({p: FOREVER for p in self.held})
+            self._ack()
+            log.warning(
+                "risk stage on %s: nothing received for %.0f s while the broker answers: released "
+                "all %d held (markers of docs partitions %s missing); %d out of order so far",
+                self.topic, self.stalled_s(), held, self.waiting_for(), self.engine.out_of_order,
+            )  # fmt: skip
+
     def report_stall(self) -> bool:
         """Warn, at most once a minute, while scores are held and nothing has come for a long
         while; True when it did. They stay held (their messages unacknowledged) until the
@@ -299,6 +347,7 @@ class RiskStage:
         it goes on from ``resume_at``, at or before that)."""
         for p in gone:
             self.offsets.pop(p, None)
+            self.tokens.pop(p, None)  # acquired again if it comes back
             unfinished = self.acks.get(p)
             if unfinished:  # dropped, not processed: owed again from the first of them
                 first = unfinished[0][0].message
@@ -317,23 +366,28 @@ class RiskStage:
 
     async def _release(self, bounds: dict[int, datetime]) -> None:
         released: list[Held] = []
+        partitions: set[int] = set()
         for p, bound in bounds.items():
             heap = self.held.get(p)
             while heap and heap[0].sort[0] <= bound:
                 released.append(heapq.heappop(heap))
+                partitions.add(p)
         if not released:
             return
         released.sort()
         try:
-            await self._process(released)
-        except Exception:
+            await self._process(released, partitions)
+        except Exception as exc:
             # never lose them: hold them again, and rebuild their groups from what was stored
-            log.exception("risk stage failed on %d scores; retrying them", len(released))
             keys = {h.score.ticker for h in released if h.score.ticker is not None}
             self.engine.forget(keys)
             self.loaded.difference_update(keys)
             for held in released:
                 heapq.heappush(self.held.setdefault(self.partition_of[held.sort[1]], []), held)
+            if isinstance(exc, Fenced):
+                self._fenced(exc)
+            else:
+                log.exception("risk stage failed on %d scores; retrying them", len(released))
             return
         for held in released:
             held.ack[1] -= 1
@@ -348,12 +402,50 @@ class RiskStage:
                 self.engine.out_of_order, self.engine.late,
             )  # fmt: skip
 
-    async def _process(self, released: list[Held]) -> None:
+    def _fenced(self, exc: Fenced) -> None:
+        """Another worker owns these partitions now (this one was put out of the group, say by a
+        long pause, and has not heard yet): drop what it holds of them, unacknowledged, and take
+        nothing more of them until the next rebalance, as after a revoke."""
+        gone = set(exc.partitions)
+        log.warning("risk stage fenced off: %s; dropping partitions %s until the next rebalance",
+                    exc, sorted(gone))  # fmt: skip
+        self._forget_partitions(gone, "was fenced off")
+        self.positions.revoke(self.tps[p] for p in gone if p in self.tps)
+
+    async def _acquire(self, partitions: set[int]) -> None:
+        """Acquire, in a transaction of its own, the partitions not acquired yet in the generation
+        their messages came in: from then on, a worker that had them before is refused."""
+        due = sorted(
+            p for p in partitions
+            if self.tokens.get(p, (-1, 0))[0] != self.generations.get(p)
+        )  # fmt: skip
+        if not due:
+            return
+        got: dict[int, int] = {}
+
+        def work(session: Session, ps: Sequence[int]) -> None:
+            got.clear()
+            by_generation: dict[int | None, list[int]] = {}
+            for p in ps:
+                by_generation.setdefault(self.generations.get(p), []).append(p)
+            for generation, group in by_generation.items():
+                got.update(acquire(session, self.topic, group, generation))
+
+        await asyncio.to_thread(self.ctx.transact, due, work)
+        for p in due:  # committed: these are the tokens
+            self.tokens[p] = (self.generations.get(p), got[p])
+
+    def _check(self, session: Session, partitions: Iterable[int]) -> None:
+        """Refuse (``Fenced``) a transaction on partitions another worker acquired since."""
+        check(session, self.topic, {p: self.tokens[p][1] for p in partitions if p in self.tokens})
+
+    async def _process(self, released: list[Held], partitions: set[int]) -> None:
         now = datetime.now(UTC)
+        await self._acquire(partitions)
         scores = [h.score for h in released]
         fresh = sorted({s.ticker for s in scores if s.ticker and s.ticker not in self.loaded})
         if fresh:
-            await asyncio.to_thread(self._restore, fresh)
+            await asyncio.to_thread(self._restore, fresh, {self.partition_of[k] for k in fresh})
         behind = self.engine.out_of_order
         updates, dead = apply_scores(self.engine, scores, now)
         if self.engine.out_of_order > behind and self.warned < 20:
@@ -362,10 +454,12 @@ class RiskStage:
             except Exception:  # a diagnostic must never stop the stage
                 log.exception("could not describe out-of-order scores")
         aggregates = self.engine.drain_aggregates()
-        refused = await self.ctx.write(
-            updates,
-            lambda session, batch: persist_risk(session, batch, self.ctx.targets, aggregates),
-        )
+
+        def write(session: Session, batch: Sequence[tuple[Score, RiskUpdate]]) -> None:
+            self._check(session, partitions)
+            persist_risk(session, batch, self.ctx.targets, aggregates)
+
+        refused = await self.ctx.write(updates, write)
         dead += [storage_refused(e, s.to_json(), s.ticker, now) for (s, _), e in refused]
         await self._send_dead(dead)
         lost = {(s.ticker, s.document_id) for (s, _), _ in refused}
@@ -390,8 +484,15 @@ class RiskStage:
              for p, m in self.marks.items()},
         )  # fmt: skip
 
-    def _restore(self, keys: list[str]) -> None:
-        self.ctx.transact(keys, lambda session, k: restore_groups(self.engine, session, k))
+    def _restore(self, keys: list[str], partitions: set[int]) -> None:
+        """Rebuild groups from what was stored, their partitions acquired: a write of a worker
+        that had them before is then either read back here or refused."""
+
+        def work(session: Session, k: Sequence[str]) -> None:
+            self._check(session, partitions)
+            restore_groups(self.engine, session, k)
+
+        self.ctx.transact(keys, work)
         self.loaded.update(keys)
 
     async def _send_dead(self, letters: Sequence[DeadLetter]) -> None:
@@ -462,10 +563,21 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
           "received nothing, not even a watermark (0 when it holds none)", ["stage"],
           lambda: each(lambda s: s.stalled_s()))  # fmt: skip
 
-    @app.timer(interval=5.0)
-    async def report_stalls() -> None:
-        for stage in stages.values():
-            stage.report_stall()
+    def answering(topic: str) -> bool:
+        """Whether the broker answered a fetch of one of ``topic``'s partitions here lately."""
+        consumer = app.consumer
+        now = time.time()
+        for tp in consumer.assignment():
+            if tp.topic == topic:
+                at = consumer.polled_at(tp)  # type: ignore[attr-defined]
+                if at is not None and now - at < ANSWERED_S:
+                    return True
+        return False
+
+    @app.timer(interval=max(ctx.settings.reorder_idle_s / 2, 0.1))
+    async def release_idle() -> None:
+        for topic, stage in stages.items():
+            await stage.flush_idle(answering(topic))
 
     async def on_revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[Any] = args[0] if args else kwargs.get("revoked", set())

@@ -277,12 +277,13 @@ def test_a_score_batch_message_is_finished_only_when_all_its_scores_are_released
     assert stage.released == 1 and batch.acked and first.acked and second.acked
 
 
-def test_held_scores_stay_held_through_a_silence_and_the_stall_is_reported(
+def test_held_scores_wait_out_a_silent_broker_but_not_silent_upstream(
     context: WorkerContext, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Nothing coming, not even markers (the broker not answering, scoring stopped): the
-    earlier documents may still be upstream, so what is held stays held, and a warning names
-    the docs partitions waited for. The markers release it, in order, once they come."""
+    """Nothing coming, not even markers. While the broker does not answer, the earlier documents
+    may still be upstream: what is held stays held, and a warning names the docs partitions
+    waited for. Once it has answered for as long, upstream has nothing more (or its markers went
+    missing): what is held is released."""
     from riskwire.records import Watermark, encode_scores
     from streams.risk import RiskStage
 
@@ -290,24 +291,25 @@ def test_held_scores_stay_held_through_a_silence_and_the_stall_is_reported(
     stage.sources = 2
     stage.alerts, stage.dead = Sent(), Sent()  # type: ignore[assignment]
     t0 = NOW - timedelta(days=1)
-
-    def marker(offset: int, q: int, minutes: int) -> StageEvent:
-        mark = Watermark(source_partition=q, event_time=t0 + timedelta(minutes=minutes))
-        return StageEvent(None, mark.to_json(), Ackable("riskwire.scored", 0, offset))
-
+    mark = Watermark(source_partition=0, event_time=t0 + timedelta(minutes=60))
     held = StageEvent(b"ACME", encode_scores([make_score(published_at=t0 + timedelta(minutes=5))]),
                       Ackable("riskwire.scored", 0, 0))  # fmt: skip
-    asyncio.run(stage.take([held, marker(1, 0, 60)]))  # docs partition 1 has said nothing yet
+    marker = StageEvent(None, mark.to_json(), Ackable("riskwire.scored", 0, 1))
+    asyncio.run(stage.take([held, marker]))  # docs partition 1 has said nothing yet
     assert stage.released == 0 and stage.stalled_s() < 1
     assert stage.waiting_for() == {0: [1]}
-    stage.last_input -= 3600  # an hour without input
+
+    stage.last_input -= 3600  # an hour without input, the broker not answering just now
     with caplog.at_level(logging.WARNING, logger="streams.risk"):
-        assert stage.report_stall()
+        asyncio.run(stage.flush_idle(answering=False))
         assert not stage.report_stall()  # once a minute at most
     assert "waiting for the markers of docs partitions {0: [1]}" in caplog.text
     assert stage.released == 0 and not held.acked and stage.stalled_s() >= 3600
-    asyncio.run(stage.take([marker(2, 1, 60)]))
-    assert stage.released == 1 and held.acked and stage.stalled_s() == 0
+    asyncio.run(stage.flush_idle(answering=True))  # answering again, but not for long yet
+    assert stage.released == 0
+    stage.unanswered_at -= stage.stall_after  # answering all along since
+    asyncio.run(stage.flush_idle(answering=True))
+    assert stage.released == 1 and held.acked and marker.acked and stage.stalled_s() == 0
 
 
 def test_a_partition_sought_back_starts_over_and_owes_only_what_will_not_come_again(
