@@ -77,14 +77,13 @@ def acquire(
         insert = _insert(session, StreamFenceRow).values(rows)
         session.execute(insert.on_conflict_do_nothing())  # type: ignore[attr-defined]
         found.update(_locked(session, topic, missing))
-    epochs = {p: found[p][0] + 1 for p in wanted}
-    for p, epoch in epochs.items():
-        session.execute(
-            update(StreamFenceRow)
-            .where(StreamFenceRow.topic == topic, StreamFenceRow.partition == p)
-            .values(epoch=epoch, generation=generation, owner=OWNER, claimed_at=when)
-        )
-    return epochs
+    session.execute(
+        update(StreamFenceRow)
+        .where(StreamFenceRow.topic == topic, StreamFenceRow.partition.in_(wanted))
+        .values(epoch=StreamFenceRow.epoch + 1, generation=generation, owner=OWNER,
+                claimed_at=when)
+    )  # fmt: skip
+    return {p: found[p][0] + 1 for p in wanted}  # the rows are locked: no one else moved them
 
 
 def check(session: Session, topic: str, tokens: dict[int, int]) -> None:

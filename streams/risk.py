@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import faust
 from sqlalchemy.orm import Session
@@ -309,13 +309,18 @@ class RiskStage:
             self.report_stall()
             return
         async with self.lock:
-            held = sum(len(h) for h in self.held.values())
+            # said before the release empties what they describe
+            held, stalled, waiting = (
+                sum(map(len, self.held.values())),
+                self.stalled_s(),
+                self.waiting_for(),
+            )
             await self._release({p: FOREVER for p in self.held})
             self._ack()
             log.warning(
                 "risk stage on %s: nothing received for %.0f s while the broker answers: released "
                 "all %d held (markers of docs partitions %s missing); %d out of order so far",
-                self.topic, self.stalled_s(), held, self.waiting_for(), self.engine.out_of_order,
+                self.topic, stalled, held, waiting, self.engine.out_of_order,
             )  # fmt: skip
 
     def report_stall(self) -> bool:
@@ -565,14 +570,12 @@ def register(app: faust.App, ctx: WorkerContext) -> None:
 
     def answering(topic: str) -> bool:
         """Whether the broker answered a fetch of one of ``topic``'s partitions here lately."""
-        consumer = app.consumer
-        now = time.time()
-        for tp in consumer.assignment():
-            if tp.topic == topic:
-                at = consumer.polled_at(tp)  # type: ignore[attr-defined]
-                if at is not None and now - at < ANSWERED_S:
-                    return True
-        return False
+        consumer = cast(Any, app.consumer)  # ``streams.transport._Consumer``
+        return any(
+            consumer.answered_within(tp, ANSWERED_S)
+            for tp in consumer.assignment()
+            if tp.topic == topic
+        )
 
     @app.timer(interval=max(ctx.settings.reorder_idle_s / 2, 0.1))
     async def release_idle() -> None:

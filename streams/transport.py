@@ -76,13 +76,13 @@ class _Consumer(driver.Consumer):
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    def polled_at(self, tp: TP) -> float | None:
-        """When the broker last answered a fetch of ``tp`` (``time.time()`` seconds), telling its
-        high water; None before the first answer. A broker that stops answering leaves the high
-        water as it was, however many records came since."""
+    def answered_within(self, tp: TP, seconds: float) -> bool:
+        """Whether the broker answered a fetch of ``tp`` (telling its high water) in the last
+        ``seconds``. A broker that stops answering leaves the high water as it was, however many
+        records came since."""
         thread = cast(driver.AIOKafkaConsumerThread, self._thread)
         at_ms = thread._ensure_consumer().last_poll_timestamp(tp)
-        return None if at_ms is None else at_ms / 1000.0
+        return at_ms is not None and time.time() - at_ms / 1000.0 < seconds
 
     async def perform_seek(self) -> None:
         """Seek every partition to its committed offset (Faust, after each assignment), and a

@@ -227,11 +227,8 @@ class RawProgress(Marks):
         published just before were then taken for none (their partition marked idle, and other
         partitions' scores released past them)."""
         try:
-            polled = getattr(consumer, "polled_at", None)
-            if polled is not None:
-                at = polled(tp)
-                if at is None or time.time() - at > max(self.idle_after, FRESH_S):
-                    return False
+            if not consumer.answered_within(tp, max(self.idle_after, FRESH_S)):
+                return False
             end = consumer.highwater(tp)
             last = self.read.get(tp)
             if last is None:

@@ -9,7 +9,6 @@ rebalance once caught exactly that, as rolling rows that differed from an uninte
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -99,6 +98,9 @@ class Consumer:
     def highwater(self, tp: Any) -> int:
         return self.end
 
+    def answered_within(self, tp: Any, seconds: float) -> bool:
+        return True  # the high water is the broker's latest word
+
     async def position(self, tp: Any) -> int:
         return self.fetched
 
@@ -164,14 +166,14 @@ def test_a_raw_partition_is_idle_only_when_read_to_its_end_quiet_and_not_in_flig
 
 
 class AnsweredConsumer(Consumer):
-    """A consumer that also says when the broker last answered a fetch (``polled_at``)."""
+    """A consumer whose broker last answered a fetch ``answered_s_ago`` (None: never)."""
 
     def __init__(self, end: int, answered_s_ago: float | None) -> None:
         super().__init__(end)
-        self.answered = None if answered_s_ago is None else time.time() - answered_s_ago
+        self.answered_s_ago = answered_s_ago
 
-    def polled_at(self, tp: Any) -> float | None:
-        return self.answered
+    def answered_within(self, tp: Any, seconds: float) -> bool:
+        return self.answered_s_ago is not None and self.answered_s_ago < seconds
 
 
 def test_a_partition_is_not_idle_on_a_high_water_the_broker_has_not_confirmed_lately() -> None:
