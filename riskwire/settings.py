@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         None, description="host:port[,host:port]; unset = start the embedded Tansu broker"
     )
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset = SQLite in data_dir")
+    database_idle_transaction_s: float = Field(
+        10.0, ge=0, le=3600,
+        description="PostgreSQL ends a worker's connection left this long in the middle of a "
+        "transaction (a worker paused or its host gone holds its partitions' fence rows, and its "
+        "successor waits on them); the worker, if it wakes, starts the transaction again and is "
+        "refused. 0 = no limit",
+    )  # fmt: skip
     topic_prefix: str = Field("riskwire", pattern=r"^[A-Za-z0-9._\-]+$")
     topic_partitions: int = Field(4, ge=1, le=1024)
     kafka_fetch_wait_ms: int = Field(

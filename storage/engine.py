@@ -13,7 +13,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, idle_transaction_s: float | None = None, **kwargs: Any) -> Engine:
+    """An engine for ``url``. On PostgreSQL, ``idle_transaction_s`` (>0) has the server end a
+    connection of this engine that sits that long in the middle of a transaction, and with it the
+    transaction and its row locks (``idle_in_transaction_session_timeout``). Without it, a client
+    paused mid-transaction (a stop-the-world pause, SIGSTOP), or whose host went away without
+    closing its connections (TCP notices after about two hours), keeps its locks all that time.
+    SQLite ignores it: its connections are in the process, and go with it."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -23,7 +29,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if "options" not in parsed.query:
         kwargs.setdefault("connect_args", {}).setdefault("options", NO_JIT)
-    return create_engine(url, **{"pool_pre_ping": True, **kwargs})
+    engine = create_engine(url, **{"pool_pre_ping": True, **kwargs})
+    if idle_transaction_s:
+        limit_ms = max(1, round(idle_transaction_s * 1000))
+
+        def limit_idle_transactions(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:  # a session setting, whatever the URL sets
+                cursor.execute(f"SET idle_in_transaction_session_timeout = {limit_ms}")
+            dbapi_connection.commit()
+
+        event.listen(engine, "connect", limit_idle_transactions)
+    return engine
 
 
 # PostgreSQL compiles a statement to machine code (JIT) once its estimated cost passes

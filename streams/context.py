@@ -249,7 +249,15 @@ class WorkerContext:
         self.topics = settings.topics
         # no ping before each transaction (a round trip, and server work, per write): every
         # transaction goes through ``_transact``, which retries a connection found dead
-        self.engine = make_engine(settings.resolved_database_url, pool_pre_ping=False)
+        # a transaction left open past ``database_idle_transaction_s`` (this worker paused, or
+        # gone) is ended by PostgreSQL, and its locks on the fence rows with it: the worker that
+        # took its partitions over waits that long at most. Were this one to wake, ``_transact``
+        # finds the connection ended and starts again, and the fence check refuses it.
+        self.engine = make_engine(
+            settings.resolved_database_url,
+            idle_transaction_s=settings.database_idle_transaction_s,
+            pool_pre_ping=False,
+        )
         self.sessions = session_factory(self.engine)
         self.dedupe = Deduplicator(settings.dedupe_cache_size)
         self.stories = SharedStoryIndex()  # in the database: shared by every worker

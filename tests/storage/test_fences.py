@@ -9,6 +9,7 @@ import time
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import make_engine, session_factory, upgrade
@@ -90,4 +91,39 @@ def test_acquiring_waits_for_a_write_under_way_then_refuses_the_next(postgres_ur
     with pytest.raises(Fenced), sessions.begin() as session:
         check(session, "t.scored", token)
     old.close()
+    engine.dispose()
+
+
+@pytest.mark.integration
+def test_a_writer_paused_mid_transaction_holds_its_partition_only_so_long(
+    postgres_url: str,
+) -> None:
+    """A writer that stops in the middle of a transaction (paused, or its host gone without
+    closing the connection) holds the fence row it checked. On an engine with an idle-transaction
+    limit, PostgreSQL ends that transaction once the limit is past: the new owner gets the
+    partition then, not when (if ever) the old one wakes, and nothing of the old one's
+    transaction is stored."""
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    limited = make_engine(postgres_url, idle_transaction_s=1.0)
+    sessions, paused_sessions = session_factory(engine), session_factory(limited)
+    with sessions.begin() as session:
+        token = acquire(session, "t.scored", [0], generation=1)
+    old = paused_sessions()
+    old.begin()
+    check(old, "t.scored", token)
+    acquire(old, "t.groups", [3])  # something written in the transaction, then a pause
+    started = time.monotonic()
+    with sessions.begin() as session:  # waits for the old owner's transaction to be ended
+        assert acquire(session, "t.scored", [0], generation=2) == {0: 2}
+    waited = time.monotonic() - started
+    assert 0.5 < waited < 8, waited  # the limit (1 s) and the server's timer, not the pause
+    with pytest.raises(DBAPIError) as ended:
+        old.commit()  # the old owner wakes: its connection is gone, and its transaction
+    assert "idle-in-transaction" in str(ended.value) or ended.value.connection_invalidated
+    old.close()
+    assert epochs(sessions, "t.groups") == {}
+    with pytest.raises(Fenced), sessions.begin() as session:
+        check(session, "t.scored", token)  # started again, it is refused
+    limited.dispose()
     engine.dispose()

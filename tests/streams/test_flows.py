@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import os
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from models.ensemble import Ensemble
 from riskwire.records import DeadLetter, Document, Kind, RawRecord, Score
 from riskwire.settings import load_settings
 from storage import upgrade
+from storage.fences import Fenced, acquire, check
 from storage.repository import upsert_documents
 from storage.tables import DocumentRow, DocumentTickerRow, ModelVersionRow
 from streams.context import WorkerContext, decode_events, decode_pairs, storage_refused
@@ -458,3 +461,50 @@ def test_batches_in_flight_when_scoring_stops_are_finished_or_given_up_with_a_wa
         (task,) = asyncio.run(stopped())
         assert task.cancelled()
         assert "scoring stopped with 1 batch(es) in flight" in caplog.text
+
+
+@pytest.mark.integration
+def test_a_worker_paused_mid_transaction_lets_its_successor_in_and_is_refused_when_it_wakes(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's connections carry the idle-transaction limit: a transaction it leaves open
+    (here: paused 3 s inside it, against a limit of 1 s) is ended by PostgreSQL, the successor's
+    acquisition goes through meanwhile, and the woken worker starts its transaction again and is
+    refused by the fence, its write not stored."""
+    upgrade(postgres_url)
+    settings = load_settings(
+        database_url=postgres_url, kafka_bootstrap="127.0.0.1:9", database_idle_transaction_s=1.0
+    )
+    context = WorkerContext(settings)
+    successor = WorkerContext(
+        load_settings(database_url=postgres_url, kafka_bootstrap="127.0.0.1:9")
+    )
+    tokens: dict[int, int] = {}
+    context.transact([0], lambda s, ps: tokens.update(acquire(s, "t.scored", ps)))
+    attempts: list[float] = []
+    took: list[float] = []
+
+    def successor_takes_over() -> None:
+        started = time.monotonic()
+        successor.transact([0], lambda s, ps: acquire(s, "t.scored", ps))
+        took.append(time.monotonic() - started)
+
+    def write(session: Session, docs: Sequence[Document]) -> None:
+        attempts.append(time.monotonic())
+        check(session, "t.scored", tokens)
+        upsert_documents(session, docs)
+        if len(attempts) == 1:  # paused in the middle, past the session: another takes over
+            thread = threading.Thread(target=successor_takes_over)
+            thread.start()
+            time.sleep(3)
+            thread.join(10)
+
+    with caplog.at_level(logging.WARNING, logger="streams.context"), pytest.raises(Fenced):
+        context.transact([make_document()], write)
+    assert len(attempts) == 2  # ended by the server, started again, refused
+    assert took and took[0] < 2.5, took  # the successor did not wait out the pause
+    assert "idle-in-transaction" in caplog.text
+    with context.sessions() as session:
+        assert session.scalars(select(DocumentRow.id)).all() == []
+    context.close()
+    successor.close()

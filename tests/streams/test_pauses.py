@@ -11,7 +11,7 @@ alert goes out twice.
   another shares the work: it is put out of the group and the other takes its partitions over;
   when it wakes it finishes what it was doing before it hears. Its late writes of aggregates put
   older values back over the new owner's (hour windows stored with 1 document of their 7) until
-  each partition's results were fenced by the group generation (``storage.fences``).
+  each partition's results were fenced (``storage.fences``).
 
 Both with a backlog: the pause comes once about a third of the corpus is stored.
 """
