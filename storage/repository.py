@@ -6,7 +6,8 @@ They take a ``Session`` and never commit: the caller owns the transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -25,6 +26,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from riskwire.records import (
@@ -111,7 +113,7 @@ def _copy_in(
     names = ", ".join(f'"{name}"' for name in columns)
     stage = f"stage_{target.name}"
     dbapi = cast(psycopg.Connection[Any], connection.connection.dbapi_connection)
-    with dbapi.cursor() as cursor:
+    with _driver_errors(connection, f'COPY "{target.name}"'), dbapi.cursor() as cursor:
         cursor.execute(  # emptied at each commit, in place (a TRUNCATE would cost a new file)
             f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" ON COMMIT DELETE ROWS AS '
             f'SELECT * FROM "{target.name}" WITH NO DATA'
@@ -163,14 +165,38 @@ def _sqlite_insert(
         values.append((*value, *tail))
     dbapi = connection.connection.dbapi_connection
     assert dbapi is not None
-    cursor = dbapi.cursor()
-    try:
-        cursor.executemany(
-            f'INSERT INTO "{target.name}" ({names}) VALUES ({marks}) ON CONFLICT {conflict}', values
-        )
-    finally:
-        cursor.close()
+    statement = f'INSERT INTO "{target.name}" ({names}) VALUES ({marks}) ON CONFLICT {conflict}'
+    with _driver_errors(connection, statement):
+        cursor = dbapi.cursor()
+        try:
+            cursor.executemany(statement, values)
+        finally:
+            cursor.close()
     return True
+
+
+@contextmanager
+def _driver_errors(connection: Connection, statement: str) -> Iterator[None]:
+    """Raise what the driver raises on its own cursor as SQLAlchemy would have, had the statement
+    gone through it: a ``DBAPIError`` (a ``StatementError`` for an error of Python's, such as text
+    that cannot be encoded), its connection invalidated when it was lost. The callers tell a
+    database to wait for (``streams.context``) from a row it refuses by these, and a lost
+    connection left in the pool would fail the next transaction too."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, DBAPIError):
+            raise
+        dialect = connection.dialect
+        base = dialect.loaded_dbapi.Error
+        lost = isinstance(exc, base) and dialect.is_disconnect(
+            exc, connection.connection.dbapi_connection, None
+        )
+        if lost:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            statement, None, exc, base, connection_invalidated=lost, dialect=dialect
+        ) from exc
 
 
 def _sqlite_bound(column: Any, value: Any, dialect: Any) -> Any:

@@ -434,6 +434,8 @@ class WorkerContext:
                 except DBAPIError as exc:
                     if not _transient(exc):
                         raise
+                    if _reconnect_after(exc):
+                        self.engine.dispose()  # pooled connections may be to a standby now
                     delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                     if not attempt:
                         METRICS.db_waiting.inc()  # until this transaction is done
@@ -454,11 +456,40 @@ class WorkerContext:
         self.engine.dispose()
 
 
+# PostgreSQL's SQLSTATEs for a database that cannot take a write now, whatever the write: waited
+# out (with backoff, the batch unacknowledged), never dead-lettered as the records' fault.
+# Classes: 08 connection exception; 53 insufficient resources (disk full, out of memory, too many
+# connections); 57 operator intervention (shutting down, starting up, a statement cancelled by a
+# timeout); 58 system error (I/O). States: 25006 a read-only transaction (connected to a standby,
+# as after a failover, or the database set read-only for maintenance); 25P03 the server ended an
+# idle transaction; 40001 and 40P01 serialization failure and deadlock (run it again); 55P03 a
+# lock not available within lock_timeout.
+WAIT_CLASSES = ("08", "53", "57", "58")
+WAIT_STATES = frozenset({"25006", "25P03", "40001", "40P01", "55P03"})
+# ... of which these say nothing about the connection: retried on it. After the others the pool
+# is emptied, so the retry connects afresh (a connection to a demoted primary stays read-only)
+CONTENTION_STATES = frozenset({"40001", "40P01", "55P03"})
+# SQLite's primary result codes for the same: busy, locked, I/O error, disk full
+SQLITE_WAIT_CODES = frozenset({5, 6, 10, 13})
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    state = getattr(exc.orig, "sqlstate", None)
+    return state if isinstance(state, str) and len(state) == 5 else None
+
+
 def _transient(exc: DBAPIError) -> bool:
-    """Connection trouble or SQLite lock contention, as opposed to a refused row."""
+    """The database cannot take the write now (down, unreachable, read-only, full, contended),
+    as opposed to refusing a row on its merits (a constraint or data error)."""
     if exc.connection_invalidated:
         return True
-    text = str(exc.orig).lower()
+    state = _sqlstate(exc)
+    if state is not None:
+        return state in WAIT_STATES or state[:2] in WAIT_CLASSES
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in SQLITE_WAIT_CODES:
+        return True
+    text = str(exc.orig).lower()  # no code (a connection that failed before it had one)
     return any(
         s in text
         for s in (
@@ -468,7 +499,14 @@ def _transient(exc: DBAPIError) -> bool:
             "server closed",
             "terminating",
             "timeout",
-            "deadlock detected",  # PostgreSQL aborted one of two transactions: run it again
+            "deadlock detected",
             "could not serialize",
         )
     )
+
+
+def _reconnect_after(exc: DBAPIError) -> bool:
+    """Whether a retry after ``exc`` (one to wait out) should connect afresh rather than reuse the
+    pooled connections: not after contention, nor after a lost connection (invalidated already)."""
+    state = _sqlstate(exc)
+    return state is not None and state not in CONTENTION_STATES and _transient(exc)

@@ -13,11 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 from sqlalchemy import create_engine, select, text
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models.ensemble import Ensemble
@@ -27,7 +31,14 @@ from storage import upgrade
 from storage.fences import Fenced, acquire, check
 from storage.repository import upsert_documents
 from storage.tables import DocumentRow, DocumentTickerRow, ModelVersionRow
-from streams.context import WorkerContext, decode_events, decode_pairs, storage_refused
+from streams.context import (
+    WorkerContext,
+    _reconnect_after,
+    _transient,
+    decode_events,
+    decode_pairs,
+    storage_refused,
+)
 from streams.normalising import normalise_event
 from streams.pipeline import NegativeSurgeRule, RiskEngine
 from streams.risk import apply_scores
@@ -508,3 +519,167 @@ def test_a_worker_paused_mid_transaction_lets_its_successor_in_and_is_refused_wh
         assert session.scalars(select(DocumentRow.id)).all() == []
     context.close()
     successor.close()
+
+
+@pytest.mark.parametrize(
+    ("orig", "waited", "reconnect"),
+    [
+        (psycopg.errors.DiskFull("could not extend file: No space left on device"), True, True),
+        (psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT"), True, True),
+        (psycopg.errors.AdminShutdown("terminating connection"), True, True),
+        (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), True, True),
+        (psycopg.errors.TooManyConnections("sorry, too many clients already"), True, True),
+        (psycopg.errors.DeadlockDetected("deadlock detected"), True, False),
+        (psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"), True, False),
+        (
+            psycopg.errors.UniqueViolation("duplicate key value violates unique constraint"),
+            False,
+            False,
+        ),
+        (psycopg.errors.StringDataRightTruncation("value too long"), False, False),
+        # a message that happens to say "timeout" or "connection" is the row's fault all the same
+        (psycopg.errors.CheckViolation("check constraint connection_timeout_check"), False, False),
+        (psycopg.OperationalError("connection failed: Connection refused"), True, False),
+    ],
+)
+def test_a_database_that_cannot_take_writes_now_is_waited_for_and_a_refused_row_is_not(
+    orig: Exception, waited: bool, reconnect: bool
+) -> None:
+    exc = DBAPIError("INSERT ...", {}, orig)
+    assert _transient(exc) is waited
+    assert _reconnect_after(exc) is reconnect
+
+
+def test_a_full_sqlite_database_is_waited_for_not_dead_lettered(tmp_path: Path) -> None:
+    """SQLite answers ``database or disk is full`` (SQLITE_FULL) when its file cannot grow: here
+    capped by ``max_page_count``. The batch waits, unacknowledged, until there is room again;
+    it used to be refused record by record, into the dead-letter topic."""
+    settings = load_settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9")
+    upgrade(settings.resolved_database_url)
+    context = WorkerContext(settings)
+    room = {"pages": 0}
+
+    def cap(dbapi_connection: Any, _record: Any) -> None:
+        if room["pages"]:
+            dbapi_connection.execute(f"PRAGMA max_page_count = {room['pages']}")
+
+    sqlalchemy_event.listen(context.engine, "connect", cap)
+    with context.sessions() as session:
+        room["pages"] = int(session.execute(text("PRAGMA page_count")).scalar_one())
+    context.engine.dispose()  # connections from now on: the file cannot grow
+    docs = [make_document(text=f"Acme Corp beats estimates, quarter {n} " + "x" * 3000)
+            for n in range(40)]  # fmt: skip
+
+    async def write_while_the_disk_is_full() -> list[object]:
+        task = asyncio.create_task(context.write(docs, upsert_documents))
+        await asyncio.sleep(1.5)
+        assert not task.done()  # waiting, not failing and not dead-lettering
+        room["pages"] = 0  # room again
+        context.engine.dispose()
+        return await asyncio.wait_for(task, 60)
+
+    try:
+        assert asyncio.run(write_while_the_disk_is_full()) == []
+        with context.sessions() as session:
+            assert len(session.scalars(select(DocumentRow.id)).all()) == len(docs)
+    finally:
+        context.close()
+
+
+@pytest.mark.integration
+def test_a_read_only_database_is_waited_for_and_written_once_a_primary_answers(
+    postgres_admin_url: str, postgres_url: str
+) -> None:
+    """After a failover the worker's pooled connections can lead to a standby, which refuses
+    writes (SQLSTATE 25006) as long as the connection lives. Here the database is set read-only
+    (``default_transaction_read_only``, which holds for connections made meanwhile): the batch
+    waits instead of being dead-lettered, and once writes are allowed again it is stored, on
+    connections made afresh."""
+    upgrade(postgres_url)
+    name = make_url(postgres_url).database
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    context = WorkerContext(load_settings(database_url=postgres_url, kafka_bootstrap="127.0.0.1:9"))
+    doc = make_document()
+
+    def read_only(on: bool) -> None:
+        with admin.connect() as conn:
+            change = (
+                "SET default_transaction_read_only = on"
+                if on
+                else "RESET default_transaction_read_only"
+            )
+            conn.execute(text(f'ALTER DATABASE "{name}" {change}'))
+
+    async def write_while_read_only() -> list[object]:
+        task = asyncio.create_task(context.write([doc], upsert_documents))
+        await asyncio.sleep(1.5)
+        assert not task.done()  # waiting, not failing and not dead-lettering
+        read_only(False)
+        return await asyncio.wait_for(task, 60)
+
+    read_only(True)
+    context.engine.dispose()  # as a failover would: what the pool reaches now is read-only
+    try:
+        assert asyncio.run(write_while_read_only()) == []
+        with context.sessions() as session:
+            assert session.scalars(select(DocumentRow.id)).all() == [doc.id]
+    finally:
+        read_only(False)
+        context.close()
+        admin.dispose()
+
+
+@pytest.mark.integration
+def test_a_row_refused_inside_a_copy_is_isolated_and_a_connection_lost_there_is_retried(
+    postgres_admin_url: str, postgres_url: str
+) -> None:
+    """Batches of 16 rows or more are written with COPY on the driver's own cursor, whose errors
+    SQLAlchemy never sees: they used to escape as they were (psycopg's), so a row PostgreSQL
+    refuses failed the whole batch instead of being isolated. A connection lost in the middle is
+    waited out, as one lost anywhere else."""
+    upgrade(postgres_url)
+    context = WorkerContext(load_settings(database_url=postgres_url, kafka_bootstrap="127.0.0.1:9"))
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    docs = [make_document(text=f"Acme beats estimates, quarter {n}") for n in range(20)]
+    bad = make_document(text="Acme \x00 misses")  # NUL: normalise cleans it out; here it got in
+    try:
+        refused = asyncio.run(context.write([*docs, bad], upsert_documents))
+        assert [(d.id, type(e).__name__) for d, e in refused] == [(bad.id, "DataError")]
+        assert "NUL" in str(refused[0][1])
+
+        more = [make_document(text=f"Acme misses estimates, quarter {n}") for n in range(20)]
+        ended: list[int] = []
+
+        def write_after_the_connection_is_lost(session: Session, batch: Sequence[Document]) -> None:
+            pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            if not ended:  # the first attempt's connection is ended under it
+                with admin.connect() as conn:
+                    conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                ended.append(pid)
+            upsert_documents(session, batch)
+
+        assert asyncio.run(context.write(more, write_after_the_connection_is_lost)) == []
+        with context.sessions() as session:
+            stored = set(session.scalars(select(DocumentRow.id)))
+        assert stored == {d.id for d in [*docs, *more]}
+    finally:
+        context.close()
+        admin.dispose()
+
+
+def test_text_sqlite_cannot_encode_is_refused_alone_not_the_batch(tmp_path: Path) -> None:
+    """SQLite's fast insert runs on the driver's cursor too: a lone surrogate (text no encoding
+    takes) is one refused row, as it is through SQLAlchemy, not an error out of the batch."""
+    settings = load_settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9")
+    upgrade(settings.resolved_database_url)
+    context = WorkerContext(settings)
+    docs = [make_document(text=f"Acme beats estimates, quarter {n}") for n in range(5)]
+    bad = make_document(text="Acme \ud83d")
+    try:
+        refused = asyncio.run(context.write([*docs, bad], upsert_documents))
+        assert [d.id for d, _ in refused] == [bad.id]
+        assert "surrogates not allowed" in str(refused[0][1])
+        with context.sessions() as session:
+            assert set(session.scalars(select(DocumentRow.id))) == {d.id for d in docs}
+    finally:
+        context.close()
