@@ -34,7 +34,7 @@ def record_key(record: RawRecord) -> bytes:
     """The source's own item id when it has one, otherwise a hash of the payload."""
     item_id = record.payload.get("id") or record.payload.get("guid")
     if isinstance(item_id, str | int) and str(item_id):
-        return f"{record.source}:{item_id}".encode()
+        return f"{record.source}:{item_id}".encode(errors="backslashreplace")  # lone surrogates
     return stable_id(record.source, repr(sorted(record.payload.items()))).encode()
 
 

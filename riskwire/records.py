@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal, Self, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from riskwire.exceptions import InvalidRecord
 
@@ -85,7 +87,14 @@ class Record(BaseModel):
     def to_json(self) -> bytes:
         """Compact UTF-8 JSON with the schema first, serialised by pydantic-core (in Rust: about
         a fifth of the time of ``model_dump`` and ``json.dumps``; every stage pays it per record)."""
-        body = self.__pydantic_serializer__.to_json(self)
+        try:
+            body = self.__pydantic_serializer__.to_json(self)
+        except PydanticSerializationError:
+            # text with half a UTF-16 surrogate pair (a JSON API that cut an emoji in half sends
+            # "\ud83d" alone, and json.loads keeps it), which UTF-8 cannot encode: written as the
+            # same escape it came as, read back as the same text
+            dumped = json.dumps(self.model_dump(mode="json"), separators=(",", ":"))
+            body = dumped.encode()
         head = b'{"schema":"' + self.SCHEMA.encode()
         return head + (b'"}' if body == b"{}" else b'",' + body[1:])
 
@@ -294,7 +303,7 @@ class DeadLetter(Record):
         kept = _clip(text)
         return cls(
             stage=stage,
-            reason=reason[:2000],
+            reason=_storable(reason[:2000]),
             topic=topic,
             key=_text(key),
             payload=kept,
@@ -313,19 +322,35 @@ def _clip(text: str) -> str:
 
 
 def _original(payload: bytes | str | None) -> tuple[str, bool]:
-    """The payload as text, and whether that text encodes back to the very bytes."""
+    """The payload as text, and whether that text encodes back to the very bytes (not where it
+    held NUL, which PostgreSQL cannot store in text: escaped as ``\\x00``)."""
     if payload is None or isinstance(payload, str):
-        return payload or "", True
-    try:
-        return payload.decode("utf-8"), True
-    except UnicodeDecodeError:
-        return payload.decode("utf-8", errors="backslashreplace"), False
+        text, exact = payload or "", True
+    else:
+        try:
+            text, exact = payload.decode("utf-8"), True
+        except UnicodeDecodeError:
+            text, exact = payload.decode("utf-8", errors="backslashreplace"), False
+    storable = _storable(text)
+    return storable, exact and storable == text
+
+
+def _storable(text: str) -> str:
+    """NUL and lone surrogates written out as escapes, for a text column of any database."""
+    if "\x00" not in text and not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text.replace("\x00", "\\x00"))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _text(value: bytes | str | None) -> str | None:
-    if value is None or isinstance(value, str):
+    if value is None:
         return value
-    return value.decode("utf-8", errors="backslashreplace")
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="backslashreplace")
+    return _storable(value)
 
 
 def stable_id(*parts: str) -> str:

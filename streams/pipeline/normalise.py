@@ -21,14 +21,25 @@ MAX_TEXT = 100_000
 MAX_FUTURE = timedelta(hours=1)
 _TAG = re.compile(r"<[^>]{0,2000}>")
 _SPACE = re.compile(r"\s+")
+# control characters other than whitespace (NUL among them, which PostgreSQL cannot store in
+# text), and UTF-16 surrogates with no partner (a producer that cut an emoji in half; no
+# encoding takes them)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z]{1,6}(?:\.[A-Za-z]{1,2})?)(?![\w$])")
 _TICKER = re.compile(r"^[A-Z][A-Z0-9]{0,5}(?:[.\-][A-Z0-9]{1,3})?$")
+
+
+def storable(value: str) -> str:
+    """``value`` as every database and encoding takes it: control characters (other than
+    whitespace) become spaces, lone surrogates the replacement character."""
+    return _SURROGATE.sub("\ufffd", _CONTROL.sub(" ", value))
 
 
 def clean_text(value: object) -> str:
     if not isinstance(value, str):
         return ""
-    return _SPACE.sub(" ", html.unescape(_TAG.sub(" ", value))).strip()
+    return _SPACE.sub(" ", storable(html.unescape(_TAG.sub(" ", value)))).strip()
 
 
 def _first(payload: dict[str, object], fields: tuple[str, ...]) -> object:
@@ -90,8 +101,8 @@ TRACKING = re.compile(
 def canonical_url(value: object) -> str | None:
     """The URL two copies of an article share: http(s) only, host lower-cased, default port,
     fragment and tracking parameters (utm_*, fbclid, ...) dropped, the rest of the query sorted."""
-    if not isinstance(value, str) or not value.strip():
-        return None
+    if not isinstance(value, str) or not value.strip() or storable(value) != value:
+        return None  # a URL with control characters or broken text is no URL
     try:
         parts = urlsplit(value.strip())
         port = parts.port
@@ -161,7 +172,7 @@ def normalise(raw: RawRecord) -> Document:
         lang = detect_language(f"{title} {text}")
     return Document(
         id=document_id(title, text),
-        source=raw.source,
+        source=storable(raw.source),
         kind=raw.kind,
         title=title or None,
         text=text or title,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import DeadLetter, Document, RawRecord, Score, stable_id
+from riskwire.records import DeadLetter, Document, Kind, RawRecord, Score, stable_id
 from tests.factories import make_document, make_score
 
 
@@ -85,3 +85,24 @@ def test_scores_travel_in_batches_and_a_bad_one_is_told_apart() -> None:
         decode_scores(b'{"schema":"scores/1","records":3}')
     with pytest.raises(InvalidRecord, match="not valid JSON"):
         decode_scores(b"\xff")
+
+
+def test_a_dead_letter_escapes_what_no_text_column_takes() -> None:
+    """NUL (PostgreSQL refuses it in text) and lone surrogates (UTF-8 cannot encode them) are
+    written out as escapes in the payload, key and reason; the payload is then not exact."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    letter = DeadLetter.of("normalise", "bad \x00 \ud83d", b'{"a": "\x00"}', occurred_at=now,
+                           key=b"k\x00")  # fmt: skip
+    assert letter.payload == '{"a": "\\x00"}' and not letter.payload_exact
+    assert letter.key == "k\\x00" and letter.reason == "bad \\x00 \\ud83d"
+    assert DeadLetter.from_json(letter.to_json()) == letter
+    plain = DeadLetter.of("normalise", "bad", b'{"a": 1}', occurred_at=now)
+    assert plain.payload == '{"a": 1}' and plain.payload_exact
+
+
+def test_a_record_with_half_an_emoji_travels_as_the_escape_it_came_as() -> None:
+    raw = RawRecord(source="api", kind=Kind.SOCIAL, fetched_at=datetime(2026, 1, 1, tzinfo=UTC),
+                    payload={"text": "up \ud83d", "n": [1, {"x": "\udc00"}]})  # fmt: skip
+    body = raw.to_json()
+    assert body.startswith(b'{"schema":"raw/1",') and b"\\ud83d" in body
+    assert RawRecord.from_json(body) == raw

@@ -20,7 +20,7 @@ from riskwire.records import DeadLetter, Kind, RawRecord
 from riskwire.settings import Settings
 from riskwire.worker import spawn_worker, stop_worker
 from storage import make_engine, session_factory, upgrade
-from storage.tables import DocumentRow
+from storage.tables import DeadLetterRow, DocumentRow
 from tests.kafka_helpers import read_topic, stream_settings
 from tests.metrics_helpers import metric, scrape
 
@@ -60,6 +60,8 @@ CASES = [
     ("M-doc", "docs", encoded({"schema": "document/7", "id": "M-doc"}), "score",
      "schema 'document/7' is not 'document/1'"),
     ("M-score", "scored", b"M-score: not a score", "risk", "not valid JSON"),
+    # a NUL byte, which PostgreSQL cannot keep in text: the letter is stored with it escaped
+    ("M-nul", "raw.news", b'{"M-nul": "\x00\x01 binary"', "normalise", "not valid JSON"),
 ]  # fmt: skip
 
 
@@ -94,6 +96,15 @@ def test_every_malformed_record_is_dead_lettered_with_its_reason_and_the_worker_
             "published_at": (NOW - timedelta(minutes=10 * i)).isoformat()})
         for i in range(3)
     ]  # fmt: skip
+    # valid JSON whose text holds NUL, other control characters and half an emoji (a lone
+    # surrogate): cleaned and stored, not dead-lettered (a NUL once failed the whole batch on
+    # PostgreSQL; the surrogate was dead-lettered as an unexpected error)
+    good += [
+        RawRecord(source="good\x00feed", kind=Kind.NEWS, fetched_at=NOW, payload={
+            "id": f"c{i}", "title": f"Acme{c}beats estimates{c}again, {i}", "tickers": ["ACME"],
+            "url": f"https://example.com/a{c}b", "published_at": NOW.isoformat()})
+        for i, c in enumerate(("\x00", "\x1b[31m", "\ud83d"))
+    ]  # fmt: skip
     with RawProducer(bootstrap, topics) as producer:
         counts = producer.publish([huge])
         assert (counts.raw, counts.dead) == (0, 1)  # refused at the source: Kafka would refuse it
@@ -111,14 +122,24 @@ def test_every_malformed_record_is_dead_lettered_with_its_reason_and_the_worker_
     while True:
         with sessions() as session:
             stored = session.scalar(select(func.count()).select_from(DocumentRow))
+            kept = session.scalars(select(DeadLetterRow.payload)).all()
         letters = [DeadLetter.from_json(m.value) for m in read_topic(bootstrap, topics.deadletter)]
         found = {c[0] for c in CASES if any(c[0] in d.payload for d in letters)}
-        if stored == len(good) and len(found) == len(CASES):
+        in_table = {c[0] for c in CASES if any(c[0] in payload for payload in kept)}
+        if stored == len(good) and len(found) == len(in_table) == len(CASES):
             break
-        assert time.monotonic() < deadline, (stored, sorted({c[0] for c in CASES} - found))
+        missing = sorted({c[0] for c in CASES} - (found & in_table))
+        assert time.monotonic() < deadline, (stored, missing)
         assert worker.poll() is None, "the worker died"  # type: ignore[attr-defined]
         time.sleep(0.5)
+    with sessions() as session:
+        cleaned = dict(session.execute(select(DocumentRow.title, DocumentRow.source)).all())
     engine.dispose()
+    assert cleaned["Acme beats estimates again, 0"] == "good feed"
+    assert "Acme [31mbeats estimates [31magain, 1" in cleaned  # the escape character gone
+    assert "Acme\ufffdbeats estimates\ufffdagain, 2" in cleaned
+    # every letter is in the table too, for operators to query (waited for above)
+    assert any("M-nul" in p and "\\x00" in p for p in kept)
 
     for marker, _, _, stage, reason in CASES:
         (letter,) = [d for d in letters if marker in d.payload]

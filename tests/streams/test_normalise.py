@@ -6,8 +6,9 @@ from typing import Any
 import pytest
 
 from riskwire.exceptions import InvalidRecord
-from riskwire.records import Kind, RawRecord
+from riskwire.records import Document, Kind, RawRecord
 from streams.pipeline import Deduplicator, extract_cashtags, normalise
+from streams.pipeline.normalise import clean_text, storable
 
 FETCHED = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 
@@ -146,3 +147,21 @@ def test_a_language_given_by_the_source_wins_and_is_normalised() -> None:
     odd = normalise(raw(title="Shares of Acme slide after a profit warning",
                         published_at="2026-11-02T10:00:00Z", lang="??"))  # fmt: skip
     assert odd.lang == "en"  # not a language code: detected instead
+
+
+def test_control_characters_and_half_emoji_are_cleaned_so_every_database_takes_the_text() -> None:
+    """NUL (PostgreSQL refuses it in text), terminal escapes and lone UTF-16 surrogates (a JSON
+    API that cut an emoji in half: ``json.loads`` keeps "\\ud83d" alone, and no encoding takes
+    it) are cleaned out of what is stored; a URL holding them is no URL."""
+    record = RawRecord(
+        source="wire\x00a", kind=Kind.NEWS, fetched_at=FETCHED,
+        payload={"title": "Acme\x00 cuts \x1b[1moutlook\x7f", "text": "Shares fall \ud83d",
+                 "url": "https://example.com/a\x00b", "published_at": "2026-11-02T10:00:00Z"},
+    )  # fmt: skip
+    doc = normalise(RawRecord.from_json(record.to_json()))  # as it travels
+    assert doc.title == "Acme cuts [1moutlook"
+    assert doc.text == "Shares fall \ufffd"
+    assert doc.source == "wire a" and doc.url is None
+    assert Document.from_json(doc.to_json()) == doc  # and it encodes as UTF-8
+    assert storable("tab\tand\nnewline stay") == "tab\tand\nnewline stay"
+    assert clean_text("a\u0085b\u200bc") == "a b\u200bc"  # NEL is a control; a zero-width space not
