@@ -487,8 +487,8 @@ def _transient(exc: DBAPIError) -> bool:
     if state is not None:
         return state in WAIT_STATES or state[:2] in WAIT_CLASSES
     code = getattr(exc.orig, "sqlite_errorcode", None)
-    if isinstance(code, int) and code & 0xFF in SQLITE_WAIT_CODES:
-        return True
+    if isinstance(code, int):
+        return code & 0xFF in SQLITE_WAIT_CODES
     text = str(exc.orig).lower()  # no code (a connection that failed before it had one)
     return any(
         s in text
@@ -507,6 +507,6 @@ def _transient(exc: DBAPIError) -> bool:
 
 def _reconnect_after(exc: DBAPIError) -> bool:
     """Whether a retry after ``exc`` (one to wait out) should connect afresh rather than reuse the
-    pooled connections: not after contention, nor after a lost connection (invalidated already)."""
+    pooled connections: after any PostgreSQL code but contention, whose connection is fine."""
     state = _sqlstate(exc)
     return state is not None and state not in CONTENTION_STATES and _transient(exc)

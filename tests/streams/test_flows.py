@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -683,3 +684,14 @@ def test_text_sqlite_cannot_encode_is_refused_alone_not_the_batch(tmp_path: Path
             assert set(session.scalars(select(DocumentRow.id))) == {d.id for d in docs}
     finally:
         context.close()
+
+
+def test_sqlite_is_waited_for_by_its_result_code_not_by_words_in_the_message() -> None:
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE t (connection_timeout TEXT PRIMARY KEY)")
+    connection.execute("INSERT INTO t VALUES ('a')")
+    with pytest.raises(sqlite3.IntegrityError) as refused:
+        connection.execute("INSERT INTO t VALUES ('a')")  # names a column with both words
+    # "UNIQUE constraint failed: t.connection_timeout": refused, not waited for forever
+    assert not _transient(DBAPIError("INSERT ...", {}, refused.value))
+    connection.close()
