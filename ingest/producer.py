@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +14,7 @@ from kafka.errors import KafkaError
 from ingest.base import SourceItem
 from riskwire.exceptions import RiskwireError
 from riskwire.records import DeadLetter, RawRecord, stable_id
-from riskwire.settings import Topics
+from riskwire.settings import Settings, Topics
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,38 @@ MAX_RECORD_BYTES = 900_000
 
 class RawProducer:
     def __init__(
-        self, bootstrap: str, topics: Topics, partitions: int = 4, **config: object
+        self,
+        bootstrap: str,
+        topics: Topics,
+        partitions: int = 4,
+        security: Mapping[str, Any] | None = None,
+        **config: object,
     ) -> None:
+        """``security``: ``riskwire.kafka_security.client_config`` (TLS, SASL), for both the
+        producer and the admin client that creates the topics; ``config``: the producer's own."""
         from riskwire.broker import ensure_topics
 
         self.topics = topics
-        ensure_topics(bootstrap, topics.all(), partitions)  # never by auto-creation (see there)
+        security = dict(security or {})
+        # never by auto-creation (see there)
+        ensure_topics(bootstrap, topics.all(), partitions, **security)
         self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5, **config
+            bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5, **security, **config
         )
+
+    @classmethod
+    def for_settings(cls, settings: Settings, **config: object) -> RawProducer:
+        """A producer to the settings' broker, topics and security."""
+        from riskwire.kafka_security import client_config
+
+        if settings.kafka_bootstrap is None:
+            raise RiskwireError(
+                "RISKWIRE_KAFKA_BOOTSTRAP is not set: start 'riskwire broker' first"
+            )
+        return cls(
+            settings.kafka_bootstrap, settings.topics, settings.topic_partitions,
+            security=client_config(settings), **config,
+        )  # fmt: skip
 
     def publish(self, items: Iterable[SourceItem]) -> ProduceCounts:
         """Send every item and wait until the broker has them all; raises :class:`PublishError`

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from ingest.base import SourceItem
 from ingest.producer import PublishError, RawProducer
+from riskwire.exceptions import BrokerError
 from riskwire.records import DeadLetter, Kind, RawRecord
 from riskwire.settings import Settings
 
@@ -76,11 +77,14 @@ def push_router(settings: Settings, require: Any) -> tuple[APIRouter, Callable[[
             )
         with lock:
             if not producers:
-                made = RawProducer(
-                    settings.kafka_bootstrap, settings.topics, settings.topic_partitions,
-                    max_block_ms=PUSH_TIMEOUT_MS, delivery_timeout_ms=PUSH_TIMEOUT_MS,
-                    request_timeout_ms=PUSH_TIMEOUT_MS // 3,
-                )  # fmt: skip
+                try:
+                    made = RawProducer.for_settings(
+                        settings, max_block_ms=PUSH_TIMEOUT_MS,
+                        delivery_timeout_ms=PUSH_TIMEOUT_MS,
+                        request_timeout_ms=PUSH_TIMEOUT_MS // 3,
+                    )  # fmt: skip
+                except BrokerError as exc:  # not reached, or refused this client: say why
+                    raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
                 producers.append(made)
             return producers[0]
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from riskwire.exceptions import BrokerError
 
@@ -51,11 +52,18 @@ class EmbeddedBroker:
         port: int | None = None,
         cluster_id: str = "riskwire",
         log_file: Path | None = None,
+        advertised: str | None = None,
+        authentication: bool = False,
     ) -> None:
+        """``advertised``: the host:port clients are told to connect to, when it is not the
+        broker's own (a TLS-terminating proxy in front of it); ``authentication``: clients must
+        log in with SASL (SCRAM users kept by the broker)."""
         self.host = host
         self.port = port
         self.cluster_id = cluster_id
         self.log_file = log_file
+        self.advertised = advertised
+        self.authentication = authentication
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,10 +93,12 @@ class EmbeddedBroker:
         argv = [
             tansu_binary(), "broker",
             "--listener-url", url,
-            "--advertised-listener-url", url,
+            "--advertised-listener-url", f"tcp://{self.advertised}" if self.advertised else url,
             "--storage-engine", "memory://tansu/",
             "--cluster-id", self.cluster_id,
         ]  # fmt: skip
+        if self.authentication:
+            argv.append("--authentication")
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
             self._process = subprocess.Popen(
@@ -153,17 +163,32 @@ def broker_for(bootstrap: str | None, log_file: Path | None = None) -> Iterator[
         yield broker.bootstrap
 
 
-def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones this call created.
+def ensure_topics(
+    bootstrap: str, names: list[str], partitions: int, timeout_s: float = 30.0, **security: Any
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones this call created. ``security``:
+    ``riskwire.kafka_security.client_config`` for a secured cluster. A cluster that does not answer
+    within ``timeout_s`` raises :class:`BrokerError`, saying what was found when connecting.
 
     Both the worker and the producer call this before using the topics, so no topic is created by
     the broker's auto-creation racing a client's CreateTopics (on Tansu that race can leave a
     topic whose metadata clients keep re-requesting, and a consumer that never commits).
     """
     from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="riskwire-admin")
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap.split(","), client_id="riskwire-admin",
+            bootstrap_timeout_ms=int(timeout_s * 1000), **security,
+        )  # fmt: skip
+    except KafkaError as exc:  # the client only says it could not bootstrap: find out why
+        from riskwire.kafka_security import diagnose
+
+        raise BrokerError(
+            f"the Kafka cluster at {bootstrap} does not answer ({exc}): "
+            f"{diagnose(bootstrap, security)}"
+        ) from exc
     try:
         existing = set(admin.list_topics())
         missing = [n for n in names if n not in existing]

@@ -206,11 +206,7 @@ def ingest_file(
     from ingest import RawProducer, source_for
 
     settings = _settings()
-    if settings.kafka_bootstrap is None:
-        raise RiskwireError("RISKWIRE_KAFKA_BOOTSTRAP is not set: start 'riskwire broker' first")
-    with RawProducer(
-        settings.kafka_bootstrap, settings.topics, settings.topic_partitions
-    ) as producer:
+    with RawProducer.for_settings(settings) as producer:
         counts = producer.publish(source_for(path, kind).read())
     console.print(f"produced {counts.raw} records, {counts.dead} unreadable lines dead-lettered")
 
@@ -256,9 +252,7 @@ def ingest_run(
         raise RiskwireError("RISKWIRE_KAFKA_BOOTSTRAP is not set: start 'riskwire broker' first")
     feeds = load_feeds(config)
     sessions = _sessions(settings)
-    with RawProducer(
-        settings.kafka_bootstrap, settings.topics, settings.topic_partitions
-    ) as producer:
+    with RawProducer.for_settings(settings) as producer:
         runner = FeedRunner(feeds, producer.publish, sessions, targets=delivery_targets(settings))
         console.print(f"polling {len(feeds)} feeds: {', '.join(f.source.name for f in feeds)}")
         try:

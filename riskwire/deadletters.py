@@ -155,11 +155,15 @@ def _producer(settings: Settings) -> Any:
     from kafka import KafkaProducer
 
     from riskwire.broker import ensure_topics
+    from riskwire.kafka_security import client_config
 
     if settings.kafka_bootstrap is None:
         raise RiskwireError("redrive needs a broker: set RISKWIRE_KAFKA_BOOTSTRAP")
-    ensure_topics(settings.kafka_bootstrap, settings.topics.all(), settings.topic_partitions)
+    security = client_config(settings)
+    ensure_topics(
+        settings.kafka_bootstrap, settings.topics.all(), settings.topic_partitions, **security
+    )
     return KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap.split(","), acks="all", linger_ms=5,
-        max_request_size=1_048_576,
+        max_request_size=1_048_576, **security,
     )  # fmt: skip

@@ -147,7 +147,7 @@ def run_demo(settings: Settings, console: Console, sample: Path | None, timeout:
         console.print(f"broker: {bootstrap}   database: {shown}")
         worker = spawn_worker(live, logs / "worker.log")
         try:
-            with RawProducer(bootstrap, live.topics, live.topic_partitions) as producer:
+            with RawProducer.for_settings(live) as producer:
                 counts = producer.publish(JsonlSource(sample).read())
             console.print(
                 f"ingested {counts.raw} records ({counts.dead} unreadable lines dead-lettered)"

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -79,6 +79,25 @@ class Settings(BaseSettings):
         description="longest a worker's fetch waits at the broker for new records. Faust fixes "
         "1500 ms; Kafka answers as soon as records arrive, but the embedded broker (Tansu) holds "
         "a fetch to its end, so every hop between stages waited about half of it",
+    )
+    # how every Kafka client riskwire runs (worker, producers, admin) reaches the cluster
+    # (riskwire/kafka_security.py)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="as Kafka's security.protocol; not PLAINTEXT needs a bootstrap"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="PEM of the CAs the brokers' certificates are checked against; unset = "
+        "the system's"
+    )  # fmt: skip
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate (mutual TLS); may hold its key too"
+    )
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM key of the client certificate")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="the broker's certificate must name the host connected to"
     )
     consumer_group: str = Field("riskwire", pattern=r"^[A-Za-z0-9._\-]+$")
     metrics_port: int | None = Field(
@@ -244,6 +263,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server!r} is not host:port")
         return value
 
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _check_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        from riskwire.kafka_security import check
+
+        check(self)  # raises SettingsError naming the variables
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
@@ -300,6 +333,8 @@ class Settings(BaseSettings):
         """The ``RISKWIRE_*`` variables that recreate these settings in a child process."""
         env = {}
         for name, value in self.model_dump(exclude_none=True).items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
         env[f"{ENV_PREFIX}DATABASE_URL"] = self.resolved_database_url
         return env
@@ -312,6 +347,9 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
+            if not err["loc"]:  # a check across settings: its message names them
+                problems.append(str(err["ctx"]["error"]) if "ctx" in err else err["msg"])
+                continue
+            field = str(err["loc"][0])
             problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

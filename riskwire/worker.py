@@ -17,10 +17,14 @@ def run_worker(settings: Settings) -> None:
     import faust
 
     from riskwire.broker import ensure_topics
+    from riskwire.kafka_security import client_config
     from streams.app import create_app
 
     assert settings.kafka_bootstrap is not None
-    ensure_topics(settings.kafka_bootstrap, settings.topics.all(), settings.topic_partitions)
+    ensure_topics(
+        settings.kafka_bootstrap, settings.topics.all(), settings.topic_partitions,
+        **client_config(settings),
+    )  # fmt: skip
     app, context = create_app(settings)
     # Load the models before joining the consumer group: a member that spends its first seconds
     # loading weights misses heartbeats and sets off rebalances; this one is ready when it joins.

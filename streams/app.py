@@ -8,6 +8,7 @@ from collections.abc import Callable
 import faust
 
 from models.ensemble import Ensemble
+from riskwire.kafka_security import faust_credentials
 from riskwire.settings import Settings
 from streams.context import WorkerContext
 from streams.metrics import METRICS, consumer_lag
@@ -28,6 +29,7 @@ def create_app(
         settings.consumer_group,
         fetch_wait_ms=settings.kafka_fetch_wait_ms,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),  # TLS, SASL: riskwire/kafka_security.py
         value_serializer="raw",
         key_serializer="raw",
         topic_partitions=settings.topic_partitions,
