@@ -48,22 +48,27 @@ class RawProducer:
         topics: Topics,
         partitions: int = 4,
         security: Mapping[str, Any] | None = None,
+        timeout_s: float = 30.0,
         **config: object,
     ) -> None:
         """``security``: ``riskwire.kafka_security.client_config`` (TLS, SASL), for both the
-        producer and the admin client that creates the topics; ``config``: the producer's own."""
+        producer and the admin client that creates the topics; ``config``: the producer's own.
+        A cluster that does not answer the admin client within ``timeout_s`` raises
+        ``BrokerError`` saying why (``riskwire.broker.ensure_topics``)."""
         from riskwire.broker import ensure_topics
 
         self.topics = topics
         security = dict(security or {})
         # never by auto-creation (see there)
-        ensure_topics(bootstrap, topics.all(), partitions, **security)
+        ensure_topics(bootstrap, topics.all(), partitions, timeout_s, **security)
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5, **security, **config
         )
 
     @classmethod
-    def for_settings(cls, settings: Settings, **config: object) -> RawProducer:
+    def for_settings(
+        cls, settings: Settings, timeout_s: float = 30.0, **config: object
+    ) -> RawProducer:
         """A producer to the settings' broker, topics and security."""
         from riskwire.kafka_security import client_config
 
@@ -73,7 +78,7 @@ class RawProducer:
             )
         return cls(
             settings.kafka_bootstrap, settings.topics, settings.topic_partitions,
-            security=client_config(settings), **config,
+            security=client_config(settings), timeout_s=timeout_s, **config,
         )  # fmt: skip
 
     def publish(self, items: Iterable[SourceItem]) -> ProduceCounts:

@@ -79,7 +79,7 @@ def push_router(settings: Settings, require: Any) -> tuple[APIRouter, Callable[[
             if not producers:
                 try:
                     made = RawProducer.for_settings(
-                        settings, max_block_ms=PUSH_TIMEOUT_MS,
+                        settings, timeout_s=PUSH_TIMEOUT_MS / 1000, max_block_ms=PUSH_TIMEOUT_MS,
                         delivery_timeout_ms=PUSH_TIMEOUT_MS,
                         request_timeout_ms=PUSH_TIMEOUT_MS // 3,
                     )  # fmt: skip
@@ -108,7 +108,9 @@ def push_router(settings: Settings, require: Any) -> tuple[APIRouter, Callable[[
         if len(parsed) > MAX_ITEMS:
             raise HTTPException(413, f"a push carries at most {MAX_ITEMS} items")
         items = to_items(parsed, f"push:{source}", kind, datetime.now(UTC))
-        target = producer()
+        # in a thread: a broker that does not answer holds its caller up to PUSH_TIMEOUT_MS, and
+        # on the event loop that would hold every other request of the API (SSE, alerts) too
+        target = await anyio.to_thread.run_sync(producer)
         try:
             counts = await anyio.to_thread.run_sync(target.publish, items)
         except PublishError as exc:  # nothing is acknowledged: the pusher sends them again

@@ -5,16 +5,19 @@ its reason, and is reported in the answer."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from riskwire.api import create_api
-from riskwire.broker import EmbeddedBroker
+from riskwire.broker import EmbeddedBroker, free_port
 from riskwire.records import DeadLetter, RawRecord
 from riskwire.settings import Settings, load_settings
 from storage import delivery as store
@@ -137,3 +140,37 @@ def test_a_push_the_broker_does_not_take_is_answered_503_not_counted(
         assert "the broker did not take" in down.text and "push the items again" in down.text
     finally:
         broker.stop()
+
+
+def test_a_broker_that_does_not_answer_is_a_503_saying_why_and_the_api_answers_meanwhile(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The push's producer is made on the first push, and making it waits for the broker (up to
+    PUSH_TIMEOUT_MS). It waits in a thread: on the event loop it held every other request of the
+    API (SSE, alerts, health) for as long."""
+    import ingest.push
+
+    monkeypatch.setattr(ingest.push, "PUSH_TIMEOUT_MS", 3000)
+    upgrade(sqlite_url)
+    settings = load_settings(
+        kafka_bootstrap=f"127.0.0.1:{free_port()}", database_url=sqlite_url, data_dir=tmp_path,
+        api_token="admin", deliver_in_api=False,
+    )  # fmt: skip
+    answers: dict[str, Any] = {}
+    with TestClient(create_api(settings)) as client:
+        vendor = key(settings, "ingest")
+
+        def push() -> None:
+            answers["push"] = client.post("/ingest/wire", json={"title": "x"}, headers=vendor)
+
+        pusher = threading.Thread(target=push)
+        pusher.start()
+        time.sleep(0.5)  # the push is waiting for the broker
+        health = client.get("/healthz")
+        waiting = pusher.is_alive()
+        pusher.join(30)
+    assert health.status_code == 200
+    assert waiting, "the health check was held until the push gave up"
+    answer = answers["push"]
+    assert answer.status_code == 503, answer.text
+    assert "does not answer" in answer.text and "cannot connect" in answer.text
