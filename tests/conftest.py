@@ -24,6 +24,15 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No RISKWIRE_* variable and no .env file of the developer's reach the settings."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("RISKWIRE_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as running:

@@ -9,7 +9,6 @@ cannot be shown here; a refused one can, and is.
 
 from __future__ import annotations
 
-import os
 import ssl
 import time
 from collections.abc import Iterator
@@ -35,12 +34,7 @@ from tests.tls_proxy import TlsProxy
 BOOTSTRAP = "kafka-1:9093"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)  # no .env file of the developer's
-    for name in list(os.environ):
-        if name.startswith("RISKWIRE_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,11 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from riskwire.exceptions import SettingsError
 from riskwire.settings import load_settings
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)  # no .env file of the developer's
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("RISKWIRE_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 def test_defaults_are_the_embedded_setup() -> None:
