@@ -11,12 +11,15 @@ import logging
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from riskwire.exceptions import BrokerError
+
+if TYPE_CHECKING:
+    from riskwire.settings import Topics
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +166,27 @@ def broker_for(bootstrap: str | None, log_file: Path | None = None) -> Iterator[
         yield broker.bootstrap
 
 
+def _admin(bootstrap: str, timeout_s: float, security: dict[str, Any]) -> Any:
+    """kafka-python's admin client; a cluster that does not answer within ``timeout_s`` raises
+    :class:`BrokerError`, saying what was found when connecting (the client only says that it
+    could not bootstrap)."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap.split(","), client_id="riskwire-admin",
+            bootstrap_timeout_ms=int(timeout_s * 1000), **security,
+        )  # fmt: skip
+    except KafkaError as exc:
+        from riskwire.kafka_security import diagnose
+
+        raise BrokerError(
+            f"the Kafka cluster at {bootstrap} does not answer ({exc}): "
+            f"{diagnose(bootstrap, security)}"
+        ) from exc
+
+
 def ensure_topics(
     bootstrap: str, names: list[str], partitions: int, timeout_s: float = 30.0, **security: Any
 ) -> list[str]:
@@ -174,21 +198,10 @@ def ensure_topics(
     the broker's auto-creation racing a client's CreateTopics (on Tansu that race can leave a
     topic whose metadata clients keep re-requesting, and a consumer that never commits).
     """
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
 
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap.split(","), client_id="riskwire-admin",
-            bootstrap_timeout_ms=int(timeout_s * 1000), **security,
-        )  # fmt: skip
-    except KafkaError as exc:  # the client only says it could not bootstrap: find out why
-        from riskwire.kafka_security import diagnose
-
-        raise BrokerError(
-            f"the Kafka cluster at {bootstrap} does not answer ({exc}): "
-            f"{diagnose(bootstrap, security)}"
-        ) from exc
+    admin = _admin(bootstrap, timeout_s, security)
     try:
         existing = set(admin.list_topics())
         missing = [n for n in names if n not in existing]
@@ -204,3 +217,69 @@ def ensure_topics(
         return created
     finally:
         admin.close()
+
+
+def partition_problems(
+    counts: Mapping[str, int], topics: Topics, partitions: int
+) -> tuple[list[str], list[str]]:
+    """What the stream cannot work with (refusals) and what it leaves unused (warnings), given the
+    partition counts of its topics and ``RISKWIRE_TOPIC_PARTITIONS``.
+
+    The stages address partitions 0..partitions-1 of ``docs``, ``scored`` and ``groups``
+    themselves, so a topic with fewer fails every send (Faust's worker crashes on "Unrecognized
+    partition"). A raw partition p feeds ``docs`` partition p mod partitions, and the risk stage
+    waits for every ``docs`` partition's watermark, so raw topics with fewer partitions leave
+    ``docs`` partitions that no source ever marks, and every score held until the stall release
+    (measured: 2 raw partitions against 4, documents scored but no risk row after 40 s). Topics
+    that already existed keep their own partition count, so this is a deployment's mistake to
+    catch at start, not one the code can make.
+    """
+    refused, unused = [], []
+    raw = {topics.raw_news, topics.raw_social}
+    for name in (topics.raw_news, topics.raw_social, topics.docs, topics.scored, topics.groups):
+        n = counts.get(name)
+        if n is None or n == partitions:
+            continue
+        if n < partitions:
+            why = (
+                f"docs partitions {n}..{partitions - 1} would have no source, and the risk stage "
+                "would hold every score waiting for their watermarks"
+                if name in raw
+                else f"the stream sends to its partitions 0..{partitions - 1}"
+            )
+            refused.append(f"{name} has {n} partitions, RISKWIRE_TOPIC_PARTITIONS={partitions}: "
+                           f"{why}")  # fmt: skip
+        elif name not in raw:  # raw partitions beyond are folded onto docs partitions
+            unused.append(f"partitions {partitions}..{n - 1} of {name} are never written "
+                          f"(RISKWIRE_TOPIC_PARTITIONS={partitions})")  # fmt: skip
+    return refused, unused
+
+
+def check_partitions(
+    bootstrap: str, topics: Topics, partitions: int, timeout_s: float = 30.0, **security: Any
+) -> list[str]:
+    """Raise :class:`BrokerError` when the stream's topics have partition counts it cannot work
+    with (``partition_problems``); returns, and logs, what it leaves unused."""
+    admin = _admin(bootstrap, timeout_s, security)
+    try:
+        described = admin.describe_topics(
+            [topics.raw_news, topics.raw_social, topics.docs, topics.scored, topics.groups]
+        )
+    finally:
+        admin.close()
+    counts = {
+        str(t.get("name") or t.get("topic")): len(t["partitions"])
+        for t in described
+        if not t.get("error_code") and t.get("partitions")
+    }
+    refused, unused = partition_problems(counts, topics, partitions)
+    if refused:
+        raise BrokerError(
+            "the topics do not match RISKWIRE_TOPIC_PARTITIONS: "
+            + "; ".join(refused)
+            + ". Set RISKWIRE_TOPIC_PARTITIONS to the topics' partition count, or give every "
+            "riskwire topic the same count"
+        )
+    for warning in unused:
+        log.warning("%s", warning)
+    return unused

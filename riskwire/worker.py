@@ -16,15 +16,19 @@ def run_worker(settings: Settings) -> None:
     """Block running a Faust worker with all flows until SIGINT/SIGTERM."""
     import faust
 
-    from riskwire.broker import ensure_topics
+    from riskwire.broker import check_partitions, ensure_topics
     from riskwire.kafka_security import client_config
     from streams.app import create_app
 
     assert settings.kafka_bootstrap is not None
+    security = client_config(settings)
     ensure_topics(
-        settings.kafka_bootstrap, settings.topics.all(), settings.topic_partitions,
-        **client_config(settings),
-    )  # fmt: skip
+        settings.kafka_bootstrap, settings.topics.all(), settings.topic_partitions, **security
+    )
+    # topics made before (by hand, or with another setting) keep their own partition count
+    check_partitions(
+        settings.kafka_bootstrap, settings.topics, settings.topic_partitions, **security
+    )
     app, context = create_app(settings)
     # Load the models before joining the consumer group: a member that spends its first seconds
     # loading weights misses heartbeats and sets off rebalances; this one is ready when it joins.
