@@ -255,23 +255,34 @@ def partition_problems(
     return refused, unused
 
 
+def partition_counts(
+    bootstrap: str, names: list[str], timeout_s: float = 30.0, **security: Any
+) -> dict[str, int]:
+    """The partition count of each of ``names`` that exists."""
+    from kafka.errors import KafkaError
+
+    admin = _admin(bootstrap, timeout_s, security)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [n for n in names if n in existing]
+        described = admin.describe_topics(wanted) if wanted else []
+    except KafkaError as exc:  # answered the bootstrap, then not (a login refused later, say)
+        raise BrokerError(f"the Kafka cluster at {bootstrap} refused: {exc}") from exc
+    finally:
+        admin.close()
+    return {
+        str(t.get("name") or t.get("topic")): len(t["partitions"])
+        for t in described
+        if not t.get("error_code") and t.get("partitions")
+    }
+
+
 def check_partitions(
     bootstrap: str, topics: Topics, partitions: int, timeout_s: float = 30.0, **security: Any
 ) -> list[str]:
     """Raise :class:`BrokerError` when the stream's topics have partition counts it cannot work
     with (``partition_problems``); returns, and logs, what it leaves unused."""
-    admin = _admin(bootstrap, timeout_s, security)
-    try:
-        described = admin.describe_topics(
-            [topics.raw_news, topics.raw_social, topics.docs, topics.scored, topics.groups]
-        )
-    finally:
-        admin.close()
-    counts = {
-        str(t.get("name") or t.get("topic")): len(t["partitions"])
-        for t in described
-        if not t.get("error_code") and t.get("partitions")
-    }
+    counts = partition_counts(bootstrap, topics.all(), timeout_s, **security)
     refused, unused = partition_problems(counts, topics, partitions)
     if refused:
         raise BrokerError(

@@ -1407,6 +1407,78 @@ def keys_revoke(key_id: str) -> None:
 
 
 @app.command()
+def check(
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the Kafka cluster")] = 10.0,
+) -> None:
+    """Check that the settings reach their services, starting nothing and changing nothing: the
+    Kafka cluster (with its security settings; the stream's topics and their partitions) and the
+    database (connects; its migrations). Exit code 0 when all is well, 1 otherwise."""
+    from rich.markup import escape
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from riskwire.broker import partition_counts, partition_problems
+    from riskwire.kafka_security import client_config
+    from storage import make_engine
+    from storage.migrate import current_revision, head_revision
+
+    settings = _settings()
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # what it found is said below
+    failed = False
+    topics, want = settings.topics, settings.topic_partitions
+    if settings.kafka_bootstrap is None:
+        console.print("kafka: the embedded broker (riskwire demo starts one): nothing to check")
+    else:
+        try:
+            counts = partition_counts(
+                settings.kafka_bootstrap, topics.all(), timeout, **client_config(settings)
+            )
+        except RiskwireError as exc:
+            console.print(f"[red]kafka:[/red] {escape(str(exc))}")
+            failed = True
+        else:
+            console.print(f"kafka: {settings.kafka_bootstrap} answers "
+                          f"({settings.kafka_security_protocol})")  # fmt: skip
+            for name in topics.all():
+                made = f"{counts[name]} partitions" if name in counts else None
+                console.print(
+                    f"  {name}: {made or f'missing (a worker or producer makes it: {want})'}"
+                )
+            refused, unused = partition_problems(counts, topics, want)
+            for problem in refused:
+                console.print(f"[red]  refused:[/red] {escape(problem)}")
+            for warning in unused:
+                console.print(f"[yellow]  unused:[/yellow] {escape(warning)}")
+            failed |= bool(refused)
+    url = settings.resolved_database_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    file = make_url(url).database if url.startswith("sqlite") else None
+    if file and file != ":memory:" and not Path(file).exists():
+        console.print(f"database: {shown} does not exist yet (riskwire db upgrade, or the first "
+                      "worker, makes it)")  # fmt: skip
+        raise typer.Exit(1 if failed else 0)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            current = current_revision(connection)
+        head = head_revision(url)
+        state = (
+            "up to date" if current == head
+            else f"at {current or 'no revision'}, code at {head}: riskwire db upgrade (or the "
+                 "first worker) applies the rest"
+        )  # fmt: skip
+        console.print(f"database: {shown} connects; migrations {state}")
+    except Exception as exc:  # any failure to connect is the answer here
+        console.print(f"[red]database:[/red] {escape(f'{shown}: {type(exc).__name__}: {exc}')}")
+        failed = True
+    finally:
+        engine.dispose()
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def deliver() -> None:
     """Run the delivery dispatcher (webhooks, Grafana, Alertmanager) until Ctrl-C; use it when the
     API runs with RISKWIRE_DELIVER_IN_API=false, or to add dispatchers on PostgreSQL. Serves its

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from riskwire.broker import port_open
+from riskwire.broker import EmbeddedBroker, port_open
 
 
 def riskwire(
@@ -107,3 +107,43 @@ def test_broker_command_serves_until_terminated(tmp_path: Path) -> None:
         process.wait(20)
     assert process.returncode == 0
     assert not port_open(host, int(port))
+
+
+@pytest.mark.integration
+def test_check_says_what_the_settings_reach_and_what_is_wrong_changing_nothing(
+    broker: EmbeddedBroker, sqlite_url: str, tmp_path: Path
+) -> None:
+    import uuid
+
+    from riskwire.broker import ensure_topics, free_port
+    from riskwire.settings import Topics
+    from storage import upgrade
+
+    topics = Topics(f"chk-{uuid.uuid4().hex[:8]}")
+    env = {"RISKWIRE_KAFKA_BOOTSTRAP": broker.bootstrap, "RISKWIRE_TOPIC_PREFIX": topics.prefix,
+           "RISKWIRE_DATABASE_URL": sqlite_url}  # fmt: skip
+    # nothing made yet: the topics are missing (made by the first worker), the database too
+    fresh = riskwire("check", env=env, cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert f"{topics.docs}: missing" in fresh.stdout and "does not exist yet" in fresh.stdout
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()  # changed nothing
+    ensure_topics(broker.bootstrap, topics.all(), 4)
+    upgrade(sqlite_url)
+    good = riskwire("check", env=env, cwd=tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert f"{topics.scored}: 4 partitions" in good.stdout
+    assert "connects; migrations up to date" in good.stdout
+    # a worker started with 8 would address partitions these topics do not have
+    wrong = riskwire("check", env={**env, "RISKWIRE_TOPIC_PARTITIONS": "8"}, cwd=tmp_path)
+    assert wrong.returncode == 1
+    assert f"refused: {topics.docs} has 4 partitions" in " ".join(wrong.stdout.split())
+    # a cluster and a database that are not there: each says why
+    gone = riskwire(
+        "check", "--timeout", "2", cwd=tmp_path,
+        env={**env, "RISKWIRE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+             "RISKWIRE_DATABASE_URL": f"postgresql+psycopg://u@127.0.0.1:{free_port()}/x"},
+    )  # fmt: skip
+    assert gone.returncode == 1
+    out = " ".join(gone.stdout.split())
+    assert "does not answer" in out and "cannot connect" in out
+    assert "database: postgresql+psycopg://u@127.0.0.1" in out and "OperationalError" in out
