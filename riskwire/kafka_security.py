@@ -145,6 +145,7 @@ def diagnose(bootstrap: str, security: dict[str, Any], timeout: float = 5.0) -> 
 
     context = security.get("ssl_context")
     found = []
+    reached = True  # every server connected (and shook hands, with TLS)
     for server in bootstrap.split(","):
         host, _, port = server.strip().rpartition(":")
         host = host.strip("[]")
@@ -156,19 +157,22 @@ def diagnose(bootstrap: str, security: dict[str, Any], timeout: float = 5.0) -> 
                 with context.wrap_socket(sock, server_hostname=host) as tls:
                     found.append(f"{server}: TLS handshake succeeds ({tls.version()})")
         except ssl.SSLCertVerificationError as exc:
+            reached = False
             found.append(
                 f"{server}: the broker's certificate is refused ({exc.verify_message}): check "
                 f"{PREFIX}SSL_CAFILE (the CA that signed it) and {PREFIX}SSL_CHECK_HOSTNAME"
             )
         except ssl.SSLError as exc:
+            reached = False
             found.append(
                 f"{server}: TLS handshake fails ({exc.reason or exc}): a plaintext listener, or "
                 f"one that wants a client certificate ({PREFIX}SSL_CERTFILE)?"
             )
         except OSError as exc:
+            reached = False
             found.append(f"{server}: cannot connect ({exc})")
     protocol = security.get("security_protocol", "PLAINTEXT")
-    if all(f.endswith("connects") or "succeeds" in f for f in found):
+    if reached:
         if protocol.startswith("SASL"):
             found.append(
                 f"the connection works, so the login is the likely cause: check {PREFIX}SASL_"
